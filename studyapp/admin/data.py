@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.http import FileResponse, Http404, HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from studyapp.admin.forms import DatasetImportForm, MLModelUploadForm
+from studyapp.models import Dataset, MLModel, Stimulus
+from studyapp.services.mlmodels import mlmodel_register
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records created by services (imports, participants, answers) are browsed, not edited here."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+def _form_view(model_admin: admin.ModelAdmin, request: HttpRequest, *, form_class, title: str, submit) -> TemplateResponse:
+    """Render an upload form; on valid POST call ``submit(cleaned_data)`` (a service)."""
+    form = form_class(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            obj = submit(form.cleaned_data)
+        except ValidationError as exc:
+            for message in exc.messages:
+                form.add_error(None, message)
+        else:
+            model_admin.message_user(request, f"{obj} was created.", messages.SUCCESS)
+            meta = obj._meta
+            return HttpResponseRedirect(reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk]))
+    context = {**model_admin.admin_site.each_context(request), "title": title, "form": form,
+               "opts": model_admin.model._meta}
+    return TemplateResponse(request, "admin/studyapp/upload_form.html", context)
+
+
+@admin.register(Dataset)
+class DatasetAdmin(ReadOnlyAdmin):
+    list_display = ["name", "modality", "source", "n_items", "created_at"]
+    list_filter = ["modality", "source"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["name", "modality", "source", "description", "input_shape", "class_names", "feature_names",
+                       "feature_descriptions", "content_sha256", "n_items", "value_range", "created_at"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("studyapp.add_dataset")
+
+    def add_view(self, request, form_url="", extra_context=None):
+        from studyapp.services import datasets as dataset_services
+
+        def submit(data):
+            if data["kind"] == "images":
+                return dataset_services.dataset_import_images(
+                    name=data["name"], archive=data["data_file"], description=data["description"])
+            return dataset_services.dataset_import_tabular(
+                name=data["name"], csv_file=data["data_file"], label_column=data["label_column"] or "label",
+                descriptions=data["descriptions_file"], description=data["description"])
+
+        return _form_view(self, request, form_class=DatasetImportForm, title="Import a dataset", submit=submit)
+
+
+@admin.register(Stimulus)
+class StimulusAdmin(ReadOnlyAdmin):
+    list_display = ["__str__", "thumbnail", "label_name", "split", "source_name"]
+    list_filter = ["dataset", "split", "label"]
+    search_fields = ["source_name", "dataset__name"]
+    list_select_related = ["dataset"]
+    list_per_page = 50
+    readonly_fields = ["dataset", "index", "source_name", "label", "split", "thumbnail", "values"]
+    exclude = ["data", "image"]
+
+    @admin.display(description="image")
+    def thumbnail(self, obj: Stimulus):
+        if not obj.image:
+            return "—"
+        url = reverse("admin:studyapp_stimulus_image", args=[obj.pk])
+        return format_html('<img src="{}" alt="" width="48" height="48" style="image-rendering:pixelated">', url)
+
+    @admin.display(description="label")
+    def label_name(self, obj: Stimulus) -> str:
+        names = obj.dataset.class_names
+        return names[obj.label] if obj.label < len(names) else str(obj.label)
+
+    @admin.display(description="feature values")
+    def values(self, obj: Stimulus) -> str:
+        array = np.load(io.BytesIO(bytes(obj.data)), allow_pickle=False)
+        if obj.dataset.modality != "tabular":
+            return f"array of shape {list(array.shape)}"
+        return ", ".join(f"{name} = {value:.4g}" for name, value in zip(obj.dataset.feature_names, array))
+
+    def get_urls(self):
+        extra = [path("<int:pk>/image/", self.admin_site.admin_view(self.image_view), name="studyapp_stimulus_image")]
+        return extra + super().get_urls()
+
+    def image_view(self, request: HttpRequest, pk: int) -> FileResponse:
+        """Staff-only: stimulus images are not public media (see MEDIA_ROOT in settings)."""
+        stimulus = Stimulus.objects.filter(pk=pk).only("image").first()
+        if stimulus is None or not stimulus.image:
+            raise Http404("No image.")
+        return FileResponse(stimulus.image.open("rb"), content_type="image/png")
+
+
+@admin.register(MLModel)
+class MLModelAdmin(ReadOnlyAdmin):
+    list_display = ["name", "architecture", "dataset", "role", "format", "short_sha", "test_accuracy", "created_at"]
+    list_filter = ["architecture", "role", "format"]
+    search_fields = ["name", "weights_sha256"]
+    list_select_related = ["dataset"]
+    readonly_fields = ["name", "architecture", "dataset", "input_shape", "class_names", "hyperparameters",
+                       "weights_sha256", "format", "role", "derived_from", "training", "metrics", "created_at"]
+    exclude = ["weights"]
+
+    @admin.display(description="SHA-256")
+    def short_sha(self, obj: MLModel) -> str:
+        return obj.weights_sha256[:12]
+
+    @admin.display(description="test accuracy")
+    def test_accuracy(self, obj: MLModel) -> str:
+        value = (obj.metrics or {}).get("test_accuracy")
+        return "—" if value is None else f"{value:.3f}"
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("studyapp.add_mlmodel")
+
+    def add_view(self, request, form_url="", extra_context=None):
+        def submit(data):
+            return mlmodel_register(name=data["name"], architecture=data["architecture"], weights=data["weights_file"],
+                                    dataset=data["dataset"], input_shape=data["input_shape"],
+                                    class_names=data["class_names"], hyperparameters=data["hyperparameters"] or {})
+
+        return _form_view(self, request, form_class=MLModelUploadForm, title="Upload a model", submit=submit)

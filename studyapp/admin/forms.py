@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.conf import settings
+
+from explainers.architectures import ARCHITECTURES
+from studyapp.models import Dataset
+
+
+def _read_upload(upload, *, label: str) -> bytes:
+    limit = settings.MAX_UPLOAD_MB * 1024 * 1024
+    if upload.size > limit:
+        raise forms.ValidationError(f"The {label} is {upload.size / 1e6:.1f} MB; the limit is "
+                                    f"{settings.MAX_UPLOAD_MB} MB (setting MAX_UPLOAD_MB).")
+    return upload.read()
+
+
+class JSONListField(forms.CharField):
+    """A list typed as JSON (["a", "b"]) or as comma-separated values (a, b)."""
+
+    def __init__(self, *, item_type=str, **kwargs) -> None:
+        self.item_type = item_type
+        super().__init__(**kwargs)
+
+    def to_python(self, value):
+        value = super().to_python(value).strip()
+        if not value:
+            return None
+        try:
+            items = json.loads(value) if value.startswith("[") else [v.strip() for v in value.split(",")]
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"This is not a valid JSON list: {exc.msg}.") from None
+        if not isinstance(items, list):
+            raise forms.ValidationError("Enter a list, for example [1, 8, 8] or 1, 8, 8.")
+        try:
+            return [self.item_type(v) for v in items]
+        except (TypeError, ValueError):
+            kind = "whole numbers" if self.item_type is int else "text"
+            raise forms.ValidationError(f"Every entry must be {kind}.") from None
+
+
+class MLModelUploadForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    architecture = forms.ChoiceField(choices=[(a.name, f"{a.name}: {a.description}") for a in ARCHITECTURES.values()])
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.order_by("name"),
+                                     help_text="The weights are checked against this dataset's shapes and classes.")
+    weights_file = forms.FileField(help_text="A safetensors file of the model's state_dict(). Pickle files "
+                                             "(.pt, .pth, .pkl) are refused: they can run code when loaded.")
+    input_shape = JSONListField(item_type=int, required=False,
+                                help_text="Leave empty to use the dataset's shape, e.g. 1, 8, 8 or 6.")
+    class_names = JSONListField(required=False, help_text="Leave empty to use the dataset's class names, in order.")
+    hyperparameters = forms.JSONField(required=False, initial=dict,
+                                      help_text='Architecture options, e.g. {"hidden": 64}.')
+
+    def clean_weights_file(self) -> bytes:
+        return _read_upload(self.cleaned_data["weights_file"], label="weights file")
+
+
+class DatasetImportForm(forms.Form):
+    KINDS = [("images", "Images: a zip of image files with labels.csv (filename,label[,split])"),
+             ("tabular", "Tabular: a CSV with one row per item and a label column")]
+    name = forms.CharField(max_length=120)
+    kind = forms.ChoiceField(choices=KINDS, widget=forms.RadioSelect)
+    data_file = forms.FileField()
+    label_column = forms.CharField(initial="label", required=False, help_text="Tabular only.")
+    descriptions_file = forms.FileField(required=False, help_text="Tabular only: CSV with columns "
+                                                                  "feature,description,unit.")
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+    def clean_data_file(self) -> bytes:
+        return _read_upload(self.cleaned_data["data_file"], label="data file")
+
+    def clean_descriptions_file(self) -> bytes | None:
+        upload = self.cleaned_data.get("descriptions_file")
+        return _read_upload(upload, label="descriptions file") if upload else None

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from studyapp.admin.data import ReadOnlyAdmin
+from studyapp.models import Participant, Response, Trial
+
+
+class TrialInline(admin.TabularInline):
+    model = Trial
+    extra = 0
+    can_delete = False
+    fields = ["position", "phase", "task", "stimulus", "edit", "show_explanation", "show_model_output", "answer",
+              "correct"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("stimulus__dataset", "edit", "response")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="answer")
+    def answer(self, obj: Trial):
+        response = getattr(obj, "response", None)
+        return "—" if response is None else response.answer
+
+    @admin.display(description="correct", boolean=True)
+    def correct(self, obj: Trial):
+        response = getattr(obj, "response", None)
+        return None if response is None else response.correct
+
+
+@admin.register(Participant)
+class ParticipantAdmin(ReadOnlyAdmin):
+    list_display = ["public_id", "study", "arm", "status", "source", "external_id", "started_at", "completed_at"]
+    list_filter = ["status", "source", "study", "arm__kind"]
+    search_fields = ["external_id", "public_id"]
+    list_select_related = ["study", "arm"]
+    inlines = [TrialInline]
+
+
+@admin.register(Response)
+class ResponseAdmin(ReadOnlyAdmin):
+    list_display = ["trial_position", "participant", "study", "answer", "correct", "confidence", "client_rt_ms",
+                    "received_at"]
+    list_filter = ["correct", "trial__phase", "trial__task", "trial__participant__study"]
+    search_fields = ["trial__participant__external_id", "idempotency_key"]
+    list_select_related = ["trial__participant__study"]
+
+    @admin.display(description="position", ordering="trial__position")
+    def trial_position(self, obj: Response) -> int:
+        return obj.trial.position
+
+    @admin.display(description="participant")
+    def participant(self, obj: Response):
+        return obj.trial.participant.public_id
+
+    @admin.display(description="study")
+    def study(self, obj: Response):
+        return obj.trial.participant.study

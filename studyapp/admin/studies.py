@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q
+from django.urls import reverse
+from django.utils.html import format_html
+
+from studyapp.models import AnalysisRun, Arm, Hypothesis, Study
+from studyapp.services.studies import EDITABLE_STATES, study_close, study_launch, study_prepare
+
+
+class FrozenAfterDraftMixin:
+    """Inlines are editable only while the study is a draft: launch freezes the plan."""
+
+    def _editable(self, obj) -> bool:
+        return obj is None or obj.state in EDITABLE_STATES
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return self._editable(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return self._editable(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return self._editable(obj) and super().has_delete_permission(request, obj)
+
+
+class ArmInline(FrozenAfterDraftMixin, admin.TabularInline):
+    model = Arm
+    extra = 0
+    fields = ["position", "name", "kind", "method", "method_config", "manipulation", "manipulation_config",
+              "allocation_weight"]
+
+
+class HypothesisInline(FrozenAfterDraftMixin, admin.StackedInline):
+    model = Hypothesis
+    extra = 0
+    fk_name = "study"
+    fields = [("label", "comparison", "arm", "comparator"), "statement", ("outcome", "likert_item"),
+              ("direction", "equivalence_margin"), ("test", "alpha", "family", "correction"),
+              ("planned_n_per_arm", "stopping_rule"), "exclusion_rules"]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        # Only this study's arms (the study id is in the URL of the change view).
+        if db_field.name in ("arm", "comparator"):
+            study_id = request.resolver_match.kwargs.get("object_id")
+            kwargs["queryset"] = Arm.objects.filter(study_id=study_id).select_related("study")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+def _run_service(model_admin, request, queryset, service, verb: str) -> None:
+    for study in queryset:
+        try:
+            service(study=study)
+        except ValidationError as exc:
+            model_admin.message_user(request, f"{study}: " + " ".join(exc.messages), messages.ERROR)
+        else:
+            model_admin.message_user(request, f"{study}: {verb}.", messages.SUCCESS)
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ["title", "state", "model", "dataset", "n_arms", "n_participants", "n_completed", "participant_link"]
+    list_filter = ["state", "dataset__modality"]
+    search_fields = ["title", "slug", "description"]
+    list_select_related = ["model", "dataset"]
+    prepopulated_fields = {"slug": ["title"]}
+    inlines = [ArmInline, HypothesisInline]
+    actions = ["prepare", "launch", "close"]
+    readonly_fields = ["state", "participant_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
+                       "preparation"]
+    fieldsets = [
+        (None, {"fields": ["title", "slug", "description", "state", "participant_link"]}),
+        ("Model and data", {"fields": ["model", "dataset", "seed", "config", "target_per_arm"]}),
+        ("Participant texts", {"fields": ["consent_text", "instructions", "debrief_text"]}),
+        ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
+        ("Pre-registration and provenance", {"fields": ["frozen_sha256", "launched_at", "closed_at", "preparation",
+                                                        "public_id"]}),
+    ]
+
+    def get_queryset(self, request):
+        # Counts in one query for the whole change list (no N+1).
+        return super().get_queryset(request).annotate(
+            _arms=Count("arms", distinct=True),
+            _participants=Count("participants", distinct=True),
+            _completed=Count("participants", filter=Q(participants__status="completed"), distinct=True))
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.state not in EDITABLE_STATES:
+            fields += [f.name for f in Study._meta.fields if f.editable and f.name not in fields]
+        return fields
+
+    @admin.display(description="arms", ordering="_arms")
+    def n_arms(self, obj) -> int:
+        return obj._arms
+
+    @admin.display(description="participants", ordering="_participants")
+    def n_participants(self, obj) -> int:
+        return obj._participants
+
+    @admin.display(description="completed", ordering="_completed")
+    def n_completed(self, obj) -> int:
+        return obj._completed
+
+    @admin.display(description="participant link")
+    def participant_link(self, obj) -> str:
+        if obj is None or obj.pk is None:
+            return "—"
+        url = reverse("study-landing", args=[obj.public_id])
+        return format_html('<a href="{}">{}</a>', url, url)
+
+    @admin.action(description="Prepare selected studies (predict, compute explanations)")
+    def prepare(self, request, queryset):
+        _run_service(self, request, queryset, study_prepare, "preparation started")
+
+    @admin.action(description="Launch selected studies (freeze plan and open to participants)")
+    def launch(self, request, queryset):
+        _run_service(self, request, queryset, study_launch, "launched")
+
+    @admin.action(description="Close selected studies")
+    def close(self, request, queryset):
+        _run_service(self, request, queryset, study_close, "closed")
+
+
+@admin.register(AnalysisRun)
+class AnalysisRunAdmin(admin.ModelAdmin):
+    list_display = ["study", "kind", "created_at", "plan_sha256"]
+    list_filter = ["kind"]
+    list_select_related = ["study"]
+    search_fields = ["study__title"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

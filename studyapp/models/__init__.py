@@ -1,0 +1,14 @@
+"""Domain model, named after DESIGN.md's glossary.
+
+Invariants live in the database (unique and check constraints), not only in Python: the services
+rely on them for idempotency (a retried task or a resent answer hits a unique constraint instead
+of writing twice).
+"""
+from studyapp.models.data import Dataset, Edit, MLModel, ModelOutput, Stimulus
+from studyapp.models.participation import Participant, Response, Trial
+from studyapp.models.study import AnalysisRun, Arm, Explanation, Hypothesis, Study
+
+__all__ = [
+    "AnalysisRun", "Arm", "Dataset", "Edit", "Explanation", "Hypothesis", "MLModel", "ModelOutput",
+    "Participant", "Response", "Stimulus", "Study", "Trial",
+]

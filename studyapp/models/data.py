@@ -1,0 +1,169 @@
+"""Models and data: what a study shows and predicts."""
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from studyapp.models.base import Modality, OpaqueUploadPath, TimeStamped, choices_check
+
+
+class DatasetSource(models.TextChoices):
+    UPLOAD = "upload", "Uploaded"
+    BUILTIN = "builtin", "Built-in demo data"
+
+
+class Dataset(TimeStamped):
+    """A validated, imported dataset. Its items are Stimulus rows."""
+
+    Source = DatasetSource
+
+    name = models.CharField(max_length=120, unique=True)
+    modality = models.CharField(max_length=16, choices=Modality.choices)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.UPLOAD)
+    description = models.TextField(blank=True)
+    # Model input shape of one item: [C, H, W] for images, [F] for tabular rows.
+    input_shape = models.JSONField()
+    class_names = models.JSONField(help_text="Label names, in class-index order.")
+    feature_names = models.JSONField(default=list, blank=True, help_text="Tabular only.")
+    feature_descriptions = models.JSONField(default=dict, blank=True,
+                                            help_text="Tabular only: {feature: {description, unit}}.")
+    content_sha256 = models.CharField(max_length=64, help_text="SHA-256 of the imported file.")
+    n_items = models.PositiveIntegerField(default=0)
+    # Value range of inputs (images: [0, 1]); rendering and SmoothGrad's noise scale use it.
+    value_range = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            choices_check("modality", Modality, "dataset_modality_valid"),
+            choices_check("source", DatasetSource, "dataset_source_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StimulusSplit(models.TextChoices):
+    TRAIN = "train", "Train"
+    TEST = "test", "Test"
+
+
+class Stimulus(models.Model):
+    """One item of a dataset, with its ground truth.
+
+    ``data`` is the model input as a float32 ``.npy`` blob. Images also get a display PNG with an
+    opaque file name. ``source_name`` (the uploaded file name or row number) is for experimenters
+    only and never reaches participants: it may encode the label.
+    """
+
+    Split = StimulusSplit
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="stimuli")
+    index = models.PositiveIntegerField()
+    source_name = models.CharField(max_length=255, blank=True)
+    label = models.PositiveIntegerField()
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TEST)
+    data = models.BinaryField()
+    image = models.FileField(upload_to=OpaqueUploadPath("stimuli"), blank=True)
+
+    class Meta:
+        verbose_name_plural = "stimuli"
+        ordering = ["dataset", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "index"], name="stimulus_unique_index"),
+            choices_check("split", StimulusSplit, "stimulus_split_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset.name} #{self.index}"
+
+
+class MLModelFormat(models.TextChoices):
+    SAFETENSORS = "safetensors", "safetensors state dict"
+    TORCHSCRIPT = "torchscript", "TorchScript (only when MODEL_ALLOW_TORCHSCRIPT is on)"
+
+
+class MLModelRole(models.TextChoices):
+    TRAINED = "trained", "Trained model"
+    LABEL_RANDOMIZED = "label_randomized", "Trained on permuted labels (sanity check)"
+
+
+class MLModel(TimeStamped):
+    """A model registered for studies: an allowlisted architecture plus safetensors weights."""
+
+    Format = MLModelFormat
+
+    Role = MLModelRole
+
+    name = models.CharField(max_length=120, unique=True)
+    architecture = models.CharField(max_length=64)
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="models",
+                                help_text="The dataset the model was validated against.")
+    input_shape = models.JSONField()
+    class_names = models.JSONField()
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    weights = models.FileField(upload_to=OpaqueUploadPath("models"))
+    weights_sha256 = models.CharField(max_length=64)
+    format = models.CharField(max_length=16, choices=Format.choices, default=Format.SAFETENSORS)
+    role = models.CharField(max_length=24, choices=Role.choices, default=Role.TRAINED)
+    derived_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="derived_models")
+    training = models.JSONField(default=dict, blank=True, help_text="Training configuration, if trained here.")
+    metrics = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name = "ML model"
+        constraints = [
+            choices_check("format", MLModelFormat, "mlmodel_format_valid"),
+            choices_check("role", MLModelRole, "mlmodel_role_valid"),
+            models.CheckConstraint(condition=Q(weights_sha256__regex=r"^[0-9a-f]{64}$"),
+                                   name="mlmodel_sha256_hex"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.architecture})"
+
+
+class EditKind(models.TextChoices):
+    OCCLUDE_CELL = "occlude_cell", "Occlude one grid cell"
+    FEATURE_QUANTILE = "feature_quantile", "Move one feature to another quantile"
+
+
+class Edit(models.Model):
+    """A counterfactual change to a stimulus (an occluded grid cell, a moved feature value)."""
+
+    Kind = EditKind
+
+    stimulus = models.ForeignKey(Stimulus, on_delete=models.CASCADE, related_name="edits")
+    position = models.PositiveSmallIntegerField(help_text="Order among this stimulus' candidate edits.")
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    params = models.JSONField(default=dict)
+    data = models.BinaryField(help_text="Edited model input, float32 .npy.")
+    image = models.FileField(upload_to=OpaqueUploadPath("edits"), blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["stimulus", "position"], name="edit_unique_position"),
+            choices_check("kind", EditKind, "edit_kind_valid"),
+        ]
+
+
+class ModelOutput(models.Model):
+    """The model's prediction on a stimulus or on an edit (exactly one of the two)."""
+
+    model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="outputs")
+    stimulus = models.ForeignKey(Stimulus, null=True, blank=True, on_delete=models.CASCADE, related_name="outputs")
+    edit = models.ForeignKey(Edit, null=True, blank=True, on_delete=models.CASCADE, related_name="outputs")
+    predicted = models.PositiveIntegerField()
+    probabilities = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(stimulus__isnull=False, edit__isnull=True) | Q(stimulus__isnull=True, edit__isnull=False)),
+                name="modeloutput_stimulus_xor_edit"),
+            models.UniqueConstraint(fields=["model", "stimulus"], condition=Q(stimulus__isnull=False),
+                                    name="modeloutput_unique_stimulus"),
+            models.UniqueConstraint(fields=["model", "edit"], condition=Q(edit__isnull=False),
+                                    name="modeloutput_unique_edit"),
+        ]

@@ -1,0 +1,139 @@
+"""Participants, their planned trials, and their answers."""
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from studyapp.models.base import choices_check
+from studyapp.models.data import Edit, Stimulus
+from studyapp.models.study import Arm, Study
+
+
+class ParticipantStatus(models.TextChoices):
+    STARTED = "started", "Started"
+    CONSENTED = "consented", "Consented"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    SCREENED_OUT = "screened_out", "Screened out"
+    FAILED_CHECKS = "failed_checks", "Failed attention checks"
+    ABANDONED = "abandoned", "Abandoned (slot released)"
+    WITHDRAWN = "withdrawn", "Withdrew consent"
+
+
+class ParticipantSource(models.TextChoices):
+    DIRECT = "direct", "Direct link"
+    PROLIFIC = "prolific", "Prolific"
+    SONA = "sona", "SONA"
+
+
+class Participant(models.Model):
+    """One enrollment in a study. The arm is assigned server-side; the participant never picks it."""
+
+    Status = ParticipantStatus
+
+    Source = ParticipantSource
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="participants")
+    arm = models.ForeignKey(Arm, on_delete=models.PROTECT, related_name="participants")
+    # Opaque token in the participant's URL/cookie; the database id is never exposed.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    external_id = models.CharField(max_length=128, blank=True, help_text="e.g. PROLIFIC_PID")
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.DIRECT)
+    source_params = models.JSONField(default=dict, blank=True, help_text="STUDY_ID, SESSION_ID, ...")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTED)
+    started_at = models.DateTimeField(auto_now_add=True)
+    consented_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            choices_check("status", ParticipantStatus, "participant_status_valid"),
+            choices_check("source", ParticipantSource, "participant_source_valid"),
+            # The same Prolific participant cannot enroll twice in one study.
+            models.UniqueConstraint(fields=["study", "external_id"], condition=~Q(external_id=""),
+                                    name="participant_unique_external_id"),
+            models.CheckConstraint(condition=~Q(status="completed") | Q(completed_at__isnull=False),
+                                   name="participant_completed_has_time"),
+        ]
+        indexes = [models.Index(fields=["study", "arm", "status"], name="participant_assignment_idx")]
+
+    def __str__(self) -> str:
+        return str(self.public_id)
+
+
+class TrialPhase(models.TextChoices):
+    PRACTICE = "practice", "Practice"
+    LEARNING = "learning", "Learning (model output shown)"
+    PRE_TEST = "pre_test", "Pre-test"
+    POST_TEST = "post_test", "Post-test"
+    TEST = "test", "Test"
+
+
+class TrialTask(models.TextChoices):
+    FORWARD = "forward", "Predict the model's output"
+    COUNTERFACTUAL_PREDICT = "counterfactual_predict", "Predict the output on an edited input"
+    COUNTERFACTUAL_CHOOSE = "counterfactual_choose", "Choose the edit that changes the output"
+    ATTENTION_CHECK = "attention_check", "Attention check"
+
+
+class Trial(models.Model):
+    """One planned item in a participant's sequence, stored so a refresh resumes where it was."""
+
+    Phase = TrialPhase
+
+    Task = TrialTask
+
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="trials")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    position = models.PositiveIntegerField()
+    phase = models.CharField(max_length=16, choices=Phase.choices)
+    task = models.CharField(max_length=32, choices=Task.choices)
+    stimulus = models.ForeignKey(Stimulus, on_delete=models.PROTECT, related_name="trials")
+    edit = models.ForeignKey(Edit, null=True, blank=True, on_delete=models.PROTECT, related_name="trials")
+    show_explanation = models.BooleanField(default=False)
+    show_model_output = models.BooleanField(default=False)
+    # The answer that counts as correct (model output for prediction tasks, the instructed option
+    # for attention checks). Server-side only: never serialized to the participant before answering.
+    expected_answer = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["participant", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["participant", "position"], name="trial_unique_position"),
+            choices_check("phase", TrialPhase, "trial_phase_valid"),
+            choices_check("task", TrialTask, "trial_task_valid"),
+            models.CheckConstraint(condition=~Q(task="counterfactual_predict") | Q(edit__isnull=False),
+                                   name="trial_counterfactual_has_edit"),
+        ]
+
+
+class Response(models.Model):
+    """A participant's answer to a trial: stored exactly once.
+
+    ``trial`` is one-to-one (one response per trial) and ``idempotency_key`` is generated by the
+    browser per answer and unique, so a resent request finds the stored row instead of writing a
+    second one; the same key with a different payload is refused (see payload_sha256).
+    """
+
+    trial = models.OneToOneField(Trial, on_delete=models.CASCADE, related_name="response")
+    idempotency_key = models.UUIDField(unique=True)
+    payload_sha256 = models.CharField(max_length=64)
+    answer = models.IntegerField(help_text="Class index or edit position chosen.")
+    correct = models.BooleanField(null=True)
+    confidence = models.PositiveSmallIntegerField(null=True, blank=True)
+    client_rt_ms = models.PositiveIntegerField(help_text="Response time measured in the browser.")
+    server_rt_ms = models.PositiveIntegerField(null=True, blank=True,
+                                               help_text="Time between serving the trial and receiving the answer.")
+    client_sent_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(confidence__isnull=True) | Q(confidence__gte=1, confidence__lte=7),
+                                   name="response_confidence_range"),
+            models.CheckConstraint(condition=Q(answer__gte=0), name="response_answer_nonnegative"),
+            models.CheckConstraint(condition=Q(client_rt_ms__lte=86_400_000), name="response_rt_below_a_day"),
+        ]

@@ -1,0 +1,271 @@
+"""Studies, their arms, precomputed explanations, pre-registered hypotheses and analyses."""
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import F, Q
+
+from studyapp.models.base import OpaqueUploadPath, TimeStamped, choices_check
+from studyapp.models.data import Dataset, Edit, MLModel, Stimulus
+
+
+class StudyState(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    PREPARING = "preparing", "Preparing"
+    READY = "ready", "Ready"
+    LIVE = "live", "Live"
+    CLOSED = "closed", "Closed"
+
+
+class Study(TimeStamped):
+    """One experiment. The state only changes through services (studyapp.services.studies)."""
+
+    State = StudyState
+
+    title = models.CharField(max_length=200, help_text="Shown to participants; must not reveal the hypotheses.")
+    slug = models.SlugField(max_length=80, unique=True)
+    description = models.TextField(blank=True, help_text="For experimenters only.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT, editable=False)
+    model = models.ForeignKey(MLModel, on_delete=models.PROTECT, related_name="studies")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="studies")
+    seed = models.PositiveIntegerField(default=0, help_text="Seeds stimulus sampling, assignment and explainers.")
+    config = models.JSONField(default=dict, blank=True,
+                              help_text="Phases, trial counts, sampling and quality-control settings.")
+    consent_text = models.TextField(blank=True)
+    instructions = models.TextField(blank=True)
+    debrief_text = models.TextField(blank=True)
+    target_per_arm = models.PositiveIntegerField(default=30)
+    # The participant link uses this random id, not the slug, so links cannot be guessed.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    completion_code = models.CharField(max_length=64, blank=True)
+    screened_out_code = models.CharField(max_length=64, blank=True)
+    failed_checks_code = models.CharField(max_length=64, blank=True)
+    # Set by launch: canonical JSON of config + arms + hypotheses, its SHA-256 and the time.
+    frozen_config = models.JSONField(null=True, blank=True, editable=False)
+    frozen_sha256 = models.CharField(max_length=64, blank=True, editable=False)
+    launched_at = models.DateTimeField(null=True, blank=True, editable=False)
+    closed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Progress and the last error of preparation, shown in the admin.
+    preparation = models.JSONField(default=dict, blank=True, editable=False)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        constraints = [
+            choices_check("state", StudyState, "study_state_valid"),
+            # A study that has been launched always carries its frozen plan.
+            models.CheckConstraint(
+                condition=Q(state__in=["draft", "preparing", "ready"])
+                | (Q(launched_at__isnull=False, frozen_config__isnull=False) & ~Q(frozen_sha256="")),
+                name="study_launched_is_frozen"),
+            models.CheckConstraint(condition=Q(target_per_arm__gte=1), name="study_target_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ArmKind(models.TextChoices):
+    CONTROL = "control", "Control (no explanation)"
+    EXPLANATION = "explanation", "Explanation"
+    BASELINE = "baseline", "Baseline aid (edges, exemplars, random map)"
+    OOD_WARNING = "ood_warning", "Out-of-distribution warning"
+
+
+class ArmMethod(models.TextChoices):
+    NONE = "", "None"
+    INTEGRATED_GRADIENTS = "integrated_gradients", "Integrated gradients"
+    SALIENCY = "saliency", "Saliency (gradient)"
+    SMOOTHGRAD = "smoothgrad", "SmoothGrad"
+    GRADCAM = "gradcam", "Grad-CAM"
+    GUIDED_BACKPROP = "guided_backprop", "Guided backpropagation"
+    DEEPLIFT = "deeplift", "DeepLIFT"
+    INPUT_X_GRADIENT = "input_x_gradient", "Input x gradient"
+    OCCLUSION = "occlusion", "Occlusion"
+    FEATURE_ABLATION = "feature_ablation", "Feature ablation"
+    KERNEL_SHAP = "kernel_shap", "Kernel SHAP"
+    LIME = "lime", "LIME"
+    SOBEL_EDGES = "sobel_edges", "Sobel edge map (baseline)"
+    EXEMPLARS = "exemplars", "Natural exemplars (baseline)"
+    RANDOM_MAP = "random_map", "Random map (baseline)"
+
+
+class ArmManipulation(models.TextChoices):
+    NONE = "none", "None (real explanation)"
+    RANDOMIZED_MODEL = "randomized_model", "Randomized model parameters"
+    LABEL_RANDOMIZED_MODEL = "label_randomized_model", "Model trained on permuted labels"
+    INVERTED = "inverted", "Inverted map"
+    RANDOM_MATCHED = "random_matched", "Random map matched to the real one"
+    OTHER_INPUT = "other_input", "Explanation of another input"
+
+
+class Arm(models.Model):
+    """A condition: what participants in it see as an aid."""
+
+    Kind = ArmKind
+
+    Method = ArmMethod
+
+    Manipulation = ArmManipulation
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="arms")
+    name = models.CharField(max_length=80, help_text="Internal; participants never see arm names.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CONTROL)
+    method = models.CharField(max_length=32, choices=Method.choices, blank=True, default="")
+    method_config = models.JSONField(default=dict, blank=True,
+                                     help_text="Every parameter of the method; defaults are filled in and stored at preparation.")
+    manipulation = models.CharField(max_length=32, choices=Manipulation.choices, default=Manipulation.NONE)
+    manipulation_config = models.JSONField(default=dict, blank=True)
+    allocation_weight = models.PositiveSmallIntegerField(default=1, help_text="Relative share of participants.")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["study", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "name"], name="arm_unique_name"),
+            choices_check("kind", ArmKind, "arm_kind_valid"),
+            choices_check("method", ArmMethod, "arm_method_valid"),
+            choices_check("manipulation", ArmManipulation, "arm_manipulation_valid"),
+            models.CheckConstraint(condition=Q(allocation_weight__gte=1), name="arm_weight_positive"),
+            # A control arm shows nothing; an explanation arm must say which method.
+            models.CheckConstraint(
+                condition=~Q(kind="control") | (Q(method="") & Q(manipulation="none")),
+                name="arm_control_shows_nothing"),
+            models.CheckConstraint(condition=~Q(kind="explanation") | ~Q(method=""),
+                                   name="arm_explanation_has_method"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study.slug}: {self.name}"
+
+
+class Explanation(models.Model):
+    """The artifact shown in an arm for a stimulus or an edit: raw floats plus a rendered image."""
+
+    arm = models.ForeignKey(Arm, on_delete=models.CASCADE, related_name="explanations")
+    stimulus = models.ForeignKey(Stimulus, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="explanations")
+    edit = models.ForeignKey(Edit, null=True, blank=True, on_delete=models.CASCADE, related_name="explanations")
+    attributions = models.BinaryField(help_text="Raw float32 attributions, .npy.")
+    image = models.FileField(upload_to=OpaqueUploadPath("explanations"), blank=True)
+    config = models.JSONField(help_text="The full resolved configuration that produced it.")
+    config_sha256 = models.CharField(max_length=64)
+    seed = models.PositiveIntegerField()
+    target = models.PositiveIntegerField(help_text="Class explained.")
+    compute_seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(stimulus__isnull=False, edit__isnull=True) | Q(stimulus__isnull=True, edit__isnull=False)),
+                name="explanation_stimulus_xor_edit"),
+            models.UniqueConstraint(fields=["arm", "stimulus"], condition=Q(stimulus__isnull=False),
+                                    name="explanation_unique_arm_stimulus"),
+            models.UniqueConstraint(fields=["arm", "edit"], condition=Q(edit__isnull=False),
+                                    name="explanation_unique_arm_edit"),
+            models.CheckConstraint(condition=Q(compute_seconds__gte=0), name="explanation_seconds_nonnegative"),
+        ]
+
+
+class HypothesisComparison(models.TextChoices):
+    ARM_VS_CONTROL = "arm_vs_control", "Arm vs control"
+    ARM_VS_ARM = "arm_vs_arm", "Arm vs arm"
+    ARM_VS_CHANCE = "arm_vs_chance", "Arm vs chance"
+
+
+class HypothesisOutcome(models.TextChoices):
+    TEST_ACCURACY = "test_accuracy", "Test-phase accuracy"
+    GAIN = "gain", "Post-test minus pre-test accuracy"
+    COUNTERFACTUAL_ACCURACY = "counterfactual_accuracy", "Counterfactual accuracy"
+    LIKERT = "likert", "Likert item"
+
+
+class HypothesisDirection(models.TextChoices):
+    GREATER = "greater", "Greater"
+    LESS = "less", "Less"
+    TWO_SIDED = "two_sided", "Two-sided"
+    EQUIVALENCE = "equivalence", "Equivalent within a margin"
+
+
+class HypothesisCorrection(models.TextChoices):
+    HOLM = "holm", "Holm"
+    BONFERRONI = "bonferroni", "Bonferroni"
+    HOCHBERG = "hochberg", "Hochberg"
+    HOMMEL = "hommel", "Hommel"
+    BH = "bh", "Benjamini-Hochberg (FDR)"
+    BY = "by", "Benjamini-Yekutieli (FDR)"
+
+
+class Hypothesis(TimeStamped):
+    """A pre-registered, falsifiable claim. Frozen with the study at launch."""
+
+    Comparison = HypothesisComparison
+
+    Outcome = HypothesisOutcome
+
+    Direction = HypothesisDirection
+
+    Correction = HypothesisCorrection
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="hypotheses")
+    label = models.CharField(max_length=20, help_text="Short code such as H1.")
+    statement = models.TextField(help_text="The claim in words.")
+    comparison = models.CharField(max_length=16, choices=Comparison.choices, default=Comparison.ARM_VS_CONTROL)
+    arm = models.ForeignKey(Arm, on_delete=models.CASCADE, related_name="hypotheses")
+    comparator = models.ForeignKey(Arm, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+                                   help_text="Other arm for arm-vs-arm; the control arm when empty.")
+    outcome = models.CharField(max_length=32, choices=Outcome.choices, default=Outcome.TEST_ACCURACY)
+    likert_item = models.CharField(max_length=64, blank=True)
+    direction = models.CharField(max_length=16, choices=Direction.choices, default=Direction.GREATER)
+    equivalence_margin = models.FloatField(null=True, blank=True)
+    test = models.CharField(max_length=32, default="welch_t")
+    alpha = models.FloatField(default=0.05)
+    family = models.CharField(max_length=40, default="primary", help_text="Correction family.")
+    correction = models.CharField(max_length=16, choices=Correction.choices, default=Correction.HOLM)
+    planned_n_per_arm = models.PositiveIntegerField(default=30)
+    stopping_rule = models.TextField(blank=True)
+    exclusion_rules = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name_plural = "hypotheses"
+        constraints = [
+            models.UniqueConstraint(fields=["study", "label"], name="hypothesis_unique_label"),
+            choices_check("comparison", HypothesisComparison, "hypothesis_comparison_valid"),
+            choices_check("outcome", HypothesisOutcome, "hypothesis_outcome_valid"),
+            choices_check("direction", HypothesisDirection, "hypothesis_direction_valid"),
+            choices_check("correction", HypothesisCorrection, "hypothesis_correction_valid"),
+            models.CheckConstraint(condition=Q(alpha__gt=0) & Q(alpha__lt=1), name="hypothesis_alpha_range"),
+            models.CheckConstraint(
+                condition=~Q(direction="equivalence") | Q(equivalence_margin__gt=0),
+                name="hypothesis_equivalence_needs_margin"),
+            models.CheckConstraint(condition=~Q(outcome="likert") | ~Q(likert_item=""),
+                                   name="hypothesis_likert_needs_item"),
+            models.CheckConstraint(condition=Q(comparator__isnull=True) | ~Q(comparator=F("arm")),
+                                   name="hypothesis_comparator_differs"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.statement[:60]}"
+
+
+class AnalysisRunKind(models.TextChoices):
+    CONFIRMATORY = "confirmatory", "Confirmatory (pre-registered)"
+    EXPLORATORY = "exploratory", "Exploratory"
+
+
+class AnalysisRun(models.Model):
+    """One run of the analysis: confirmatory (the frozen plan) or exploratory (anything else)."""
+
+    Kind = AnalysisRunKind
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="analysis_runs")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    plan_sha256 = models.CharField(max_length=64, blank=True)
+    seed = models.PositiveIntegerField(default=0)
+    results = models.JSONField(default=dict)
+    software = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [choices_check("kind", AnalysisRunKind, "analysisrun_kind_valid")]

@@ -1,0 +1,1 @@
+"""Write-side business logic: keyword-only, typed, one transaction per service."""

@@ -1,0 +1,138 @@
+"""The embedded demo: built-in data, two deterministically trained models, one live study each.
+
+Idempotent: every step looks for what it would create (by unique name/slug) and reuses it, so
+re-running ``make demo`` is safe and fast.
+"""
+from __future__ import annotations
+
+import io
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from explainers.safe_loading import state_dict_to_bytes
+from explainers.training import train_classifier
+from studyapp.models import Arm, Dataset, Hypothesis, MLModel, Stimulus, Study
+from studyapp.services.mlmodels import mlmodel_register
+from studyapp.services.studies import study_launch, study_prepare
+
+DEMO_SEED = 0
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    builtin: str
+    architecture: str
+    model_name: str
+    slug: str
+    title: str
+    methods: tuple[str, ...]  # explanation arms, besides the control arm
+
+
+DEMOS = (
+    DemoSpec("digits", "image_cnn", "Demo digits CNN", "demo-digits",
+             "How does a computer read handwritten digits?", ("integrated_gradients", "saliency")),
+    DemoSpec("breast_cancer", "tabular_mlp", "Demo breast-cancer MLP", "demo-breast-cancer",
+             "How does a computer judge cell measurements?", ("integrated_gradients", "feature_ablation")),
+)
+
+CONSENT = ("You will see a series of examples and predict what a computer model answers for each. "
+           "The session takes about 15 minutes. Your answers are stored without your name; you may stop at "
+           "any time by closing the page. This is a demonstration study of the platform.")
+
+
+@dataclass
+class DemoResult:
+    studies: list[Study] = field(default_factory=list)
+    admin_username: str = "admin"
+    admin_password: str = ""
+    created: list[str] = field(default_factory=list)
+
+
+def _split_arrays(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = Stimulus.objects.filter(dataset=dataset, split=split).order_by("index").values_list("data", "label")
+    X = np.stack([np.load(io.BytesIO(bytes(d)), allow_pickle=False) for d, _ in rows])
+    return X, np.array([label for _, label in rows], dtype=np.int64)
+
+
+def demo_model(*, spec: DemoSpec, dataset: Dataset, result: DemoResult) -> MLModel:
+    existing = MLModel.objects.filter(name=spec.model_name).first()
+    if existing is not None:
+        return existing
+    X_train, y_train = _split_arrays(dataset, Stimulus.Split.TRAIN)
+    X_test, y_test = _split_arrays(dataset, Stimulus.Split.TEST)
+    trained = train_classifier(architecture=spec.architecture, X=X_train, y=y_train,
+                               num_classes=len(dataset.class_names), seed=DEMO_SEED, X_val=X_test, y_val=y_test)
+    result.created.append(f"model {spec.model_name} (held-out accuracy {trained.val_accuracy:.3f})")
+    return mlmodel_register(
+        name=spec.model_name, architecture=spec.architecture, weights=state_dict_to_bytes(trained.model),
+        dataset=dataset, hyperparameters=trained.config.get("hyperparameters", {}), training=trained.config,
+        metrics={"train_accuracy": trained.train_accuracy, "test_accuracy": trained.val_accuracy,
+                 "test_n": int(len(y_test))})
+
+
+def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: DemoResult) -> Study:
+    study = Study.objects.filter(slug=spec.slug).first()
+    if study is None:
+        with transaction.atomic():
+            study = Study.objects.create(
+                title=spec.title, slug=spec.slug, model=model, dataset=dataset, seed=DEMO_SEED,
+                description=f"Built-in demo ({spec.builtin}) created by `make demo`.", consent_text=CONSENT,
+                completion_code="DEMO-COMPLETE", screened_out_code="DEMO-SCREENED",
+                failed_checks_code="DEMO-FAILED",
+                config={"phases": ["learning", "pre_test", "learning", "post_test"], "trials_per_phase": 10})
+            control = Arm.objects.create(study=study, name="control", kind=Arm.Kind.CONTROL, position=0)
+            for position, method in enumerate(spec.methods, start=1):
+                arm = Arm.objects.create(study=study, name=method, kind=Arm.Kind.EXPLANATION, method=method,
+                                         position=position)
+                Hypothesis.objects.create(
+                    study=study, label=f"H{position}", arm=arm, comparator=control,
+                    statement=f"Participants shown {arm.get_method_display()} explanations improve more from "
+                              f"pre-test to post-test at predicting the model than the control arm.",
+                    outcome=Hypothesis.Outcome.GAIN, direction=Hypothesis.Direction.GREATER,
+                    planned_n_per_arm=study.target_per_arm)
+        result.created.append(f"study {spec.slug}")
+    if study.state == Study.State.DRAFT:
+        study = study_prepare(study=study)  # in-process in the embedded mode
+        study.refresh_from_db()
+    if study.state == Study.State.READY:
+        study = study_launch(study=study)
+    return study
+
+
+def demo_admin(*, result: DemoResult) -> None:
+    """An admin login for the demo; the password is generated once and kept in DATA_DIR."""
+    password_file = Path(settings.DATA_DIR) / "demo-admin-password.txt"
+    User = get_user_model()
+    user = User.objects.filter(username=result.admin_username).first()
+    if user is not None and password_file.exists():
+        result.admin_password = password_file.read_text().strip()
+        return
+    password = secrets.token_urlsafe(12)
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    if user is None:
+        User.objects.create_superuser(result.admin_username, "admin@example.invalid", password)
+        result.created.append("admin user")
+    else:
+        user.set_password(password)
+        user.save(update_fields=["password"])
+    result.admin_password = password
+
+
+def demo_setup() -> DemoResult:
+    from studyapp.services.datasets import dataset_import_builtin
+
+    result = DemoResult()
+    for spec in DEMOS:
+        dataset = dataset_import_builtin(which=spec.builtin)
+        model = demo_model(spec=spec, dataset=dataset, result=result)
+        result.studies.append(demo_study(spec=spec, model=model, dataset=dataset, result=result))
+    demo_admin(result=result)
+    return result

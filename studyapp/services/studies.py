@@ -1,0 +1,124 @@
+"""Study lifecycle: draft -> preparing -> ready -> live -> closed.
+
+Every transition is a conditional UPDATE (``WHERE state = <from>``), so two concurrent requests
+(two admins clicking "launch", a retried task) cannot both move the study: exactly one UPDATE
+matches a row, the other gets a clear InvalidTransition.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.db import transaction
+from django.utils import timezone
+
+from studyapp.models import Arm, Hypothesis, Study
+from studyapp.services.errors import InvalidTransition, ServiceError
+
+State = Study.State
+
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    State.DRAFT: (State.PREPARING,),
+    State.PREPARING: (State.READY, State.DRAFT),  # back to draft when preparation fails
+    State.READY: (State.LIVE, State.DRAFT),  # back to draft to change the configuration
+    State.LIVE: (State.CLOSED,),
+    State.CLOSED: (),
+}
+EDITABLE_STATES = (State.DRAFT,)
+
+
+def _transition(*, study: Study, to: str, extra: dict | None = None) -> Study:
+    allowed_from = [s for s, targets in TRANSITIONS.items() if to in targets]
+    updated = Study.objects.filter(pk=study.pk, state__in=allowed_from).update(
+        state=to, updated_at=timezone.now(), **(extra or {}))
+    if updated != 1:
+        current = Study.objects.filter(pk=study.pk).values_list("state", flat=True).first()
+        raise InvalidTransition(
+            f"The study '{study.title}' is {current}; it can only become {to} from "
+            f"{' or '.join(allowed_from)}.")
+    study.refresh_from_db()
+    return study
+
+
+def study_validate_design(*, study: Study) -> None:
+    """Checks that must hold before any computation is spent on a study."""
+    arms = list(study.arms.all())
+    problems = []
+    if not any(a.kind == Arm.Kind.CONTROL for a in arms):
+        problems.append("Add a control arm (no explanation): every comparison is made against it.")
+    if len(arms) < 2:
+        problems.append("A study needs at least two arms (a control arm and at least one other).")
+    if study.model.dataset_id != study.dataset_id:
+        problems.append(f"The model '{study.model.name}' was validated against the dataset "
+                        f"'{study.model.dataset.name}', not '{study.dataset.name}'.")
+    if problems:
+        raise ServiceError(problems)
+
+
+def study_prepare(*, study: Study) -> Study:
+    """draft -> preparing, then the preparation task runs (in-process in the embedded mode)."""
+    from worker.tasks import prepare_study  # the worker package imports services, not the reverse
+
+    study_validate_design(study=study)
+    with transaction.atomic():
+        study = _transition(study=study, to=State.PREPARING)
+        transaction.on_commit(lambda: prepare_study.delay(study.pk))
+    return study
+
+
+def study_mark_ready(*, study: Study) -> Study:
+    return _transition(study=study, to=State.READY)
+
+
+def study_back_to_draft(*, study: Study) -> Study:
+    return _transition(study=study, to=State.DRAFT)
+
+
+def study_plan_document(*, study: Study) -> dict:
+    """Everything the launch freezes, as plain JSON-able data in a stable order."""
+    model = study.model
+    return {
+        "study": {"slug": study.slug, "title": study.title, "seed": study.seed, "config": study.config,
+                  "target_per_arm": study.target_per_arm},
+        "model": {"name": model.name, "architecture": model.architecture, "weights_sha256": model.weights_sha256,
+                  "hyperparameters": model.hyperparameters, "class_names": model.class_names},
+        "dataset": {"name": study.dataset.name, "content_sha256": study.dataset.content_sha256},
+        "arms": [
+            {"name": a.name, "kind": a.kind, "method": a.method, "method_config": a.method_config,
+             "manipulation": a.manipulation, "manipulation_config": a.manipulation_config,
+             "allocation_weight": a.allocation_weight}
+            for a in study.arms.order_by("position", "id")
+        ],
+        "hypotheses": [
+            {"label": h.label, "statement": h.statement, "comparison": h.comparison, "arm": h.arm.name,
+             "comparator": h.comparator.name if h.comparator_id else None, "outcome": h.outcome,
+             "likert_item": h.likert_item, "direction": h.direction,
+             "equivalence_margin": h.equivalence_margin, "test": h.test, "alpha": h.alpha,
+             "family": h.family, "correction": h.correction, "planned_n_per_arm": h.planned_n_per_arm,
+             "stopping_rule": h.stopping_rule, "exclusion_rules": h.exclusion_rules}
+            for h in Hypothesis.objects.filter(study=study).select_related("arm", "comparator").order_by("label")
+        ],
+    }
+
+
+def canonical_json(data: dict) -> str:
+    """Canonical form for hashing: sorted keys, no insignificant whitespace, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def study_launch(*, study: Study) -> Study:
+    """ready -> live, freezing configuration, arms and hypotheses (canonical JSON + SHA-256 + time)."""
+    with transaction.atomic():
+        # Lock the row so arms/hypotheses cannot change between reading the plan and freezing it.
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        if locked.state != State.READY:
+            raise InvalidTransition(f"The study '{locked.title}' is {locked.state}; only a ready study can be launched.")
+        plan = study_plan_document(study=locked)
+        text = canonical_json(plan)
+        return _transition(study=locked, to=State.LIVE, extra={
+            "frozen_config": plan, "frozen_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "launched_at": timezone.now()})
+
+
+def study_close(*, study: Study) -> Study:
+    return _transition(study=study, to=State.CLOSED, extra={"closed_at": timezone.now()})

@@ -1,0 +1,65 @@
+"""Shared test setup.
+
+- Every test gets its own MEDIA_ROOT/DATA_DIR under tmp_path (no litter in ./var).
+- Celery runs tasks in-process by default; tests marked ``redis`` start a real worker instead.
+- Tests marked ``postgres``/``redis`` need the real services. With CI=true they FAIL when the
+  service is unreachable (a green CI must never hide a skipped integration test); locally they
+  are skipped with the reason.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _redis_url() -> str:
+    return os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+def redis_problem() -> str | None:
+    import redis
+
+    try:
+        redis.Redis.from_url(_redis_url(), socket_connect_timeout=2).ping()
+    except Exception as exc:
+        return f"Redis at {_redis_url()} is unreachable ({exc.__class__.__name__}: {exc})"
+    return None
+
+
+def postgres_problem() -> str | None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return (f"DATABASE_URL points at {connection.vendor}, not PostgreSQL "
+                "(make test sets postgres://postgres@127.0.0.1:5432/studyapp)")
+    return None
+
+
+def _require(problem: str | None) -> None:
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{problem}; CI=true, so this test fails instead of skipping.", pytrace=False)
+    pytest.skip(problem)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(request, tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.DATA_DIR = tmp_path
+    if request.node.get_closest_marker("postgres"):
+        _require(postgres_problem())
+    if request.node.get_closest_marker("redis"):
+        _require(redis_problem())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _celery_in_process():
+    from worker import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield

@@ -1,0 +1,12 @@
+"""Thin tasks: parse arguments, call one service. Every task is idempotent (late ack)."""
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(name="worker.tasks.prepare_study", autoretry_for=(ConnectionError,), retry_backoff=True,
+             max_retries=5)
+def prepare_study(study_id: int) -> dict:
+    from studyapp.services.preparation import study_run_preparation
+
+    return study_run_preparation(study_id=study_id)
