@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import pickletools
 import warnings
 import zipfile
@@ -278,7 +279,8 @@ def _check_input_shape(architecture: str, rank: int, input_shape) -> tuple[int, 
     expected = "[channels, height, width], e.g. [1, 8, 8]" if rank == 3 else "[number of features], e.g. [6]"
     try:
         shape = tuple(input_shape)
-        valid = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        valid = all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
+                    for s in shape)
     except TypeError:
         shape, valid = (), False
     if not valid or len(shape) != rank:
@@ -338,7 +340,7 @@ def _check_hyperparameters(architecture: str, hyperparameters) -> None:
             f"Architecture '{architecture}' has no hyperparameter(s) {', '.join(map(repr, unknown))}. "
             f"Settable hyperparameters: {', '.join(settable)}.")
     for name, value in hyperparameters.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ModelValidationError(
                 f"Hyperparameter '{name}' of architecture '{architecture}' must be a positive "
                 f"whole number (the layer size used in training); got {value!r}.")

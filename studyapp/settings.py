@@ -76,6 +76,7 @@ TEMPLATES = [
 
 DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL lets the participant pages read while a background task writes; the busy timeout makes
     # concurrent writers wait instead of failing with "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -94,6 +95,8 @@ else:
 # Celery: no broker configured -> tasks run in-process (embedded default); otherwise Redis.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
+if CELERY_TASK_ALWAYS_EAGER:
+    CELERY_BROKER_URL = "memory://"  # never contacted in eager mode; avoids kombu's default-host guess
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_RESULT_BACKEND = None
 # Late ack + reject on worker loss: a crashed explanation chunk is redelivered; every task is
@@ -140,7 +143,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Explanation study platform API", "VERSION": "0.1.0"}
+SPECTACULAR_SETTINGS = {"TITLE": "Explanation study platform API", "VERSION": "0.1.0",
+                        "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAdminUser"]}
 
 # Production hardening; `manage.py check --deploy` passes with no warnings when DEBUG is off.
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)

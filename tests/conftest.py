@@ -19,6 +19,13 @@ def _redis_url() -> str:
     return os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
+def isolated_broker_url() -> str:
+    """Redis database 13 of the test Redis: a developer's running worker never steals test tasks."""
+    url = _redis_url()
+    base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+    return f"{base}/13"
+
+
 def redis_problem() -> str | None:
     import redis
 
@@ -60,6 +67,8 @@ def _isolated_media(request, tmp_path, settings):
 def _celery_in_process():
     from worker import app
 
+    # Set before anything publishes: Celery caches its broker connection on first use.
+    app.conf.broker_url = isolated_broker_url()
     app.conf.task_always_eager = True
     app.conf.task_eager_propagates = True
     yield

@@ -34,7 +34,8 @@ def _seeded(seed: int, device: torch.device):
     """Seed torch (CPU and CUDA), numpy and random for one call, then restore the caller's
     generators: results repeat exactly, and nobody else's random stream is disturbed."""
     np_state, py_state = np.random.get_state(), random.getstate()
-    devices = [device] if device.type == "cuda" else []
+    devices = ([device.index if device.index is not None else torch.cuda.current_device()]
+               if device.type == "cuda" else [])
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -60,7 +61,7 @@ def _baseline(cfg: dict, shape: tuple[int, ...], device: torch.device) -> torch.
         raise ValueError(f"baseline_values of shape {list(np.shape(cfg['baseline_values']))} do "
                          f"not fit inputs of shape {list(shape)} (give one value per feature or "
                          f"channel, or an array shaped like one input).") from None
-    return torch.from_numpy(np.ascontiguousarray(arr))[None].to(device)
+    return torch.from_numpy(np.array(arr, dtype=np.float32))[None].to(device)
 
 
 def _feature_mask(cfg: dict, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor | None, int]:
@@ -136,10 +137,13 @@ def explain(model: nn.Module, inputs: np.ndarray | torch.Tensor, *, method: str,
     cfg[EXECUTION_KEY] = {
         "seed": int(seed), "device": dev.type, "max_batch": ctx.max_batch, "batching": batching,
         "dtype": "float32", "torch": torch.__version__, "captum": captum.__version__,
-        # TF32 (on by default for cuDNN convolutions) lowers precision on recent GPUs.
-        "tf32": ({"cudnn": bool(torch.backends.cudnn.allow_tf32),
-                  "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
-                 if dev.type == "cuda" else None),
+        # On CUDA: TF32 (on by default for cuDNN convolutions) lowers precision, and bitwise
+        # repeatability needs cudnn.deterministic. Recorded, not changed: they are process-wide.
+        "cuda_flags": ({"cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+                        "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+                        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+                       if dev.type == "cuda" else None),
         "target_source": "predicted" if targets is None else "given",
     }
     return ExplanationResult(attributions=attributions, targets=t.numpy().astype(np.int64),

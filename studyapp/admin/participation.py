@@ -39,7 +39,7 @@ class ParticipantAdmin(ReadOnlyAdmin):
     list_display = ["public_id", "study", "arm", "status", "source", "external_id", "started_at", "completed_at"]
     list_filter = ["status", "source", "study", "arm__kind"]
     search_fields = ["external_id", "public_id"]
-    list_select_related = ["study", "arm"]
+    list_select_related = ["study", "arm__study"]
     inlines = [TrialInline]
 
 

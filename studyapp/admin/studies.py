@@ -86,6 +86,9 @@ class StudyAdmin(admin.ModelAdmin):
             _participants=Count("participants", distinct=True),
             _completed=Count("participants", filter=Q(participants__status="completed"), distinct=True))
 
+    def get_prepopulated_fields(self, request, obj=None):
+        return self.prepopulated_fields if obj is None or obj.state in EDITABLE_STATES else {}
+
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.state not in EDITABLE_STATES:

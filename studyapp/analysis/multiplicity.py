@@ -15,8 +15,9 @@ Names (ours -> statsmodels -> R ``p.adjust``)::
 NaN policy (matches R's ``p.adjust``): a NaN p-value (a test that could not be computed)
 stays NaN, is never rejected, and the adjustment of the others uses only the number of
 non-NaN p-values. In R this comes from ``p.adjust(p, n = length(p))``: ``p`` is subset to its
-non-NA entries before the lazily evaluated default ``n`` is first used. statsmodels instead
-propagates NaN into the sort and gives wrong results, so NaNs are removed before the call.
+non-NA entries before the lazily evaluated default ``n`` is first used. statsmodels 0.15
+differs: it counts a NaN in the family size for Holm/Bonferroni and returns all-NaN for the
+step-up methods (Hochberg, Hommel, BH, BY), so NaNs are removed before the call.
 """
 
 from __future__ import annotations

@@ -237,7 +237,8 @@ class Hypothesis(TimeStamped):
             choices_check("correction", HypothesisCorrection, "hypothesis_correction_valid"),
             models.CheckConstraint(condition=Q(alpha__gt=0) & Q(alpha__lt=1), name="hypothesis_alpha_range"),
             models.CheckConstraint(
-                condition=~Q(direction="equivalence") | Q(equivalence_margin__gt=0),
+                # isnull spelled out: in SQL a NULL margin would make the check pass.
+                condition=~Q(direction="equivalence") | Q(equivalence_margin__isnull=False, equivalence_margin__gt=0),
                 name="hypothesis_equivalence_needs_margin"),
             models.CheckConstraint(condition=~Q(outcome="likert") | ~Q(likert_item=""),
                                    name="hypothesis_likert_needs_item"),

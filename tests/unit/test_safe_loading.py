@@ -27,6 +27,7 @@ from explainers.safe_loading import (
 
 torch.set_num_threads(1)
 
+
 TABULAR = {"architecture": "tabular_mlp", "input_shape": [6], "class_names": ["malignant", "benign"]}
 IMAGE = {"architecture": "image_cnn", "input_shape": [1, 8, 8],
          "class_names": [str(d) for d in range(10)]}

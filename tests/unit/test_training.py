@@ -15,6 +15,7 @@ from explainers.training import (
 
 torch.set_num_threads(1)
 
+
 LOADERS = {"digits": demo_data.load_digits, "breast_cancer": demo_data.load_breast_cancer}
 
 

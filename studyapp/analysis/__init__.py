@@ -1,0 +1,80 @@
+"""Django-free statistics for controlled studies of ML explanations.
+
+Data frames in, small result objects out; nothing here imports Django. The participant is the
+unit of analysis: trials are aggregated per participant (``aggregate``) before the
+confirmatory tests (``comparisons``, ``primary``); trial-level models with crossed random
+effects (``mixed``) and the two-stage bootstrap (``bootstrap``) are secondary. Every
+resampling method takes a seed and stores it in its result.
+"""
+
+from .aggregate import (
+    outcome_by_arm,
+    participant_accuracy,
+    participant_outcomes,
+    select_trials,
+)
+from .bootstrap import BootstrapResult, two_stage_bootstrap
+from .comparisons import (
+    chance_level_test,
+    likert_mann_whitney,
+    permutation_test,
+    pooled_binomial_descriptive,
+    tost_equivalence,
+    welch_t_test,
+)
+from .contingency import (
+    attrition_test,
+    chi_square_test,
+    completion_table,
+    fisher_exact_test,
+)
+from .decisions import Decision, HypothesisSpec, decide
+from .effect_sizes import cohens_d, cohens_h, difference_in_proportions, odds_ratio
+from .mixed import crossed_mixed_logistic, gee_logistic
+from .multiplicity import METHODS as CORRECTION_METHODS
+from .multiplicity import AdjustedPValues, adjust_pvalues
+from .planning import SampleSize, sample_size_two_means, sample_size_two_proportions
+from .primary import PrimaryAnalysis, primary_analysis
+from .results import EffectSize, StatResult
+from .simulation import CalibrationResult, calibrate, simulate_study
+
+__all__ = [
+    "AdjustedPValues",
+    "BootstrapResult",
+    "CORRECTION_METHODS",
+    "CalibrationResult",
+    "Decision",
+    "EffectSize",
+    "HypothesisSpec",
+    "PrimaryAnalysis",
+    "SampleSize",
+    "StatResult",
+    "adjust_pvalues",
+    "attrition_test",
+    "calibrate",
+    "chance_level_test",
+    "chi_square_test",
+    "cohens_d",
+    "cohens_h",
+    "completion_table",
+    "crossed_mixed_logistic",
+    "decide",
+    "difference_in_proportions",
+    "fisher_exact_test",
+    "gee_logistic",
+    "likert_mann_whitney",
+    "odds_ratio",
+    "outcome_by_arm",
+    "participant_accuracy",
+    "participant_outcomes",
+    "permutation_test",
+    "pooled_binomial_descriptive",
+    "primary_analysis",
+    "sample_size_two_means",
+    "sample_size_two_proportions",
+    "select_trials",
+    "simulate_study",
+    "tost_equivalence",
+    "two_stage_bootstrap",
+    "welch_t_test",
+]

@@ -1,0 +1,123 @@
+"""factory_boy factories. Models get real safetensors weights of an allowlisted architecture."""
+from __future__ import annotations
+
+import io
+
+import factory
+import numpy as np
+import torch
+from django.core.files.base import ContentFile
+
+from explainers.architectures import build_model
+from explainers.safe_loading import state_dict_to_bytes, weights_sha256
+from studyapp import models as m
+
+CLASS_NAMES = ["negative", "positive"]
+N_FEATURES = 3
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def tabular_weights(seed: int = 0) -> bytes:
+    torch.manual_seed(seed)
+    return state_dict_to_bytes(build_model("tabular_mlp", input_shape=(N_FEATURES,), num_classes=2))
+
+
+class DatasetFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = m.Dataset
+
+    name = factory.Sequence(lambda n: f"dataset {n}")
+    modality = "tabular"
+    input_shape = [N_FEATURES]
+    class_names = CLASS_NAMES
+    feature_names = ["a", "b", "c"]
+    content_sha256 = "0" * 64
+    value_range = [0.0, 1.0]
+
+
+class StimulusFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = m.Stimulus
+
+    dataset = factory.SubFactory(DatasetFactory)
+    index = factory.Sequence(int)
+    label = factory.Sequence(lambda n: n % 2)
+    split = "test"
+    data = factory.LazyAttribute(lambda o: npy_bytes(np.random.default_rng(o.index).random(N_FEATURES)))
+
+
+class MLModelFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = m.MLModel
+
+    name = factory.Sequence(lambda n: f"model {n}")
+    architecture = "tabular_mlp"
+    dataset = factory.SubFactory(DatasetFactory)
+    input_shape = [N_FEATURES]
+    class_names = CLASS_NAMES
+    weights_sha256 = factory.LazyAttribute(lambda o: weights_sha256(tabular_weights()))
+    weights = factory.LazyAttribute(lambda o: ContentFile(tabular_weights(), name="w.safetensors"))
+
+
+class StudyFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = m.Study
+
+    title = factory.Sequence(lambda n: f"Study {n}")
+    slug = factory.Sequence(lambda n: f"study-{n}")
+    model = factory.SubFactory(MLModelFactory)
+    dataset = factory.SelfAttribute("model.dataset")
+    consent_text = "Please take part."
+
+
+class ArmFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = m.Arm
+
+    study = factory.SubFactory(StudyFactory)
+    name = factory.Sequence(lambda n: f"arm {n}")
+    kind = "control"
+
+
+class ParticipantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = m.Participant
+
+    arm = factory.SubFactory(ArmFactory)
+    study = factory.SelfAttribute("arm.study")
+
+
+class TrialFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = m.Trial
+
+    participant = factory.SubFactory(ParticipantFactory)
+    position = factory.Sequence(int)
+    phase = "test"
+    task = "forward"
+    stimulus = factory.SubFactory(StimulusFactory, dataset=factory.SelfAttribute("..participant.study.dataset"))
+
+
+def study_with_arms(*, methods=("integrated_gradients",)) -> m.Study:
+    """A draft study with stimuli, a control arm and explanation arms."""
+    study = StudyFactory()
+    StimulusFactory.create_batch(6, dataset=study.dataset)
+    ArmFactory(study=study, name="control", kind="control", position=0)
+    for i, method in enumerate(methods, start=1):
+        ArmFactory(study=study, name=method, kind="explanation", method=method, position=i)
+    return study
+
+
+class HypothesisFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = m.Hypothesis
+
+    study = factory.SelfAttribute("arm.study")
+    arm = factory.SubFactory(ArmFactory, kind="explanation", method="saliency")
+    label = factory.Sequence(lambda n: f"H{n + 1}")
+    statement = "The arm beats control."

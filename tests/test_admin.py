@@ -1,0 +1,172 @@
+"""Experimenters work in the Django admin: pages load, lists don't do N+1 queries, uploads validate."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from PIL import Image
+
+from studyapp.models import MLModel, Participant, Response, Stimulus, Study
+from tests.factories import (DatasetFactory, HypothesisFactory, ParticipantFactory, StimulusFactory, TrialFactory,
+                             study_with_arms, tabular_weights)
+
+pytestmark = pytest.mark.django_db
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def populate(n: int) -> None:
+    for _ in range(n):
+        study = study_with_arms()
+        HypothesisFactory(study=study, arm=study.arms.get(kind="explanation"))
+        trial = TrialFactory(participant=ParticipantFactory(arm=study.arms.get(kind="control")))
+        Response.objects.create(trial=trial, idempotency_key=__import__("uuid").uuid4(), payload_sha256="a" * 64,
+                                answer=0, client_rt_ms=500)
+        stimulus = Stimulus.objects.filter(dataset=study.dataset).first()
+        stimulus.image.save("x.png", io.BytesIO(png_bytes()))
+
+
+CHANGELISTS = ["study", "dataset", "stimulus", "mlmodel", "participant", "response", "analysisrun"]
+
+
+@pytest.mark.parametrize("model_name", CHANGELISTS)
+def test_change_lists_load_with_a_constant_number_of_queries(admin_client, model_name):
+    url = reverse(f"admin:studyapp_{model_name}_changelist")
+    populate(2)
+    with CaptureQueriesContext(connection) as few:
+        assert admin_client.get(url).status_code == 200
+    populate(6)
+    with CaptureQueriesContext(connection) as many:
+        assert admin_client.get(url).status_code == 200
+    assert len(many) == len(few), f"{model_name}: {len(few)} queries for 2 studies, {len(many)} for 8"
+
+
+def test_study_change_page_shows_arms_hypotheses_and_the_participant_link(admin_client):
+    study = study_with_arms()
+    HypothesisFactory(study=study, arm=study.arms.get(kind="explanation"), statement="IG beats control")
+    page = admin_client.get(reverse("admin:studyapp_study_change", args=[study.pk])).content.decode()
+    assert "integrated_gradients" in page and "IG beats control" in page
+    assert reverse("study-landing", args=[study.public_id]) in page
+
+
+def test_participant_page_lists_trials_read_only(admin_client):
+    trial = TrialFactory()
+    response = admin_client.get(reverse("admin:studyapp_participant_change", args=[trial.participant.pk]))
+    assert response.status_code == 200
+    assert admin_client.get(reverse("admin:studyapp_participant_add")).status_code == 403
+
+
+def test_stimulus_thumbnails_are_served_to_staff_only(admin_client, client):
+    stimulus = StimulusFactory()
+    stimulus.image.save("digit.png", io.BytesIO(png_bytes()))
+    url = reverse("admin:studyapp_stimulus_image", args=[stimulus.pk])
+    assert admin_client.get(url)["Content-Type"] == "image/png"
+    assert client.get(url).status_code == 302  # to the login page
+
+
+def test_prepare_and_launch_actions_move_a_study_to_live(admin_client, django_capture_on_commit_callbacks):
+    study = study_with_arms()
+    url = reverse("admin:studyapp_study_changelist")
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(url, {"action": "prepare", "_selected_action": [study.pk]})
+    admin_client.post(url, {"action": "launch", "_selected_action": [study.pk]})
+    study.refresh_from_db()
+    assert study.state == Study.State.LIVE and len(study.frozen_sha256) == 64
+
+
+def test_an_action_that_is_not_allowed_says_why(admin_client):
+    study = study_with_arms()
+    response = admin_client.post(reverse("admin:studyapp_study_changelist"),
+                                 {"action": "launch", "_selected_action": [study.pk]}, follow=True)
+    assert "only a ready study can be launched" in response.content.decode()
+
+
+def test_a_live_study_cannot_be_edited_in_the_admin(admin_client, django_capture_on_commit_callbacks):
+    study = study_with_arms()
+    Study.objects.filter(pk=study.pk).update(state="ready")
+    from studyapp.services.studies import study_launch
+
+    study_launch(study=study)
+    page = admin_client.get(reverse("admin:studyapp_study_change", args=[study.pk])).content.decode()
+    assert 'name="title"' not in page and 'name="arms-0-name"' not in page
+
+
+def upload(admin_client, dataset, weights: bytes, **extra):
+    data = {"name": "uploaded", "architecture": "tabular_mlp", "dataset": dataset.pk,
+            "weights_file": io.BytesIO(weights), "hyperparameters": "{}", **extra}
+    data["weights_file"].name = extra.pop("filename", "model.safetensors")
+    return admin_client.post(reverse("admin:studyapp_mlmodel_add"), data)
+
+
+def test_uploading_valid_safetensors_registers_the_model(admin_client):
+    dataset = DatasetFactory()
+    response = upload(admin_client, dataset, tabular_weights(seed=3))
+    assert response.status_code == 302
+    model = MLModel.objects.get(name="uploaded")
+    assert model.weights.read() == tabular_weights(seed=3)
+    assert "uploaded" not in os.path.basename(model.weights.name)
+
+
+class CreatesAFile:
+    """Unpickling this object would create ``path``: the classic malicious-pickle payload."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_malicious_pickle_is_refused_and_never_executed(admin_client, tmp_path):
+    marker = tmp_path / "pwned.txt"
+    payload = pickle.dumps({"features.fc1.weight": CreatesAFile(str(marker))})
+    # (tests/unit/test_safe_loading.py shows that unpickling this payload really creates the file.)
+    response = upload(admin_client, DatasetFactory(), payload, filename="model.pt")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "pickle" in page and "never load" in page
+    assert not marker.exists()
+    assert not MLModel.objects.exists()
+
+
+def test_weights_that_do_not_fit_the_dataset_are_explained(admin_client):
+    dataset = DatasetFactory(class_names=["a", "b", "c"])
+    page = upload(admin_client, dataset, tabular_weights()).content.decode()
+    # The class names default to the dataset's, so the mismatch is the 2-output last layer.
+    assert "has 2 outputs (classes), but 3 class names were given (a, b, c)" in page
+    assert not MLModel.objects.exists()
+
+
+def test_class_names_in_another_order_are_refused(admin_client):
+    dataset = DatasetFactory()
+    page = upload(admin_client, dataset, tabular_weights(), class_names="positive, negative").content.decode()
+    assert "different order" in page
+    assert not MLModel.objects.exists()
+
+
+def test_a_tabular_dataset_can_be_imported_from_the_admin(admin_client):
+    csv = "a,b,label\n1,2,yes\n3,4,no\n5,6,yes\n7,8,no\n"
+    data = {"name": "csv data", "kind": "tabular", "label_column": "label", "data_file": io.BytesIO(csv.encode())}
+    data["data_file"].name = "data.csv"
+    response = admin_client.post(reverse("admin:studyapp_dataset_add"), data)
+    assert response.status_code == 302
+    assert Stimulus.objects.filter(dataset__name="csv data").count() == 4
+
+
+def test_a_broken_csv_import_shows_the_problem_and_writes_nothing(admin_client):
+    csv = "a,b,label\n1,2,yes\nx,4,no\n"
+    data = {"name": "bad", "kind": "tabular", "label_column": "label", "data_file": io.BytesIO(csv.encode())}
+    data["data_file"].name = "data.csv"
+    page = admin_client.post(reverse("admin:studyapp_dataset_add"), data).content.decode()
+    assert "not a number" in page or "non-numeric" in page or "numeric" in page
+    assert not Participant.objects.exists() and not Stimulus.objects.exists()
