@@ -5,10 +5,10 @@ rely on them for idempotency (a retried task or a resent answer hits a unique co
 of writing twice).
 """
 from studyapp.models.data import Dataset, Edit, MLModel, ModelOutput, Stimulus
-from studyapp.models.participation import Participant, Response, Trial
-from studyapp.models.study import AnalysisRun, Arm, Explanation, Hypothesis, Study
+from studyapp.models.participation import Participant, QuestionnaireAnswer, Response, Trial
+from studyapp.models.study import AnalysisRun, Arm, Explanation, Hypothesis, PreregistrationDeviation, Study
 
 __all__ = [
     "AnalysisRun", "Arm", "Dataset", "Edit", "Explanation", "Hypothesis", "MLModel", "ModelOutput",
-    "Participant", "Response", "Stimulus", "Study", "Trial",
+    "Participant", "PreregistrationDeviation", "QuestionnaireAnswer", "Response", "Stimulus", "Study", "Trial",
 ]

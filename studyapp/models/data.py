@@ -31,6 +31,8 @@ class Dataset(TimeStamped):
     n_items = models.PositiveIntegerField(default=0)
     # Value range of inputs (images: [0, 1]); rendering and SmoothGrad's noise scale use it.
     value_range = models.JSONField(default=list, blank=True)
+    # How the train/test split was made (seed, fraction, stratified, counts), for provenance.
+    split_info = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [

@@ -47,6 +47,9 @@ class Participant(models.Model):
     consented_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Quality-control measurements used by pre-registered exclusion rules.
+    comprehension_attempts = models.PositiveSmallIntegerField(default=0)
+    instructions_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time spent on the instructions.")
 
     class Meta:
         constraints = [
@@ -136,4 +139,20 @@ class Response(models.Model):
                                    name="response_confidence_range"),
             models.CheckConstraint(condition=Q(answer__gte=0), name="response_answer_nonnegative"),
             models.CheckConstraint(condition=Q(client_rt_ms__lte=86_400_000), name="response_rt_below_a_day"),
+        ]
+
+
+class QuestionnaireAnswer(models.Model):
+    """A participant's rating on a questionnaire item (Likert 1-7), e.g. "the explanations were useful"."""
+
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="questionnaire_answers")
+    item = models.CharField(max_length=64)
+    value = models.PositiveSmallIntegerField()
+    idempotency_key = models.UUIDField(unique=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["participant", "item"], name="questionnaire_unique_item"),
+            models.CheckConstraint(condition=Q(value__gte=1, value__lte=7), name="questionnaire_value_range"),
         ]

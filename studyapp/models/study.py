@@ -250,6 +250,23 @@ class Hypothesis(TimeStamped):
         return f"{self.label}: {self.statement[:60]}"
 
 
+class PreregistrationDeviation(models.Model):
+    """A dated, explained change to the plan after launch. The frozen plan itself never changes."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="deviations")
+    hypothesis_label = models.CharField(max_length=20, blank=True, help_text="Empty when it concerns the study.")
+    field = models.CharField(max_length=64, help_text="What changed, e.g. planned_n_per_arm or exclusion_rules.")
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    reason = models.TextField()
+    recorded_by = models.CharField(max_length=150, blank=True)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "recorded_at"]
+        constraints = [models.CheckConstraint(condition=~Q(reason=""), name="deviation_has_reason")]
+
+
 class AnalysisRunKind(models.TextChoices):
     CONFIRMATORY = "confirmatory", "Confirmatory (pre-registered)"
     EXPLORATORY = "exploratory", "Exploratory"
