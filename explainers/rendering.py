@@ -18,9 +18,10 @@ Choices (the same for every arm of a study, real and manipulated):
   real arm's maps, and use it for every arm), ``"per_image"`` computes ``s`` from each map.
   Per-image scaling stretches a near-empty map (say, from a randomized model) to full contrast,
   which is itself a manipulation; shared scaling keeps arms comparable.
-* Overlay: the colour is blended over a grey copy of the input with opacity
-  ``alpha * |v| / s`` (``alpha`` 0.5 by default), so zero attribution is fully transparent and
-  the grey input shows through unchanged.
+* Overlay: the colour is blended over a grey copy of the input with opacity ``alpha`` (0.5)
+  wherever the attribution is non-zero; where it is exactly 0 the overlay is fully transparent
+  and the grey input shows through unchanged. Colour alone encodes sign and size (opacity
+  proportional to |v| would fade mid-sized values twice, in colour and in opacity).
 * Small images (8x8 digits) are enlarged with nearest-neighbour by the largest integer factor
   that keeps the longest side within ``size`` (224 px), so every input pixel is a square block.
 
@@ -189,7 +190,7 @@ def heatmap_overlay_rgb(image: np.ndarray, attribution_map: np.ndarray, *, signe
         v = np.abs(v)
         colors = matplotlib.colormaps[SEQUENTIAL_CMAP](v)[..., :3]
     grey = _grey(img)
-    opacity = alpha * np.abs(v)[..., None]  # 0 where the attribution is 0: grey shows through
+    opacity = np.where(m != 0, alpha, 0.0)[..., None]  # exactly 0: the grey input shows
     return _to_uint8((1.0 - opacity) * grey + opacity * colors)
 
 

@@ -10,4 +10,6 @@ urlpatterns = [
     path("s/<uuid:public_id>/", views.study_landing, name="study-landing"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("", include("studyapp.exports.urls")),
+    path("", include("studyapp.reports.urls")),
 ]
