@@ -96,7 +96,7 @@ else:
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
 if CELERY_TASK_ALWAYS_EAGER:
-    CELERY_BROKER_URL = "memory://"  # never contacted in eager mode; avoids kombu's default-host guess
+    CELERY_BROKER_URL = "memory://localhost/"  # never contacted in eager mode; avoids kombu's default-host guess
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_RESULT_BACKEND = None
 # Late ack + reject on worker loss: a crashed explanation chunk is redelivered; every task is

@@ -104,9 +104,10 @@ class TrialFactory(factory.django.DjangoModelFactory):
 
 
 def study_with_arms(*, methods=("integrated_gradients",)) -> m.Study:
-    """A draft study with stimuli, a control arm and explanation arms."""
+    """A draft study with 6 test and 4 training stimuli, a control arm and explanation arms."""
     study = StudyFactory()
-    StimulusFactory.create_batch(6, dataset=study.dataset)
+    StimulusFactory.create_batch(6, dataset=study.dataset, split="test")
+    StimulusFactory.create_batch(4, dataset=study.dataset, split="train")
     ArmFactory(study=study, name="control", kind="control", position=0)
     for i, method in enumerate(methods, start=1):
         ArmFactory(study=study, name=method, kind="explanation", method=method, position=i)

@@ -26,7 +26,7 @@ def test_preparing_predicts_every_stimulus_and_makes_the_study_ready(django_capt
     study = prepared(study_with_arms(), django_capture_on_commit_callbacks)
     assert study.state == Study.State.READY
     outputs = ModelOutput.objects.filter(model=study.model)
-    assert outputs.count() == study.dataset.stimuli.count() == 6
+    assert outputs.count() == study.dataset.stimuli.count() == 10
     for output in outputs:
         assert output.predicted == max(range(2), key=lambda k: output.probabilities[k])
         assert sum(output.probabilities) == pytest.approx(1.0, abs=1e-4)
@@ -38,7 +38,7 @@ def test_preparation_rerun_writes_nothing_twice(django_capture_on_commit_callbac
     study = prepared(study_with_arms(), django_capture_on_commit_callbacks)
     Study.objects.filter(pk=study.pk).update(state="preparing")  # as if the task were redelivered
     study_run_preparation(study_id=study.pk)
-    assert ModelOutput.objects.filter(model=study.model).count() == 6
+    assert ModelOutput.objects.filter(model=study.model).count() == 10
 
 
 def test_a_study_without_a_control_arm_cannot_be_prepared():

@@ -14,6 +14,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studyapp.settings")
 app = Celery("studyapp")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_routes = {
-    "worker.tasks.compute_explanations_chunk": {"queue": "gpu"},
+    # Preparation runs the model and the explainers: the GPU worker takes it when there is one.
+    "worker.tasks.prepare_study": {"queue": "gpu"},
 }
 app.autodiscover_tasks(["worker"])

@@ -246,12 +246,16 @@ def check_method(method: str, modality: str) -> MethodInfo:
 def default_config(method: str, *, modality: str) -> dict:
     """The full default configuration of ``method`` for ``modality`` (JSON-serializable)."""
     check_method(method, modality)
-    return resolve_config(method, None, modality=modality, _allow_incomplete=True)
+    return resolve_config(method, None, modality=modality, allow_incomplete=True)
 
 
 def resolve_config(method: str, overrides: dict | None, *, modality: str,
-                   _allow_incomplete: bool = False) -> dict:
+                   allow_incomplete: bool = False) -> dict:
     """Defaults updated with ``overrides``, every value validated; raises a clear ValueError.
+
+    ``allow_incomplete`` accepts a configuration whose data-dependent keys (SmoothGrad's
+    per-feature ranges on tabular data) are still missing: for checking a researcher's overrides
+    before the training data is at hand. Such a configuration cannot be run.
 
     ``overrides`` may be a full configuration returned earlier (with 'method', 'modality' and
     an 'execution' record of a past run, which is not a request and is dropped here).
@@ -277,7 +281,7 @@ def resolve_config(method: str, overrides: dict | None, *, modality: str,
     cfg: dict = {"method": method, "modality": modality}
     for key, (default, check) in params.items():
         cfg[key] = check(key, overrides[key]) if key in overrides else default
-    _check_cross_field(method, modality, cfg, overrides, _allow_incomplete)
+    _check_cross_field(method, modality, cfg, overrides, allow_incomplete)
     json.dumps(cfg, allow_nan=False)  # stays JSON-serializable
     return cfg
 

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import io
-
-import numpy as np
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponseRedirect
@@ -12,6 +9,7 @@ from django.utils.html import format_html
 
 from studyapp.admin.forms import DatasetImportForm, MLModelUploadForm
 from studyapp.models import Dataset, MLModel, Stimulus
+from studyapp.services.datasets import stimulus_array
 from studyapp.services.mlmodels import mlmodel_register
 
 
@@ -92,7 +90,7 @@ class StimulusAdmin(ReadOnlyAdmin):
 
     @admin.display(description="feature values")
     def values(self, obj: Stimulus) -> str:
-        array = np.load(io.BytesIO(bytes(obj.data)), allow_pickle=False)
+        array = stimulus_array(obj)
         if obj.dataset.modality != "tabular":
             return f"array of shape {list(array.shape)}"
         return ", ".join(f"{name} = {value:.4g}" for name, value in zip(obj.dataset.feature_names, array))

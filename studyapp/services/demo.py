@@ -5,7 +5,6 @@ re-running ``make demo`` is safe and fast.
 """
 from __future__ import annotations
 
-import io
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from django.db import transaction
 from explainers.safe_loading import state_dict_to_bytes
 from explainers.training import train_classifier
 from studyapp.models import Arm, Dataset, Hypothesis, MLModel, Stimulus, Study
+from studyapp.services.datasets import stimulus_array
 from studyapp.services.mlmodels import mlmodel_register
 from studyapp.services.studies import study_launch, study_prepare
 
@@ -55,9 +55,8 @@ class DemoResult:
 
 
 def _split_arrays(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = Stimulus.objects.filter(dataset=dataset, split=split).order_by("index").values_list("data", "label")
-    X = np.stack([np.load(io.BytesIO(bytes(d)), allow_pickle=False) for d, _ in rows])
-    return X, np.array([label for _, label in rows], dtype=np.int64)
+    rows = list(Stimulus.objects.filter(dataset=dataset, split=split).order_by("index").only("data", "label"))
+    return np.stack([stimulus_array(s) for s in rows]), np.array([s.label for s in rows], dtype=np.int64)
 
 
 def demo_model(*, spec: DemoSpec, dataset: Dataset, result: DemoResult) -> MLModel:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 
 import numpy as np
@@ -77,12 +76,13 @@ def _test_accuracy(*, model: torch.nn.Module, dataset: Dataset) -> dict:
     """Held-out accuracy on the dataset's test split, recorded as the model's metrics."""
     from explainers.methods import predict
 
-    rows = list(Stimulus.objects.filter(dataset=dataset, split=Stimulus.Split.TEST).values_list("data", "label"))
+    from studyapp.services.datasets import stimulus_array
+
+    rows = list(Stimulus.objects.filter(dataset=dataset, split=Stimulus.Split.TEST).only("data", "label"))
     if not rows:
         return {}
-    inputs = np.stack([np.load(io.BytesIO(bytes(data)), allow_pickle=False) for data, _ in rows])
-    predicted, _ = predict(model, inputs, device="cpu")
-    labels = np.array([label for _, label in rows])
+    predicted, _ = predict(model, np.stack([stimulus_array(s) for s in rows]), device="cpu")
+    labels = np.array([s.label for s in rows])
     return {"test_accuracy": float((np.asarray(predicted) == labels).mean()), "test_n": len(rows)}
 
 

@@ -5,7 +5,6 @@ Runs in a Celery task. Each step writes rows guarded by unique constraints
 """
 from __future__ import annotations
 
-import io
 import logging
 import traceback
 
@@ -13,6 +12,8 @@ import numpy as np
 from django.db import transaction
 
 from studyapp.models import ModelOutput, Stimulus, Study
+from studyapp.services.datasets import stimulus_array
+from studyapp.services.explanations import arm_compute_explanations, arms_needing_explanations
 from studyapp.services.mlmodels import mlmodel_load
 from studyapp.services.studies import study_back_to_draft, study_mark_ready
 
@@ -27,19 +28,28 @@ def model_outputs_compute(*, study: Study) -> int:
     model = mlmodel_load(mlmodel=study.model)
     done = set(ModelOutput.objects.filter(model=study.model, stimulus__dataset=study.dataset)
                .values_list("stimulus_id", flat=True))
-    todo = list(Stimulus.objects.filter(dataset=study.dataset).exclude(pk__in=done)
-                .order_by("index").values_list("pk", "data"))
+    todo = list(Stimulus.objects.filter(dataset=study.dataset).exclude(pk__in=done).order_by("index").only("data"))
     created = 0
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
-        inputs = np.stack([np.load(io.BytesIO(bytes(data)), allow_pickle=False) for _, data in chunk])
+        inputs = np.stack([stimulus_array(s) for s in chunk])
         predicted, probabilities = predict(model, inputs, device="cpu")
-        rows = [ModelOutput(model=study.model, stimulus_id=pk, predicted=int(p),
+        rows = [ModelOutput(model=study.model, stimulus_id=s.pk, predicted=int(p),
                             probabilities=[round(float(x), 6) for x in probs])
-                for (pk, _), p, probs in zip(chunk, predicted, probabilities)]
+                for s, p, probs in zip(chunk, predicted, probabilities)]
         ModelOutput.objects.bulk_create(rows, ignore_conflicts=True)
         created += len(rows)
     return created
+
+
+def _training_inputs(*, study: Study) -> np.ndarray:
+    rows = Stimulus.objects.filter(dataset=study.dataset, split=Stimulus.Split.TRAIN).order_by("index")
+    return np.stack([stimulus_array(s) for s in rows.only("data")])
+
+
+def _progress(study: Study, **fields) -> None:
+    study.preparation = {**study.preparation, **fields}
+    Study.objects.filter(pk=study.pk).update(preparation=study.preparation)
 
 
 def study_run_preparation(*, study_id: int) -> dict:
@@ -48,7 +58,16 @@ def study_run_preparation(*, study_id: int) -> dict:
         # Redelivered after completion, or cancelled: nothing to do (idempotent).
         return {"skipped": study.state}
     try:
+        _progress(study, status="running", step="model outputs")
         outputs = model_outputs_compute(study=study)
+        arms = arms_needing_explanations(study=study)
+        explanations = {}
+        if arms:
+            model = mlmodel_load(mlmodel=study.model)
+            X_train = _training_inputs(study=study)
+            for arm in arms:
+                _progress(study, step=f"explanations for arm '{arm.name}'")
+                explanations[arm.name] = arm_compute_explanations(arm=arm, model=model, X_train=X_train)
     except Exception as exc:
         logger.exception("Preparation of study %s failed", study.pk)
         with transaction.atomic():
@@ -57,7 +76,7 @@ def study_run_preparation(*, study_id: int) -> dict:
                 "traceback": traceback.format_exc(limit=5)})
             study_back_to_draft(study=study)
         raise
-    summary = {"status": "done", "model_outputs_created": outputs}
+    summary = {"status": "done", "model_outputs_created": outputs, "explanations_created": explanations}
     Study.objects.filter(pk=study.pk).update(preparation=summary)
     study_mark_ready(study=study)
     return summary

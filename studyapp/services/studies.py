@@ -7,11 +7,11 @@ matches a row, the other gets a clear InvalidTransition.
 from __future__ import annotations
 
 import hashlib
-import json
 
 from django.db import transaction
 from django.utils import timezone
 
+from explainers.methods import canonical_json
 from studyapp.models import Arm, Hypothesis, Study
 from studyapp.services.errors import InvalidTransition, ServiceError
 
@@ -48,11 +48,39 @@ def study_validate_design(*, study: Study) -> None:
         problems.append("Add a control arm (no explanation): every comparison is made against it.")
     if len(arms) < 2:
         problems.append("A study needs at least two arms (a control arm and at least one other).")
+    problems += _arm_problems(study=study, arms=arms)
     if study.model.dataset_id != study.dataset_id:
         problems.append(f"The model '{study.model.name}' was validated against the dataset "
                         f"'{study.model.dataset.name}', not '{study.dataset.name}'.")
     if problems:
         raise ServiceError(problems)
+
+
+def _arm_problems(*, study: Study, arms: list[Arm]) -> list[str]:
+    """Each arm must be computable before preparation spends anything on it."""
+    from explainers.methods import METHODS, resolve_config
+    from studyapp.services.explanations import SUPPORTED_MANIPULATIONS
+
+    modality = study.dataset.modality
+    problems = []
+    for arm in arms:
+        if arm.kind in (Arm.Kind.BASELINE, Arm.Kind.OOD_WARNING):
+            problems.append(f"Arm '{arm.name}': {arm.get_kind_display()} arms cannot be prepared yet.")
+        if arm.kind != Arm.Kind.EXPLANATION:
+            continue
+        info = METHODS.get(arm.method)
+        if info is None or modality not in info.modalities:
+            problems.append(f"Arm '{arm.name}': {arm.get_method_display()} does not work on {modality} data.")
+            continue
+        if arm.manipulation not in SUPPORTED_MANIPULATIONS:
+            problems.append(f"Arm '{arm.name}': the manipulation '{arm.get_manipulation_display()}' "
+                            "cannot be computed yet.")
+        try:
+            # Data-dependent keys (training mean, feature ranges) are filled in at preparation.
+            resolve_config(arm.method, arm.method_config, modality=modality, allow_incomplete=True)
+        except ValueError as exc:
+            problems.append(f"Arm '{arm.name}': {exc}")
+    return problems
 
 
 def study_prepare(*, study: Study) -> Study:
@@ -99,11 +127,6 @@ def study_plan_document(*, study: Study) -> dict:
             for h in Hypothesis.objects.filter(study=study).select_related("arm", "comparator").order_by("label")
         ],
     }
-
-
-def canonical_json(data: dict) -> str:
-    """Canonical form for hashing: sorted keys, no insignificant whitespace, UTF-8."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def study_launch(*, study: Study) -> Study:

@@ -19,18 +19,6 @@ from explainers.training import train_classifier
 torch.set_num_threads(1)
 
 
-# explainers/ is Django-free, and so are its tests: replace the project-wide autouse fixtures
-# (Django settings, Celery app) with no-ops so these run under `pytest -p no:django` too.
-@pytest.fixture(autouse=True)
-def _isolated_media():
-    yield
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _celery_in_process():
-    yield
-
-
 @pytest.fixture(scope="module")
 def digits():
     data = demo_data.load_digits()

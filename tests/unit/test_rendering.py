@@ -16,16 +16,6 @@ from explainers.rendering import (attribution_scale, reduce_channels, render_edi
                                   render_stimulus, render_tabular_bars, top_features)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_media():
-    yield
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _celery_in_process():
-    yield
-
-
 RNG = np.random.RandomState(0)
 IMAGE = RNG.rand(1, 8, 8)
 COLOUR_IMAGE = RNG.rand(3, 8, 8)

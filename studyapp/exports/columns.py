@@ -1,0 +1,285 @@
+"""The one declarative description of every exported column.
+
+The CSV writers format each value by its column's declared ``type`` and the codebook is rendered
+from the same ``Column`` objects, so the files and their documentation cannot disagree (a column
+that is written but not described is impossible: the header *is* ``[c.name for c in columns]``).
+
+Value conventions (tidy data): booleans as 0/1, missing as an empty cell, timestamps ISO-8601 in
+UTC with a ``Z`` suffix, numbers in Python's shortest round-trip form.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db.models import TextChoices
+
+from studyapp.models import Arm, Hypothesis, Participant, Study, Trial
+from studyapp.selectors import TRIAL_COLUMNS
+
+TYPES = {
+    "string": "Free text.",
+    "categorical": "One of the listed allowed values.",
+    "integer": "Whole number.",
+    "number": "Decimal number (shortest round-trip representation).",
+    "boolean": "1 = true, 0 = false.",
+    "datetime": "ISO-8601 timestamp in UTC, e.g. 2025-01-31T14:05:09.123456Z.",
+    "uuid": "Opaque identifier (UUID, 36 characters).",
+    "json": "A JSON document (manifest only).",
+}
+MISSING = "Empty cell = missing / not applicable."
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    meaning: str
+    unit: str = ""
+    allowed: tuple[str, ...] = ()
+    # Allowed values that are not an enumeration, e.g. "1-7" or "0-1".
+    range: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise ValueError(f"column {self.name!r}: unknown type {self.type!r}")
+
+    @property
+    def allowed_values(self) -> str:
+        if self.allowed:
+            return "|".join(self.allowed)
+        return self.range
+
+
+def _choices(choices: type[TextChoices]) -> tuple[str, ...]:
+    return tuple(str(v) for v in choices.values)
+
+
+# -- value formatting, chosen by type ----------------------------------------------------------
+
+def _boolean(value: Any) -> int | None:
+    return None if value is None else int(bool(value))
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# csv.writer already writes None as "" and str() for ints, strings and UUIDs: those need nothing.
+FORMATTERS: dict[str, Callable[[Any], Any]] = {"boolean": _boolean, "datetime": iso_utc, "number": _number}
+
+
+def formatters(columns: Sequence[Column]) -> list[tuple[int, Callable[[Any], Any]]]:
+    """(index, formatter) for the columns whose values need converting before csv.writer."""
+    return [(i, FORMATTERS[c.type]) for i, c in enumerate(columns) if c.type in FORMATTERS]
+
+
+# -- responses.csv (long: one row per planned trial) --------------------------------------------
+
+_TRIAL_SPEC = {
+    "study": Column("study", "string", "Study slug."),
+    "participant": Column("participant", "uuid", "Participant's opaque id (Participant.public_id)."),
+    "participant_status": Column("participant_status", "categorical", "Participant's status at export time.",
+                                 allowed=_choices(Participant.Status)),
+    "arm": Column("arm", "string", "Name of the arm (condition) the participant was assigned to."),
+    "arm_kind": Column("arm_kind", "categorical", "Kind of the arm.", allowed=_choices(Arm.Kind)),
+    "position": Column("position", "integer", "Position of the trial in the participant's sequence (0-based)."),
+    "phase": Column("phase", "categorical", "Phase of the trial.", allowed=_choices(Trial.Phase)),
+    "task": Column("task", "categorical", "Trial type.", allowed=_choices(Trial.Task)),
+    "stimulus": Column("stimulus", "integer", "Stimulus id (database key; stable within this installation)."),
+    "stimulus_index": Column("stimulus_index", "integer", "Index of the stimulus within its dataset."),
+    "edit": Column("edit", "integer", "Position of the counterfactual edit shown; empty when none."),
+    "truth": Column("truth", "integer", "Ground-truth class index of the stimulus (dataset label)."),
+    "model_output": Column("model_output", "integer",
+                           "Model's predicted class index on what the trial showed (the edit when there is one)."),
+    "expected_answer": Column("expected_answer", "integer",
+                              "Answer scored as correct (model output for prediction tasks, instructed option "
+                              "for attention checks)."),
+    "show_explanation": Column("show_explanation", "boolean", "Whether the trial showed the arm's aid."),
+    "show_model_output": Column("show_model_output", "boolean", "Whether the trial showed the model's output."),
+    "response": Column("response", "integer", "Participant's answer (class index or edit position); empty = "
+                       "not answered."),
+    "correct": Column("correct", "boolean", "Whether the answer equals expected_answer; empty = not answered or "
+                      "not scored."),
+    "confidence": Column("confidence", "integer", "Self-reported confidence.", unit="Likert points", range="1-7"),
+    "client_rt_ms": Column("client_rt_ms", "integer", "Response time measured in the browser.", unit="ms"),
+    "server_rt_ms": Column("server_rt_ms", "integer", "Time between serving the trial and receiving the answer.",
+                           unit="ms"),
+    "client_sent_at": Column("client_sent_at", "datetime", "Browser clock when the answer was sent.", unit="UTC"),
+    "received_at": Column("received_at", "datetime", "Server clock when the answer was stored.", unit="UTC"),
+    "idempotency_key": Column("idempotency_key", "uuid", "Browser-generated key of the stored answer."),
+}
+EXCLUSION_COLUMNS = (
+    Column("exclusion_rules", "string", "Names of the pre-registered exclusion rules the participant met, joined "
+           "by ';'. Empty = none met (see excluded) or not evaluated."),
+    Column("excluded", "boolean", "1 = the participant is excluded from the confirmatory analysis; empty = "
+           "exclusions not evaluated."),
+)
+RESPONSE_COLUMNS: tuple[Column, ...] = (
+    *(_TRIAL_SPEC[name] for name in TRIAL_COLUMNS),
+    Column("attention_check", "boolean", "1 = this trial is an attention (catch) check."),
+    *EXCLUSION_COLUMNS,
+)
+
+# -- participants.csv (wide: one row per participant) ------------------------------------------
+
+PHASES = _choices(Trial.Phase)
+LIKERT_PREFIX = "likert_"
+
+
+def likert_column_name(item: str) -> str:
+    return LIKERT_PREFIX + (re.sub(r"[^0-9a-z]+", "_", item.lower()).strip("_") or "item")
+
+
+def likert_column(item: str) -> Column:
+    return Column(likert_column_name(item), "integer", f"Questionnaire answer to the item {item!r}.",
+                  unit="Likert points", range="1-7")
+
+
+PARTICIPANT_BASE_COLUMNS: tuple[Column, ...] = (
+    _TRIAL_SPEC["study"],
+    _TRIAL_SPEC["participant"],
+    _TRIAL_SPEC["arm"],
+    _TRIAL_SPEC["arm_kind"],
+    Column("status", "categorical", "Participant's status at export time.", allowed=_choices(Participant.Status)),
+    Column("source", "categorical", "Recruitment channel.", allowed=_choices(Participant.Source)),
+    Column("started_at", "datetime", "Enrollment time.", unit="UTC"),
+    Column("consented_at", "datetime", "Consent time.", unit="UTC"),
+    Column("completed_at", "datetime", "Completion time; empty = not completed.", unit="UTC"),
+    Column("last_seen_at", "datetime", "Last request from the participant.", unit="UTC"),
+    Column("duration_s", "number", "completed_at minus started_at.", unit="s"),
+    Column("comprehension_attempts", "integer", "Attempts needed for the comprehension check."),
+    Column("instructions_ms", "integer", "Time spent on the instructions.", unit="ms"),
+    Column("n_trials", "integer", "Planned trials."),
+    Column("n_answered", "integer", "Answered trials (all phases and tasks)."),
+    Column("n_attention_checks", "integer", "Answered attention-check trials."),
+    Column("n_attention_failed", "integer", "Answered attention-check trials answered wrongly."),
+    *(col for phase in PHASES for col in (
+        Column(f"n_{phase}", "integer", f"Scored answers in the {phase} phase (attention checks not counted)."),
+        Column(f"accuracy_{phase}", "number", f"Proportion correct in the {phase} phase (attention checks not "
+               "counted); empty = no scored answer.", unit="proportion", range="0-1"),
+    )),
+    Column("gain", "number", "accuracy_post_test minus accuracy_pre_test; empty when either is missing.",
+           unit="proportion", range="-1-1"),
+)
+
+
+def participant_columns(*, likert_items: Sequence[str]) -> tuple[Column, ...]:
+    return (*PARTICIPANT_BASE_COLUMNS, *(likert_column(i) for i in likert_items), *EXCLUSION_COLUMNS)
+
+
+# -- hypotheses.csv (the frozen plan + the latest analysis) ------------------------------------
+
+HYPOTHESIS_COLUMNS: tuple[Column, ...] = (
+    _TRIAL_SPEC["study"],
+    Column("label", "string", "Hypothesis or analysis label (e.g. H1)."),
+    Column("analysis", "categorical", "confirmatory = pre-registered in the frozen plan and analysed by a "
+           "confirmatory run; exploratory = anything else.", allowed=("confirmatory", "exploratory")),
+    Column("preregistered", "boolean", "1 = the hypothesis is in the study's frozen plan (launch)."),
+    Column("statement", "string", "The claim in words."),
+    Column("comparison", "categorical", "What is compared.", allowed=_choices(Hypothesis.Comparison)),
+    Column("arm", "string", "Arm the hypothesis is about."),
+    Column("comparator", "string", "Other arm; empty = the control arm (arm_vs_control) or chance (arm_vs_chance)."),
+    Column("outcome", "categorical", "Participant-level outcome.", allowed=_choices(Hypothesis.Outcome)),
+    Column("likert_item", "string", "Questionnaire item, for Likert outcomes."),
+    Column("direction", "categorical", "Direction of the claim.", allowed=_choices(Hypothesis.Direction)),
+    Column("equivalence_margin", "number", "Equivalence margin (TOST), for equivalence claims.",
+           unit="outcome units"),
+    Column("test", "string", "Statistical test."),
+    Column("alpha", "number", "Significance level.", range="0-1"),
+    Column("family", "string", "Correction family."),
+    Column("correction", "categorical", "Multiple-comparison correction.", allowed=_choices(Hypothesis.Correction)),
+    Column("planned_n_per_arm", "integer", "Planned participants per arm."),
+    Column("analysis_run", "integer", "Id of the AnalysisRun the results come from; empty = not analysed."),
+    Column("analysis_run_kind", "categorical", "Kind of that run.", allowed=("confirmatory", "exploratory")),
+    Column("analysis_run_at", "datetime", "When that run was made.", unit="UTC"),
+    Column("analysis_seed", "integer", "Seed of that run."),
+    Column("plan_matches", "boolean", "1 = the run's plan hash equals the study's frozen pre-registration hash."),
+    Column("n_arm", "integer", "Participants analysed in the arm."),
+    Column("n_comparator", "integer", "Participants analysed in the comparator."),
+    Column("statistic", "number", "Test statistic."),
+    Column("df", "number", "Degrees of freedom, when the test has them."),
+    Column("p_value", "number", "Unadjusted p-value.", range="0-1"),
+    Column("p_adjusted", "number", "p-value adjusted over the correction family.", range="0-1"),
+    Column("reject", "boolean", "1 = null hypothesis rejected at alpha after correction."),
+    Column("decision", "string", "Verdict in words, as stored by the analysis."),
+    Column("effect_name", "string", "Effect-size measure."),
+    Column("effect_estimate", "number", "Effect-size estimate."),
+    Column("effect_ci_low", "number", "Lower bound of the effect's confidence interval."),
+    Column("effect_ci_high", "number", "Upper bound of the effect's confidence interval."),
+)
+
+# -- codebook.csv itself and manifest.json ------------------------------------------------------
+
+CODEBOOK_COLUMNS: tuple[Column, ...] = (
+    Column("file", "string", "Export file the column belongs to."),
+    Column("column", "string", "Column (or, for manifest.json, top-level key) name."),
+    Column("type", "categorical", "Value type.", allowed=tuple(TYPES)),
+    Column("unit", "string", "Unit of measurement, when there is one."),
+    Column("meaning", "string", "What the value means."),
+    Column("allowed_values", "string", "Enumerated values joined by '|', or a range."),
+)
+
+MANIFEST_KEYS: tuple[Column, ...] = (
+    Column("manifest_version", "integer", "Version of this manifest's layout."),
+    Column("exported_at", "datetime", "When this manifest was generated.", unit="UTC"),
+    Column("study", "json", "Study id, slug, state, seed, configuration, target per arm."),
+    Column("preregistration", "json", "Frozen-plan SHA-256, launch/close times, whether the stored hash matches "
+           "the frozen plan, and the frozen plan itself."),
+    Column("models", "json", "The study's model and models derived from it: architecture, weights SHA-256, "
+           "hyperparameters, training."),
+    Column("dataset", "json", "Dataset name, content SHA-256, split_info, size."),
+    Column("arms", "json", "Per arm: method, method_config (+ SHA-256), manipulation, and the explanation "
+           "config hashes and seeds actually stored."),
+    Column("stimuli", "json", "The stimulus sample used in trials (dataset indices, splits) and the seeds."),
+    Column("software", "json", "Versions of python, django, torch, captum, numpy, scipy, statsmodels, pandas ..."),
+    Column("deviations", "json", "Recorded deviations from the pre-registration."),
+    Column("analysis_runs", "json", "Analysis runs: kind, plan hash, seed, software, time."),
+    Column("exclusions", "json", "Whether exclusions were evaluated, and counts per rule."),
+    Column("exports", "json", "The export files and their columns."),
+)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    kind: str
+    suffix: str
+    description: str
+
+
+EXPORTS: dict[str, ExportSpec] = {
+    "responses": ExportSpec("responses", "responses.csv", "Long format: one row per planned trial."),
+    "participants": ExportSpec("participants", "participants.csv", "Wide format: one row per participant."),
+    "hypotheses": ExportSpec("hypotheses", "hypotheses.csv",
+                             "Pre-registered hypotheses and analysis results, confirmatory or exploratory."),
+    "codebook": ExportSpec("codebook", "codebook.csv", "This codebook."),
+    "manifest": ExportSpec("manifest", "manifest.json", "Provenance manifest."),
+}
+
+
+def export_columns(*, study: Study | None, likert_items: Sequence[str] | None = None) -> dict[str, tuple[Column, ...]]:
+    """Columns of every export, by file suffix. Participants' Likert columns depend on the study."""
+    if likert_items is None:
+        from studyapp.exports.rows import likert_items as _items
+
+        likert_items = _items(study=study) if study is not None else ()
+    return {
+        EXPORTS["responses"].suffix: RESPONSE_COLUMNS,
+        EXPORTS["participants"].suffix: participant_columns(likert_items=likert_items),
+        EXPORTS["hypotheses"].suffix: HYPOTHESIS_COLUMNS,
+        EXPORTS["codebook"].suffix: CODEBOOK_COLUMNS,
+        EXPORTS["manifest"].suffix: MANIFEST_KEYS,
+    }

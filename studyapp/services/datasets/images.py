@@ -1,0 +1,345 @@
+"""Importing a zip of images: vetting the archive from its headers, labels.csv and classes.txt, decoding."""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import stat
+import warnings
+import zipfile
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import IO
+
+import numpy as np
+from django.conf import settings
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from studyapp.models import Dataset
+from studyapp.services.datasets import common
+from studyapp.services.datasets.common import (DatasetValidationError, check_fixed_columns, decode_text, examples,
+                                               mb, read_csv, read_upload)
+from studyapp.services.datasets.labels import check_class_list, labels_to_indices, parse_splits, split_items
+from studyapp.services.datasets.store import Prepared, check_name, store
+
+_JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+_IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def _is_junk(name: str) -> bool:
+    parts = name.split("/")
+    base = parts[-1].lower()
+    return parts[0] == "__MACOSX" or base in _JUNK_NAMES or base.startswith("._")
+
+
+def _unsafe_reason(name: str) -> str | None:
+    if "\x00" in name:
+        return "contains a NUL character"
+    if "\\" in name:
+        return "uses backslashes (\\) in its path"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "is an absolute path"
+    if ".." in name.split("/"):
+        return "goes up a folder ('..')"
+    return None
+
+
+def _archive_entries(data: bytes) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+    """Open the zip and vet every entry from its headers alone, before anything is decompressed."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        raise DatasetValidationError(
+            f"The upload is not a readable zip archive ({exc}). Create it with your system's "
+            f"'Compress' command or the zip tool and upload the .zip file.") from None
+    if len(infos) > common.MAX_ARCHIVE_ENTRIES:
+        raise DatasetValidationError(
+            f"The archive has {len(infos):,} entries; at most {common.MAX_ARCHIVE_ENTRIES:,} are allowed. "
+            f"Use fewer items.")
+    unsafe, links, encrypted, huge, bombs = [], [], [], [], []
+    entries: dict[str, zipfile.ZipInfo] = {}
+    duplicates: list[str] = []
+    total = 0
+    for info in infos:
+        name = info.filename
+        if stat.S_ISLNK(info.external_attr >> 16):
+            links.append(name)
+            continue
+        reason = _unsafe_reason(name)
+        if reason:
+            unsafe.append(f"'{name}' {reason}")
+            continue
+        if info.is_dir() or _is_junk(name):
+            continue
+        total += info.file_size
+        if info.flag_bits & 0x1:
+            encrypted.append(name)
+        elif info.file_size > common.MAX_ENTRY_BYTES:
+            huge.append(f"{name} ({mb(info.file_size)})")
+        elif (info.file_size > common.RATIO_CHECK_MIN_BYTES
+              and info.file_size > common.MAX_COMPRESSION_RATIO * max(info.compress_size, 1)):
+            bombs.append(f"{name} ({mb(info.compress_size)} -> {mb(info.file_size)})")
+        if name in entries:
+            duplicates.append(name)
+        entries[name] = info
+    problems = []
+    if links:
+        problems.append(f"The archive contains symbolic links, which are refused: {examples(links)}. "
+                        f"Put the image files themselves in the archive.")
+    if unsafe:
+        problems.append(f"The archive contains entries with unsafe paths, which are refused: {examples(unsafe)}. "
+                        f"Re-create the archive from inside the folder that holds labels.csv and the images.")
+    if encrypted:
+        problems.append(f"The archive contains password-protected entries: {examples(encrypted)}. "
+                        f"Upload an archive without a password.")
+    if huge:
+        problems.append(f"These archive entries are larger than {mb(common.MAX_ENTRY_BYTES)} each when unpacked: "
+                        f"{examples(huge)}. Use smaller files.")
+    if bombs:
+        problems.append(f"These archive entries unpack to more than {common.MAX_COMPRESSION_RATIO} times their "
+                        f"compressed size, which looks like a zip bomb, so the archive was not unpacked: "
+                        f"{examples(bombs)}.")
+    limit = common.MAX_UNCOMPRESSED_FACTOR * settings.MAX_UPLOAD_MB * 1024 * 1024
+    if total > limit:
+        problems.append(f"The archive would unpack to {mb(total)}, more than the limit of {mb(limit)} "
+                        f"({common.MAX_UNCOMPRESSED_FACTOR} x MAX_UPLOAD_MB), so it was not unpacked. Use fewer or "
+                        f"smaller images.")
+    if duplicates:
+        problems.append(f"The archive contains the same path more than once: {examples(sorted(set(duplicates)))}. "
+                        f"Re-create the archive so each file appears once.")
+    if problems:
+        raise DatasetValidationError(problems)
+    return archive, entries
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """Entry bytes, never more than its declared size (+1 byte, to notice a lying header)."""
+    try:
+        with archive.open(info) as handle:
+            data = handle.read(info.file_size + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        raise DatasetValidationError(
+            f"{info.filename} could not be read from the archive ({exc}): the archive is damaged. "
+            f"Re-create it and upload it again.") from None
+    if len(data) != info.file_size:
+        raise DatasetValidationError(
+            f"{info.filename} does not match the size recorded in the archive: the archive is damaged. "
+            f"Re-create it and upload it again.")
+    return data
+
+
+def _strip_top_folder(entries: dict[str, zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
+    """A zip made by compressing a folder has everything under one top-level folder: drop it."""
+    tops = {name.split("/", 1)[0] if "/" in name else None for name in entries}
+    if len(tops) == 1 and None not in tops:
+        prefix = f"{tops.pop()}/"
+        return {name[len(prefix):]: info for name, info in entries.items()}
+    return entries
+
+
+def _find_meta(entries: dict[str, zipfile.ZipInfo], filename: str) -> str | None:
+    return next((name for name in entries if name.lower() == filename), None)
+
+
+@dataclass
+class _LabelRows:
+    filenames: list[str]
+    labels: list[str]
+    splits: list[str] | None
+    row_numbers: list[int]
+
+
+def _parse_labels_csv(data: bytes) -> _LabelRows:
+    table = read_csv(data, filename="labels.csv")
+    col, problems = check_fixed_columns(
+        table, filename="labels.csv", required=("filename", "label"), optional=("split",),
+        missing_hint="The first row must be the header filename,label (optionally ,split).",
+        unknown_hint=". It may only have the columns filename, label and (optionally) split; remove the others.")
+    if problems:
+        raise DatasetValidationError(problems)
+    return _LabelRows(
+        filenames=[PurePosixPath(r[col["filename"]].strip().replace("\\", "/")).as_posix() for r in table.rows],
+        labels=[r[col["label"]].strip() for r in table.rows],
+        splits=[r[col["split"]] for r in table.rows] if "split" in col else None,
+        row_numbers=table.row_numbers)
+
+
+def _parse_classes_txt(data: bytes) -> list[str]:
+    names = [line.strip() for line in decode_text(data, filename="classes.txt").splitlines()]
+    names = [n for n in names if n]
+    problems = check_class_list(names, source="classes.txt")
+    if problems:
+        raise DatasetValidationError(problems)
+    return names
+
+
+def _check_listing(rows: _LabelRows, images: dict[str, zipfile.ZipInfo]) -> list[str]:
+    problems = []
+    rows_by_name: dict[str, list[int]] = defaultdict(list)
+    for n, name in zip(rows.row_numbers, rows.filenames):
+        rows_by_name[name].append(n)
+    repeated = [f"'{name}' (rows {', '.join(map(str, ns))})" for name, ns in rows_by_name.items() if len(ns) > 1]
+    if repeated:
+        problems.append(f"labels.csv lists the same filename more than once: {examples(repeated)}. "
+                        f"Each image must have exactly one row.")
+    blank = [n for n, name in zip(rows.row_numbers, rows.filenames) if name in ("", ".")]
+    if blank:
+        problems.append(f"labels.csv: the filename is empty in row(s) {examples(blank)}.")
+    by_base: dict[str, list[str]] = defaultdict(list)
+    for path in images:
+        by_base[PurePosixPath(path).name.lower()].append(path)
+    missing = []
+    for name, ns in rows_by_name.items():
+        if name in images or name in ("", "."):
+            continue
+        guess = by_base.get(PurePosixPath(name).name.lower(), [])
+        hint = f" (did you mean '{guess[0]}'?)" if len(guess) == 1 else ""
+        missing.append(f"'{name}' (row {ns[0]}){hint}")
+    if missing:
+        problems.append(f"labels.csv lists {len(missing)} image(s) that are not in the archive: "
+                        f"{examples(missing)}. Filenames are paths relative to the folder holding "
+                        f"labels.csv; add the images or remove their rows.")
+    unlisted = sorted(set(images) - set(rows_by_name))
+    if unlisted:
+        problems.append(f"The archive contains {len(unlisted)} file(s) that labels.csv does not list: "
+                        f"{examples(unlisted)}. Add a row for each image or remove the files.")
+    return problems
+
+
+class _ImageProblem(Exception):
+    pass
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Transparent pixels shown over white, as an image viewer or a web page would."""
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+
+
+def _image_to_array(image: Image.Image) -> np.ndarray:
+    """(1, H, W) for grayscale images or (3, H, W) for colour ones, float32 in [0, 1]."""
+    mode = image.mode
+    if mode == "F":
+        raise _ImageProblem("is a floating-point image, which is not supported; save it as an 8- or 16-bit PNG")
+    if mode.startswith("I;16"):
+        return (np.asarray(image, dtype=np.float32) / 65535.0)[None]
+    if mode == "I":  # how Pillow opens many 16-bit grayscale PNGs
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 65535:
+            raise _ImageProblem("is a 32-bit integer image, which is not supported; save it as an 8- or 16-bit PNG")
+        return (values.astype(np.float32) / 65535.0)[None]
+    if mode in ("1", "L"):
+        return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[None]
+    if mode in ("LA", "La"):
+        return (np.asarray(_flatten_alpha(image).convert("L"), dtype=np.float32) / 255.0)[None]
+    has_alpha = "A" in mode or "transparency" in image.info
+    rgb = _flatten_alpha(image) if has_alpha else image.convert("RGB")
+    values = np.asarray(rgb, dtype=np.float32) / 255.0
+    if mode in ("P", "PA") and (values[..., 0] == values[..., 1]).all() and (values[..., 1] == values[..., 2]).all():
+        return values[None, :, :, 0]  # a palette of grays is a grayscale image
+    return values.transpose(2, 0, 1)
+
+
+def _decode_image(data: bytes) -> np.ndarray:
+    with warnings.catch_warnings():
+        # Pillow's decompression-bomb warning becomes an error: a backstop behind MAX_IMAGE_PIXELS.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > common.MAX_IMAGE_PIXELS:
+                    raise _ImageProblem(f"is {width}x{height} pixels, more than the limit of "
+                                        f"{common.MAX_IMAGE_PIXELS:,} pixels per image; resize it")
+                image.verify()
+            with Image.open(io.BytesIO(data)) as image:
+                if getattr(image, "n_frames", 1) > 1:
+                    raise _ImageProblem(f"has {image.n_frames} frames (animation or multi-page file); "
+                                        f"save a single frame")
+                image.load()
+                image = ImageOps.exif_transpose(image)  # the orientation a viewer shows
+                return _image_to_array(image)
+        except _ImageProblem:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _ImageProblem("has too many pixels (Pillow's decompression-bomb check); resize it") from None
+        except UnidentifiedImageError:
+            if data.startswith(_IMAGE_SIGNATURES):
+                raise _ImageProblem("is damaged or truncated (its header cannot be read)") from None
+            raise _ImageProblem("is not an image format that can be read (use PNG, JPEG, BMP, GIF, TIFF "
+                                "or WebP)") from None
+        except Exception as exc:  # crafted or damaged files fail in many ways inside decoders
+            raise _ImageProblem(f"is damaged or truncated ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_all(archive: zipfile.ZipFile, images: dict[str, zipfile.ZipInfo],
+                filenames: list[str]) -> np.ndarray:
+    arrays: list[np.ndarray] = []
+    bad: list[str] = []
+    sizes: dict[tuple[int, int], list[str]] = defaultdict(list)
+    decoded = 0
+    for name in filenames:
+        try:
+            array = _decode_image(_read_entry(archive, images[name]))
+        except _ImageProblem as exc:
+            bad.append(f"{name} {exc}")
+            continue
+        decoded += array.size * 4 * (3 if array.shape[0] == 1 else 1)  # worst case: expanded to RGB
+        if decoded > common.MAX_DECODED_BYTES:
+            raise DatasetValidationError(
+                f"The images would need more than {mb(common.MAX_DECODED_BYTES)} of memory once decoded. Use fewer "
+                f"or smaller images.")
+        sizes[(array.shape[2], array.shape[1])].append(name)
+        arrays.append(array)
+    problems = []
+    if bad:
+        problems.append(f"{len(bad)} image(s) could not be used: {examples(bad, sep='; ')}.")
+    if len(sizes) > 1:
+        described = "; ".join(f"{w}x{h}: {len(names)} image(s), e.g. {examples(names, 3)}"
+                              for (w, h), names in sorted(sizes.items(), key=lambda kv: -len(kv[1])))
+        problems.append(f"The images have different sizes ({described}). Resize them all to the same "
+                        f"width and height.")
+    if problems:
+        raise DatasetValidationError(problems)
+    if any(a.shape[0] == 3 for a in arrays):
+        # Mixed grayscale and colour: store everything as RGB so every item has the same shape.
+        arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
+    return np.stack(arrays).astype(np.float32, copy=False)
+
+
+def dataset_import_images(*, name: str, archive: bytes | IO[bytes], description: str = "") -> Dataset:
+    """Import a zip of images with labels.csv (filename,label[,split]) and optional classes.txt."""
+    name = check_name(name)
+    data = read_upload(archive, what="archive")
+    zip_file, entries = _archive_entries(data)
+    entries = _strip_top_folder(entries)
+    labels_name = _find_meta(entries, "labels.csv")
+    if labels_name is None:
+        deeper = [n for n in entries if PurePosixPath(n).name.lower() == "labels.csv"]
+        where = (f" It was found at {examples(deeper, 2)}, but it must be at the top of the archive (or inside "
+                 f"a single top-level folder)." if deeper else "")
+        raise DatasetValidationError(
+            f"The archive has no labels.csv.{where} Add a file labels.csv with the header filename,label and "
+            f"one row per image (optionally a split column with train/test).")
+    rows = _parse_labels_csv(_read_entry(zip_file, entries.pop(labels_name)))
+    classes_name = _find_meta(entries, "classes.txt")
+    given_classes = _parse_classes_txt(_read_entry(zip_file, entries.pop(classes_name))) if classes_name else None
+    if not rows.filenames:
+        raise DatasetValidationError("labels.csv has no rows: the dataset would be empty. Add one row per image.")
+    problems = _check_listing(rows, entries)
+    class_names, labels, label_problems = labels_to_indices(
+        rows.labels, rows.row_numbers, class_names=given_classes, filename="labels.csv",
+        class_source="classes.txt")
+    problems += label_problems
+    file_splits, split_problems = parse_splits(rows.splits, rows.row_numbers, filename="labels.csv")
+    problems += split_problems
+    if problems:
+        raise DatasetValidationError(problems)
+    arrays = _decode_all(zip_file, entries, rows.filenames)
+    splits, split_info = split_items(labels, from_file=file_splits)
+    return store(Prepared(
+        name=name, modality="image", source=Dataset.Source.UPLOAD, description=description,
+        class_names=class_names, arrays=arrays, labels=labels, splits=splits, split_info=split_info,
+        source_names=rows.filenames, content_sha256=hashlib.sha256(data).hexdigest(), value_range=[0.0, 1.0]))

@@ -1,0 +1,119 @@
+"""Class names, labels and train/test splits, as read from a file or made at import."""
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+
+from studyapp.models import Stimulus
+from studyapp.services.datasets import common
+from studyapp.services.datasets.common import examples
+
+
+def sorted_labels(labels: Iterable[str]) -> list[str]:
+    distinct = set(labels)
+    if all(re.fullmatch(r"[+-]?\d+", s) for s in distinct):
+        return sorted(distinct, key=lambda s: (int(s), s))
+    return sorted(distinct)
+
+
+def check_class_list(names: list[str], *, source: str) -> list[str]:
+    problems = []
+    if any(not n for n in names):
+        problems.append(f"{source} contains an empty class name; remove it.")
+    duplicates = sorted(n for n, c in Counter(names).items() if c > 1 and n)
+    if duplicates:
+        problems.append(f"{source} lists these classes more than once: {examples(duplicates)}. "
+                        f"Each class must appear exactly once.")
+    if len(set(names)) < 2:
+        problems.append(f"{source} must list at least 2 classes (found {len(set(names))}).")
+    return problems
+
+
+def labels_to_indices(labels: list[str], row_numbers: list[int], *, class_names: list[str] | None,
+                      filename: str, class_source: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """(class_names, label indices, problems) for string labels as read from a file."""
+    problems = []
+    empty = [n for n, lab in zip(row_numbers, labels) if not lab]
+    if empty:
+        problems.append(f"{filename}: the label is empty in row(s) {examples(empty)}. Every item needs a label.")
+    present = [lab for lab in labels if lab]
+    if class_names is None:
+        class_names = sorted_labels(present)
+        if len(class_names) < 2:
+            problems.append(f"{filename} has fewer than 2 classes (found: {', '.join(class_names) or 'none'}). "
+                            f"A classification dataset needs items of at least 2 classes.")
+    else:
+        rows_by_unknown: dict[str, list[int]] = defaultdict(list)
+        for n, lab in zip(row_numbers, labels):
+            if lab and lab not in class_names:
+                rows_by_unknown[lab].append(n)
+        for lab, rows in rows_by_unknown.items():
+            more = f" (and {len(rows) - 1} more row(s))" if len(rows) > 1 else ""
+            problems.append(f"{filename} row {rows[0]}{more}: '{lab}' is not one of the classes in "
+                            f"{class_source} ({', '.join(class_names)}). Fix the label or add the class to "
+                            f"{class_source}.")
+        if not rows_by_unknown and not empty and len(set(present)) < 2:
+            problems.append(f"{filename} has items of fewer than 2 classes (only: {', '.join(set(present))}). "
+                            f"A classification dataset needs items of at least 2 classes.")
+    lookup = {name: i for i, name in enumerate(class_names)}
+    indices = np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int64)
+    return class_names, indices, problems
+
+
+# --------------------------------------------------------------------------- train/test splits
+
+def parse_splits(values: list[str] | None, row_numbers: list[int], *,
+                 filename: str) -> tuple[list[str] | None, list[str]]:
+    """(splits, problems) of a file's split column; (None, []) when the file has none."""
+    if values is None:
+        return None, []
+    splits = [v.strip().lower() for v in values]
+    bad = [f"row {n}: '{v}'" for n, v, s in zip(row_numbers, values, splits) if s not in ("train", "test")]
+    if bad:
+        return splits, [f"{filename}: the split column must say 'train' or 'test' in every row; "
+                        f"found {examples(bad)}. Fix these values or delete the split column to let the "
+                        f"import make a seeded 80/20 split."]
+    return splits, []
+
+
+def split_items(labels: np.ndarray, *, from_file: list[str] | None = None) -> tuple[list[str], dict]:
+    """(split of each item, ``Dataset.split_info``): the file's own split, else a seeded 80/20 one.
+
+    The seeded split is stratified by class when every class has enough items. ``split_info`` is
+    ``{"method": "from_file", "n_train", "n_test"}`` or, for a split made here, ``{"method":
+    "seeded_stratified" | "seeded_random", "seed", "test_fraction", "n_train", "n_test"}``.
+    """
+    if from_file is not None:
+        return from_file, {"method": "from_file", **_counts(from_file)}
+    from explainers.demo_data import train_test_split_indices
+
+    n = len(labels)
+    seed, fraction = common.SPLIT_SEED, common.TEST_FRACTION
+    try:
+        _, test = train_test_split_indices(n, test_fraction=fraction, seed=seed, stratify=labels)
+        method = "seeded_stratified"
+    except ValueError:  # a class with a single item, or fewer test slots than classes
+        _, test = train_test_split_indices(n, test_fraction=fraction, seed=seed, stratify=None)
+        method = "seeded_random"
+    splits = [Stimulus.Split.TRAIN.value] * n
+    for i in test:
+        splits[int(i)] = Stimulus.Split.TEST.value
+    return splits, {"method": method, "seed": seed, "test_fraction": fraction, **_counts(splits)}
+
+
+def _counts(splits: list[str]) -> dict[str, int]:
+    return {"n_train": splits.count(Stimulus.Split.TRAIN.value), "n_test": splits.count(Stimulus.Split.TEST.value)}
+
+
+def split_note(split_info: dict) -> str:
+    """The sentence for the description about a split made at import ("" for a split from the file)."""
+    if split_info.get("method") == "from_file":
+        return ""
+    how = ("stratified by class" if split_info["method"] == "seeded_stratified"
+           else "not stratified (some classes have too few items)")
+    fraction = split_info["test_fraction"]
+    return (f"Train/test split made at import: {1 - fraction:.0%} train / {fraction:.0%} test, {how}, "
+            f"seed {split_info['seed']} ({split_info['n_train']} train, {split_info['n_test']} test).")

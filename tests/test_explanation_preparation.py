@@ -1,0 +1,88 @@
+"""Preparation computes every explanation arm's maps and images, fully configured and once."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studyapp.models import Arm, Explanation, Study
+from studyapp.services.errors import ServiceError
+from studyapp.services.preparation import study_run_preparation
+from studyapp.services.studies import study_launch, study_prepare
+from tests.factories import ArmFactory, study_with_arms
+
+pytestmark = pytest.mark.django_db
+
+
+def prepare(study: Study, django_capture_on_commit_callbacks) -> Study:
+    with django_capture_on_commit_callbacks(execute=True):
+        study_prepare(study=study)
+    study.refresh_from_db()
+    return study
+
+
+def test_each_test_stimulus_gets_one_explanation_per_arm_with_its_full_config(django_capture_on_commit_callbacks):
+    study = prepare(study_with_arms(methods=("integrated_gradients", "saliency")), django_capture_on_commit_callbacks)
+    assert study.state == Study.State.READY
+    test_ids = set(study.dataset.stimuli.filter(split="test").values_list("pk", flat=True))
+    for arm in study.arms.filter(kind="explanation"):
+        rows = Explanation.objects.filter(arm=arm)
+        assert set(rows.values_list("stimulus_id", flat=True)) == test_ids  # never training items
+        first = rows.first()
+        # Every parameter is explicit; the tabular baseline is the training mean, recorded with its values.
+        if arm.method == "integrated_gradients":
+            assert first.config["n_steps"] == 50 and first.config["baseline"] == "training_mean"
+            assert len(first.config["baseline_values"]) == 3
+        assert first.config["rendering"]["normalization"] == "shared"
+        assert first.config["execution"]["seed"] == study.seed
+        attributions = np.load(io.BytesIO(bytes(first.attributions)), allow_pickle=False)
+        assert attributions.shape == (3,) and attributions.dtype == np.float32
+        assert Image.open(first.image.open("rb")).format == "PNG"
+        # The arm now carries the complete configuration, so launch freezes all of it.
+        arm.refresh_from_db()
+        assert {k: v for k, v in first.config.items() if k not in ("execution", "rendering")} == arm.method_config
+
+
+def test_one_shared_scale_per_arm_is_recorded_in_every_row(django_capture_on_commit_callbacks):
+    study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
+    scales = {e.config["rendering"]["scale"] for e in Explanation.objects.all()}
+    assert len(scales) == 1 and scales.pop() > 0
+
+
+def test_rerunning_preparation_writes_no_second_row_and_recomputes_the_same_maps(django_capture_on_commit_callbacks):
+    study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
+    before = {e.stimulus_id: bytes(e.attributions) for e in Explanation.objects.all()}
+    Explanation.objects.filter(pk=Explanation.objects.order_by("pk").first().pk).delete()  # a lost chunk
+    Study.objects.filter(pk=study.pk).update(state="preparing")  # the task is redelivered
+    study_run_preparation(study_id=study.pk)
+    after = {e.stimulus_id: bytes(e.attributions) for e in Explanation.objects.all()}
+    assert after == before
+
+
+def test_launch_freezes_the_resolved_method_configuration(django_capture_on_commit_callbacks):
+    study = study_launch(study=prepare(study_with_arms(), django_capture_on_commit_callbacks))
+    frozen = {a["name"]: a for a in study.frozen_config["arms"]}
+    assert frozen["integrated_gradients"]["method_config"]["integration"] == "gausslegendre"
+
+
+@pytest.mark.parametrize("arm_kwargs,message", [
+    ({"method": "gradcam"}, "Grad-CAM does not work on tabular data"),
+    ({"method": "integrated_gradients", "method_config": {"n_steps": -3}}, "n_steps"),
+    ({"method": "saliency", "method_config": {"colour": "red"}}, "colour"),
+    ({"method": "saliency", "manipulation": "inverted"}, "cannot be computed yet"),
+])
+def test_an_arm_that_cannot_be_computed_is_refused_before_any_work(arm_kwargs, message):
+    study = study_with_arms(methods=())
+    ArmFactory(study=study, name="bad", kind="explanation", **arm_kwargs)
+    with pytest.raises(ServiceError, match=message):
+        study_prepare(study=study)
+    study.refresh_from_db()
+    assert study.state == Study.State.DRAFT and not Explanation.objects.exists()
+
+
+def test_the_control_arm_gets_no_explanations(django_capture_on_commit_callbacks):
+    study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
+    assert not Explanation.objects.filter(arm__kind=Arm.Kind.CONTROL).exists()
+    assert study.preparation["explanations_created"] == {"integrated_gradients": 6}
