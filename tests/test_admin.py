@@ -5,7 +5,6 @@ import io
 import os
 import pickle
 
-import numpy as np
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext

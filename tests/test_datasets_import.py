@@ -288,7 +288,7 @@ def test_a_zip_bomb_is_refused_from_its_headers_before_anything_is_decompressed(
 
 def test_an_archive_declaring_too_much_unpacked_data_is_refused(settings, monkeypatch, no_unpacking, media_root):
     settings.MAX_UPLOAD_MB = 1
-    monkeypatch.setattr(services, "MAX_COMPRESSION_RATIO", 10_000)
+    monkeypatch.setattr(services.common, "MAX_COMPRESSION_RATIO", 10_000)
     archive = make_zip({**image_files(), "big.png": bytes(11 * 1024 * 1024)})
 
     assert "would unpack to 11.0 MB, more than the limit of 10.0 MB" in image_error(archive)
@@ -307,14 +307,14 @@ def test_an_entry_whose_header_understates_its_size_is_read_only_up_to_that_size
 
 
 def test_an_archive_with_too_many_entries_is_refused(monkeypatch, no_unpacking, media_root):
-    monkeypatch.setattr(services, "MAX_ARCHIVE_ENTRIES", 5)
+    monkeypatch.setattr(services.common, "MAX_ARCHIVE_ENTRIES", 5)
 
     assert "The archive has 7 entries; at most 5 are allowed" in image_error(image_files())
     assert_nothing_written(media_root)
 
 
 def test_an_image_with_too_many_pixels_is_refused(monkeypatch, media_root):
-    monkeypatch.setattr(services, "MAX_IMAGE_PIXELS", 10)
+    monkeypatch.setattr(services.common, "MAX_IMAGE_PIXELS", 10)
 
     assert "cat_00.png is 4x4 pixels, more than the limit of 10 pixels per image" in image_error(image_files())
     assert_nothing_written(media_root)

@@ -46,7 +46,7 @@ def test_each_test_stimulus_gets_one_explanation_per_arm_with_its_full_config(dj
 
 
 def test_one_shared_scale_per_arm_is_recorded_in_every_row(django_capture_on_commit_callbacks):
-    study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
+    prepare(study_with_arms(), django_capture_on_commit_callbacks)
     scales = {e.config["rendering"]["scale"] for e in Explanation.objects.all()}
     assert len(scales) == 1 and scales.pop() > 0
 

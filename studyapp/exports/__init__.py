@@ -1,1 +1,12 @@
+"""Tidy exports for analysts: responses (long), participants (wide), hypotheses + results, a codebook
+generated from the same column spec the writers use, and a provenance manifest.
 
+Public API (keyword-only):
+
+- ``files.export_response(study=, kind=)`` -> the HTTP response for one kind (``files.KINDS``)
+- ``rows.response_rows / participant_rows / hypothesis_rows(study=)`` -> raw row tuples
+- ``streaming.csv_lines(columns=, rows=)`` -> CSV text blocks, formatted by column type
+- ``codebook.codebook_rows / codebook_document / codebook_html(study=)``
+- ``manifest.manifest_build(study=)`` -> provenance dict
+- ``columns.export_columns(study=)`` -> the declarative column spec of every file
+"""

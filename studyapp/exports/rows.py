@@ -43,8 +43,9 @@ def exclusion_flags(*, study: Study) -> dict[uuid.UUID, tuple[str, int]] | None:
     return {pid: (";".join(rules), int(bool(rules))) for pid, rules in exclusions.items()}
 
 
-def response_rows(*, study: Study, chunk_size: int = CHUNK_SIZE) -> Iterator[tuple]:
+def response_rows(*, study: Study, chunk_size: int | None = None) -> Iterator[tuple]:
     """One tuple per planned trial (RESPONSE_COLUMNS order), streamed from a server-side cursor."""
+    chunk_size = chunk_size or CHUNK_SIZE
     flags = exclusion_flags(study=study) or {}
     rows = trials_long_queryset(study=study, answered_only=False).iterator(chunk_size=chunk_size)
     current, extra = None, NOT_EVALUATED

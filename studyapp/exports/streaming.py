@@ -24,8 +24,9 @@ class Echo:
         return value
 
 
-def csv_lines(*, columns: Sequence[Column], rows: Iterable[Sequence], block_rows: int = BLOCK_ROWS) -> Iterator[str]:
+def csv_lines(*, columns: Sequence[Column], rows: Iterable[Sequence], block_rows: int | None = None) -> Iterator[str]:
     """Header then rows, formatted by column type, as CSV text blocks."""
+    block_rows = block_rows or BLOCK_ROWS
     writer = csv.writer(Echo(), lineterminator="\n")
     width = len(columns)
     convert = formatters(columns)

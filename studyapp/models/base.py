@@ -41,3 +41,17 @@ class TimeStamped(models.Model):
 
     class Meta:
         abstract = True
+
+
+def stimulus_xor_edit_constraints(*, owner: str, prefix: str) -> list[models.BaseConstraint]:
+    """Rows about "a stimulus or an edit of it": exactly one of the two, and one row per owner."""
+    return [
+        models.CheckConstraint(
+            condition=(models.Q(stimulus__isnull=False, edit__isnull=True)
+                       | models.Q(stimulus__isnull=True, edit__isnull=False)),
+            name=f"{prefix}_stimulus_xor_edit"),
+        models.UniqueConstraint(fields=[owner, "stimulus"], condition=models.Q(stimulus__isnull=False),
+                                name=f"{prefix}_unique_{owner}_stimulus"),
+        models.UniqueConstraint(fields=[owner, "edit"], condition=models.Q(edit__isnull=False),
+                                name=f"{prefix}_unique_{owner}_edit"),
+    ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
-from studyapp.models.base import Modality, OpaqueUploadPath, TimeStamped, choices_check
+from studyapp.models.base import (Modality, OpaqueUploadPath, TimeStamped, choices_check,
+                                  stimulus_xor_edit_constraints)
 
 
 class DatasetSource(models.TextChoices):
@@ -160,12 +161,4 @@ class ModelOutput(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.CheckConstraint(
-                condition=(Q(stimulus__isnull=False, edit__isnull=True) | Q(stimulus__isnull=True, edit__isnull=False)),
-                name="modeloutput_stimulus_xor_edit"),
-            models.UniqueConstraint(fields=["model", "stimulus"], condition=Q(stimulus__isnull=False),
-                                    name="modeloutput_unique_stimulus"),
-            models.UniqueConstraint(fields=["model", "edit"], condition=Q(edit__isnull=False),
-                                    name="modeloutput_unique_edit"),
-        ]
+        constraints = stimulus_xor_edit_constraints(owner="model", prefix="modeloutput")

@@ -6,7 +6,7 @@ import uuid
 from django.db import models
 from django.db.models import F, Q
 
-from studyapp.models.base import OpaqueUploadPath, TimeStamped, choices_check
+from studyapp.models.base import OpaqueUploadPath, TimeStamped, choices_check, stimulus_xor_edit_constraints
 from studyapp.models.data import Dataset, Edit, MLModel, Stimulus
 
 
@@ -157,13 +157,7 @@ class Explanation(models.Model):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(
-                condition=(Q(stimulus__isnull=False, edit__isnull=True) | Q(stimulus__isnull=True, edit__isnull=False)),
-                name="explanation_stimulus_xor_edit"),
-            models.UniqueConstraint(fields=["arm", "stimulus"], condition=Q(stimulus__isnull=False),
-                                    name="explanation_unique_arm_stimulus"),
-            models.UniqueConstraint(fields=["arm", "edit"], condition=Q(edit__isnull=False),
-                                    name="explanation_unique_arm_edit"),
+            *stimulus_xor_edit_constraints(owner="arm", prefix="explanation"),
             models.CheckConstraint(condition=Q(compute_seconds__gte=0), name="explanation_seconds_nonnegative"),
         ]
 
