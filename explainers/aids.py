@@ -147,7 +147,7 @@ def _check_labels(y, n: int, num_classes: int, name: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- exemplars
 
-@dataclass
+@dataclass(eq=False)
 class ExemplarIndex:
     """Nearest training items per class in the model's penultimate-feature space.
 
@@ -190,11 +190,17 @@ class ExemplarIndex:
         }
 
     def nearest(self, inputs: np.ndarray | torch.Tensor, *, k: int,
-                predicted_classes: np.ndarray, return_distances: bool = False
+                predicted_classes: np.ndarray, return_distances: bool = False,
+                check_predictions: bool = True
                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Indices (N, k) into ``X_train`` of the k nearest items of each query's predicted
-        class, nearest first (ties by training index); with ``return_distances`` also their
-        distances (N, k), float64."""
+        class, nearest first (equal distances in training-index order); with
+        ``return_distances`` also their distances (N, k), float64.
+
+        ``check_predictions=False`` skips the check that ``predicted_classes`` are the model's
+        predictions: only for a deliberate placebo arm (exemplars of another class), recorded
+        as such by the caller.
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}.")
         k = int(k)
@@ -206,7 +212,7 @@ class ExemplarIndex:
         classes = _check_labels(predicted_classes, len(x), logits.shape[1], "predicted_classes")
         model_says = _predicted_from_logits(logits)
         wrong = np.flatnonzero(classes != model_says)
-        if wrong.size:
+        if wrong.size and check_predictions:
             i = int(wrong[0])
             raise ValueError(
                 f"predicted_classes must be the model's own predictions: item {i} was given "
@@ -287,7 +293,7 @@ def build_exemplar_index(model: nn.Module, X_train: np.ndarray, y_train: np.ndar
 
 # ----------------------------------------------------------------------------- OOD warnings
 
-@dataclass
+@dataclass(eq=False)
 class OODDetector:
     """An OOD score per input (higher = more unusual) and a threshold above which to warn.
 
@@ -366,6 +372,18 @@ def _mahalanobis(feats: np.ndarray, means: np.ndarray, estimator) -> np.ndarray:
     return np.sqrt(np.maximum(sq.min(axis=1), 0.0))
 
 
+def _check_held_out(x_fit: np.ndarray, x_cal: np.ndarray) -> None:
+    # Fit inputs sit closer to the class means than new ones; a threshold calibrated on them
+    # is too low and the warning fires far more often than the promised 1 - quantile. A few
+    # exact duplicates between splits are normal in real data; mostly-shared sets are a bug.
+    fit_rows = {row.tobytes() for row in x_fit}
+    shared = sum(row.tobytes() in fit_rows for row in x_cal)
+    if shared > len(x_cal) // 2:
+        raise ValueError(f"{shared} of the {len(x_cal)} calibration inputs are also in X_fit. "
+                         "Calibrate the threshold on held-out in-distribution inputs (not used "
+                         "for training or fitting), or the warning fires too often.")
+
+
 def _conformal_threshold(scores: np.ndarray, quantile: float) -> float:
     n = len(scores)
     rank = math.ceil((n + 1) * quantile)  # 1-based; <= n is checked by the caller
@@ -405,7 +423,7 @@ def fit_ood_detector(model: nn.Module, X_fit: np.ndarray | None = None,
             raise ValueError(f"temperature must be a positive number; got {temperature!r}.")
         det = OODDetector(method="energy", threshold=0.0, quantile=quantile,
                           temperature=float(temperature), covariance=None,
-                          n_fit=0 if X_fit is None else int(len(X_fit)),
+                          n_fit=0,  # energy is computed from the logits alone
                           n_calibration=int(len(x_cal)), calibration_flag_rate=0.0, _net=net)
     else:
         _check_has_features(model)
@@ -417,6 +435,7 @@ def fit_ood_detector(model: nn.Module, X_fit: np.ndarray | None = None,
         x_fit = net.check(X_fit, "X_fit")
         if tuple(x_fit.shape[1:]) != tuple(x_cal.shape[1:]):
             raise ValueError("X_fit and X_calibration have different input shapes.")
+        _check_held_out(x_fit.numpy(), x_cal.numpy())
         feats, _ = net.run(x_fit, features=True, logits=False)
         y = _check_labels(y_fit, len(x_fit), net.num_classes, "y_fit")
         classes = np.unique(y)

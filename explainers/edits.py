@@ -7,10 +7,11 @@ Public API::
     feature_quantile_edits(inputs, *, X_reference, quantiles=(0.1, 0.5, 0.9), features=None,
                            feature_names=None, min_change=0.05) -> EditBatch
     evaluate_edits(model, batch, *, device=None, batch_size=1024) -> EditOutcomes
-    counterfactual_choose_candidates(outcomes, *, n_candidates=4, seed=0, stimulus_keys=None)
-        -> list[CandidateSet | None]   exactly one edit that changes the prediction
+    counterfactual_choose_candidates(outcomes, *, n_candidates=4, seed=0, stimulus_keys=None,
+                                     exclude=None) -> list[CandidateSet | None]
+        exactly one edit that changes the prediction, n_candidates - 1 that do not
     counterfactual_predict_edits(outcomes, *, per_stimulus=1, flip_fraction=0.5, seed=0,
-                                 stimulus_keys=None) -> list[CandidateSet | None]
+                                 stimulus_keys=None, exclude=None) -> list[CandidateSet | None]
 
 An ``EditBatch`` holds N stimuli with up to E edits each, packed first: edits of stimulus i are
 ``edited[i, :counts[i]]`` with ``params[i][j]`` (JSON-serializable) describing edit j. Slots past
@@ -279,6 +280,10 @@ def feature_quantile_edits(inputs: np.ndarray | torch.Tensor, *, X_reference: np
     edited = np.repeat(x[:, None], max_e, axis=1)
     counts = np.zeros(n, dtype=np.int64)
     params: list[list[dict]] = [[] for _ in range(n)]
+    sorted_ref = {j: np.sort(ref64[:, j]) for j in feats}
+    # Fraction of reference values <= the stimulus's own value (its percentile rank).
+    ranks = {j: np.searchsorted(sorted_ref[j], x[:, j].astype(np.float64), side="right")
+             / len(ref) for j in feats}
     for i in range(n):
         for j in feats:
             seen: set[float] = set()
@@ -294,7 +299,7 @@ def feature_quantile_edits(inputs: np.ndarray | torch.Tensor, *, X_reference: np
                                   "feature_name": None if names is None else names[j],
                                   "from_value": float(old), "to_value": float(new),
                                   "quantile": q,
-                                  "from_rank": float(np.mean(ref64[:, j] <= float(old)))})
+                                  "from_rank": float(ranks[j][i])})
     width = int(counts.max()) if n else 0
     config = {"kind": "feature_quantile", "quantiles": qs, "features": feats,
               "feature_names": names, "quantile_method": QUANTILE_METHOD,

@@ -435,6 +435,66 @@ def test_all_problems_of_a_csv_are_reported_together():
     assert "column 'a': missing values in row 3" in messages and "column 'b' must contain numbers" in messages
 
 
+# --------------------------------------------------------------------------- split_info
+
+def split_counts(dataset: Dataset) -> dict[str, int]:
+    return {"n_train": dataset.stimuli.filter(split="train").count(),
+            "n_test": dataset.stimuli.filter(split="test").count()}
+
+
+def test_a_split_made_at_import_is_recorded_in_split_info_with_the_facts_of_the_description():
+    dataset = dataset_import_images(name="Pets", archive=make_zip(image_files(per_class=10)), description="Pets.")
+
+    assert dataset.split_info == {"method": "seeded_stratified", "seed": 0, "test_fraction": 0.2,
+                                  "n_train": 16, "n_test": 4}
+    assert split_counts(dataset) == {"n_train": 16, "n_test": 4}
+    assert dataset.description == ("Pets.\n\nTrain/test split made at import: 80% train / 20% test, stratified "
+                                   "by class, seed 0 (16 train, 4 test).")
+    dataset.refresh_from_db()
+    assert dataset.split_info["method"] == "seeded_stratified"
+
+
+def test_classes_too_small_to_stratify_get_a_seeded_random_split_in_split_info():
+    dataset = dataset_import_tabular(name="Toy", csv_file=b"x,label\n1,a\n2,a\n3,a\n4,b\n5,a\n")
+
+    assert dataset.split_info == {"method": "seeded_random", "seed": 0, "test_fraction": 0.2,
+                                  "n_train": 4, "n_test": 1}
+    assert split_counts(dataset) == {"n_train": 4, "n_test": 1}
+    assert "not stratified (some classes have too few items), seed 0 (4 train, 1 test)" in dataset.description
+
+
+def test_a_split_column_is_recorded_as_from_file_with_its_counts_and_no_sentence():
+    images = dataset_import_images(name="Pets", archive=make_zip(image_files(split=True)), description="Pets.")
+    rows = dataset_import_tabular(name="Patients", csv_file=CSV.encode())
+
+    assert images.split_info == {"method": "from_file", **split_counts(images)} == {
+        "method": "from_file", "n_train": 4, "n_test": 2}
+    assert rows.split_info == {"method": "from_file", **split_counts(rows)} == {
+        "method": "from_file", "n_train": 2, "n_test": 1}
+    assert (images.description, rows.description) == ("Pets.", "")
+
+
+# Hashes of the built-in data as imported before split_info existed: split_info is derived, so it must
+# not change them (an existing import would otherwise be refused as "different content").
+BUILTIN_HASHES = {
+    "digits": ("f767f2b6bfd45c164695693dbcda42bf320e0878074d25e4235dce9980821b7a", 1437, 360),
+    "breast_cancer": ("3d59718f83d61c7a06beb4b5385925217c66b19913b192fe9835d571c52169bb", 455, 114),
+}
+
+
+@pytest.mark.parametrize("which", BUILTIN_HASHES)
+def test_builtin_split_is_recorded_in_split_info_without_changing_the_content_hash(which):
+    content_sha256, n_train, n_test = BUILTIN_HASHES[which]
+
+    dataset = dataset_import_builtin(which=which)
+
+    assert dataset.split_info == {"method": "seeded_stratified", "seed": 0, "test_fraction": 0.2,
+                                  "n_train": n_train, "n_test": n_test}
+    assert split_counts(dataset) == {"n_train": n_train, "n_test": n_test}
+    assert dataset.content_sha256 == content_sha256
+    assert f"seed 0 ({n_train} train, {n_test} test)." in dataset.description
+
+
 # --------------------------------------------------------------------------- built-in data and helpers
 
 def test_builtin_digits_import_is_idempotent(media_root):

@@ -85,6 +85,8 @@ class StudyListAPI(APIView):
 
 
 _FILE_SCHEMA = {"type": "string", "format": "binary"}
+_FILE_DESCRIPTION = ("The file, as an attachment named <study slug>_<file>: CSV for responses, participants, "
+                     "hypotheses and codebook; JSON for manifest and codebook_json; HTML for codebook_html.")
 
 
 class StudyExportAPI(APIView):
@@ -96,13 +98,11 @@ class StudyExportAPI(APIView):
         description=("Kinds: " + ", ".join(f"`{k}` ({v})" for k, v in FILES.items()) + ". CSV files stream in "
                      "constant memory; see the codebook for every column and manifest.json for provenance."),
         parameters=[OpenApiParameter("kind", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(KINDS),
-                                     description="Which export."),
-                    OpenApiParameter("pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Study id.")],
+                                     description="Which export.")],
         responses={
-            (200, "text/csv"): OpenApiResponse(_FILE_SCHEMA, description="responses, participants, hypotheses, "
-                                                                         "codebook"),
-            (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="manifest, codebook_json"),
-            (200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="codebook_html"),
+            (200, "text/csv"): OpenApiResponse(_FILE_SCHEMA, description=_FILE_DESCRIPTION),
+            (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description=_FILE_DESCRIPTION),
+            (200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description=_FILE_DESCRIPTION),
             (403, "application/json"): OpenApiResponse(description="Not staff."),
             (404, "application/json"): OpenApiResponse(description="No such study or kind."),
         },

@@ -187,6 +187,10 @@ def test_misclassified_items_get_exemplars_of_the_models_class_and_true_labels_a
     assert np.all(y_train[idx] != truth[wrong][:, None])
     with pytest.raises(ValueError, match="model's own predictions.*leak"):
         digit_index.nearest(queries[wrong], k=3, predicted_classes=truth[wrong])
+    # A deliberate placebo arm (exemplars of another class) has to say so explicitly.
+    other = digit_index.nearest(queries[wrong], k=3, predicted_classes=truth[wrong],
+                                check_predictions=False)
+    assert np.all(y_train[other] == truth[wrong][:, None])
 
 
 def test_asking_for_more_exemplars_than_the_class_has_raises(digits, digit_index):
@@ -337,7 +341,7 @@ def test_detector_record_is_json_and_names_method_quantile_threshold_and_sizes(d
         assert record["method"] == method and record["quantile"] == 0.95
         assert record["threshold"] == det.threshold
         assert record["n_calibration"] == len(d["cal"])
-        assert record["n_fit"] == len(d["train"])
+        assert record["n_fit"] == (len(d["train"]) if method == "mahalanobis" else 0)
         assert record["temperature"] == (1.0 if method == "energy" else None)
         assert record["covariance"] == ("ledoit_wolf" if method == "mahalanobis" else None)
 
@@ -381,5 +385,7 @@ def test_bad_detector_settings_raise_clear_errors(digits):
         fit_ood_detector(d["model"], X_fit, y_fit, X_calibration=X_cal[:, 0])
     with pytest.raises(ValueError, match="y_fit"):
         fit_ood_detector(d["model"], X_fit, y_fit[:-1], X_calibration=X_cal)
+    with pytest.raises(ValueError, match="calibration inputs are also in X_fit"):
+        fit_ood_detector(d["model"], X_fit, y_fit, X_calibration=X_fit[:100])
     with pytest.raises(ValueError, match="covariance"):
         fit_ood_detector(d["model"], X_fit, y_fit, X_calibration=X_cal, covariance="mcd")

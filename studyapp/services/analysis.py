@@ -1,0 +1,577 @@
+"""Analysis runs: the frozen plan (confirmatory) or any other request (exploratory), on the database.
+
+The statistics live in ``studyapp.analysis`` (Django-free); this service only loads data, applies
+the exclusion rules (blind to arm, ``studyapp.services.exclusions``), maps each hypothesis to the
+right test, and stores one :class:`AnalysisRun` whose ``results`` hold everything a report needs.
+
+Hypothesis -> test (the participant is the unit of analysis; only completed participants that no
+exclusion rule removes are analysed):
+
+* outcome ``test_accuracy``: a participant's accuracy on ``forward`` trials of the ``test`` phase;
+  ``gain``: post-test minus pre-test accuracy on ``forward`` trials (Hase & Bansal 2020);
+  ``counterfactual_accuracy``: accuracy on ``counterfactual_*`` trials of every phase except
+  practice and learning; ``likert``: the participant's rating of ``likert_item``.
+* comparison ``arm_vs_control`` (comparator = the plan's control arm unless one is named),
+  ``arm_vs_arm``, or ``arm_vs_chance`` (one-sample test against 1/num_classes for accuracy, the
+  mean per-trial chance for counterfactual trials, 0 for a gain; not defined for Likert).
+* direction ``greater``/``less``/``two_sided``: the named test (``welch_t`` = Welch's t-test,
+  ``permutation`` = seeded permutation test, ``mann_whitney``; a Likert outcome always uses
+  Mann-Whitney) in that direction; with an equivalence margin a TOST is run too, so a null result
+  can become "not_supported". ``equivalence``: TOST with the margin, plus the two-sided test.
+* correction: hypotheses are grouped by ``family`` and their p-values adjusted within the family
+  with the family's method (each kind of p-value - directional, TOST, two-sided - separately,
+  over the hypotheses that have one); ``decide`` turns the adjusted p-values into verdicts.
+* ``exclusion_rules`` of a hypothesis are added to (and override) the study's rules for that
+  hypothesis only.
+
+Secondary, never used for verdicts: crossed-random-effects logistic model (participants and items;
+only with at least MIXED_MIN_TRIALS trials), GEE clustered by participant, two-stage bootstrap CI
+(single-phase outcomes), accuracy against chance per arm, and trivial observers next to human
+accuracy (always the true label, always the model's majority output, and a cross-validated
+logistic regression that sees only the explanation's raw attributions).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import io
+import math
+import platform
+import uuid
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+from django.db.models import Count
+from django.utils import timezone
+
+from studyapp import analysis as stats
+from studyapp.models import AnalysisRun, Edit, Explanation, Participant, QuestionnaireAnswer, Study
+from studyapp.selectors import trials_long_frame
+from studyapp.services.errors import ServiceError
+from studyapp.services.exclusions import EXCLUSION_RULES, participant_exclusions
+from studyapp.services.preregistration import (
+    analysis_request_classify,
+    analysis_request_resolve,
+    deviation_as_dict,
+    hypothesis_value_problems,
+    preregistration_drift,
+    preregistration_verify,
+    study_deviations,
+)
+from studyapp.services.studies import study_plan_document
+
+N_PERMUTATIONS = 9999
+N_BOOTSTRAP = 2000
+N_ATTRITION_RESAMPLES = 100_000
+MIXED_MIN_TRIALS = 200
+CV_MAX_FOLDS = 5
+COUNTERFACTUAL_TASKS = ("counterfactual_predict", "counterfactual_choose")
+FORWARD_PHASES = ("pre_test", "post_test", "test")
+SOFTWARE = ("numpy", "scipy", "statsmodels", "gpboost", "pandas", "django", "scikit-learn")
+LABELS = {"confirmatory": "CONFIRMATORY: the pre-registered plan, frozen at launch",
+          "exploratory": "EXPLORATORY: not part of the pre-registered plan"}
+
+
+def software_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in SOFTWARE:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _jsonable(value):
+    """Plain JSON: numpy scalars to Python, NaN/inf to None, UUIDs and keys to strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _not_available(reason: str, status: str = "not_available") -> dict:
+    return {"status": status, "reason": reason}
+
+
+# ---------------------------------------------------------------- data
+
+
+def _trials(study: Study) -> pd.DataFrame:
+    """Answered trials in the analysis package's column names; ``item_id`` = stimulus (+ edit)."""
+    frame = trials_long_frame(study=study, answered_only=True)
+    frame = frame.rename(columns={"participant": "participant_id", "response": "answer"})
+    correct = frame["correct"].astype("float64")
+    # A response stored without a verdict is scored against the expected answer, when there is one.
+    derivable = correct.isna() & frame["expected_answer"].notna()
+    correct[derivable] = (frame.loc[derivable, "answer"] == frame.loc[derivable, "expected_answer"]).astype(float)
+    frame["correct"] = correct
+    edit = frame["edit"].astype("object")
+    frame["item_id"] = frame["stimulus"].astype(str) + np.where(edit.notna(), ":" + edit.astype(str), "")
+    return frame
+
+
+def _measure_rows(trials: pd.DataFrame, measure: str) -> tuple[pd.DataFrame, str, str | None]:
+    """Trials of one accuracy measure, the phase to model and the pre-phase (gain only)."""
+    if measure == "counterfactual":
+        rows = trials.loc[trials["task"].isin(COUNTERFACTUAL_TASKS) & ~trials["phase"].isin(["practice", "learning"])]
+        return rows.assign(phase="counterfactual"), "counterfactual", None
+    if measure == "gain":
+        rows = trials.loc[(trials["task"] == "forward") & trials["phase"].isin(["pre_test", "post_test"])]
+        return rows, "post_test", "pre_test"
+    return trials.loc[(trials["task"] == "forward") & (trials["phase"] == measure)], measure, None
+
+
+def _accuracy(rows: pd.DataFrame, phase: str) -> pd.DataFrame:
+    acc = stats.participant_accuracy(rows, phases=[phase])
+    return acc[["participant_id", "arm", "accuracy"]].rename(columns={"accuracy": "value"})
+
+
+OUTCOME_MEASURE = {"test_accuracy": "test", "gain": "gain", "counterfactual_accuracy": "counterfactual"}
+
+
+def _values(trials, likert, *, outcome: str, likert_item: str) -> pd.DataFrame:
+    """One row per analysed participant: participant_id, arm, value."""
+    if outcome == "likert":
+        rows = likert.loc[likert["item"] == likert_item]
+        return rows[["participant_id", "arm", "value"]].astype({"value": "float64"})
+    measure = OUTCOME_MEASURE[outcome]
+    rows, phase, pre = _measure_rows(trials, measure)
+    if rows.empty:
+        return pd.DataFrame(columns=["participant_id", "arm", "value"])
+    if measure != "gain":
+        return _accuracy(rows, phase)
+    wide = stats.participant_outcomes(rows, pre_phase=pre, post_phase=phase)
+    if "gain" not in wide.columns:
+        return pd.DataFrame(columns=["participant_id", "arm", "value"])
+    return wide[["participant_id", "arm", "gain"]].rename(columns={"gain": "value"}).dropna()
+
+
+def _arm_values(values: pd.DataFrame, arm: str) -> np.ndarray:
+    return values.loc[values["arm"] == arm, "value"].to_numpy(dtype="float64")
+
+
+def _describe(x: np.ndarray) -> dict:
+    return {"n": int(x.size), "mean": float(x.mean()) if x.size else None,
+            "sd": float(x.std(ddof=1)) if x.size > 1 else None}
+
+
+# ---------------------------------------------------------------- one hypothesis
+
+
+def _hypothesis_problems(h: dict, arm_names: list[str], control: str | None) -> list[str]:
+    problems = []
+    for field in ("comparison", "arm", "comparator", "outcome", "direction", "equivalence_margin", "test",
+                  "alpha", "correction"):
+        problems += hypothesis_value_problems(field=field, value=h.get(field), arm_names=arm_names)
+    if h["direction"] == "equivalence" and h.get("equivalence_margin") is None:
+        problems.append("an equivalence hypothesis needs an equivalence_margin")
+    if h["outcome"] == "likert" and not h.get("likert_item"):
+        problems.append("a Likert outcome needs likert_item")
+    if h["comparison"] == "arm_vs_arm" and not h.get("comparator"):
+        problems.append("arm_vs_arm needs a comparator arm")
+    if h["comparison"] == "arm_vs_control" and not h.get("comparator") and control is None:
+        problems.append("the plan has no control arm to compare with")
+    if h["comparison"] == "arm_vs_chance" and h["outcome"] == "likert":
+        problems.append("arm_vs_chance is not defined for a Likert outcome")
+    if h["comparison"] != "arm_vs_chance" and (h.get("comparator") or control) == h.get("arm"):
+        problems.append("the arm cannot be compared with itself")
+    return problems
+
+
+def _two_sample(test: str, x, y, *, alternative: str, seed: int, likert: bool):
+    if likert or test == "mann_whitney":
+        return stats.likert_mann_whitney(x, y, alternative=alternative)
+    if test == "permutation":
+        return stats.permutation_test(x, y, alternative=alternative, n_resamples=N_PERMUTATIONS, seed=seed)
+    return stats.welch_t_test(x, y, alternative=alternative)
+
+
+def _one_sample_tost(x, *, chance: float, margin: float, alpha: float) -> dict:
+    """TOST of mean(x) against chance +- margin (statsmodels DescrStatsW.ttost_mean)."""
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    p, lower, upper = DescrStatsW(np.asarray(x, dtype="float64")).ttost_mean(chance - margin, chance + margin)
+    return {"method": "one-sample TOST (statsmodels DescrStatsW.ttost_mean)", "p_value": float(p),
+            "alternative": "equivalence", "n": {"participants": int(len(x))},
+            "params": {"chance": chance, "margin_low": chance - margin, "margin_high": chance + margin,
+                       "alpha": alpha},
+            "extra": {"lower_test": {"statistic": float(lower[0]), "p_value": float(lower[1])},
+                      "upper_test": {"statistic": float(upper[0]), "p_value": float(upper[1])}}}
+
+
+def _test_hypothesis(h: dict, values: pd.DataFrame, *, comparator: str | None, chance: float | None,
+                     seed: int) -> dict:
+    """Raw p-values and effect sizes of one hypothesis (adjustment and verdict come later)."""
+    direction, margin, alpha = h["direction"], h.get("equivalence_margin"), h["alpha"]
+    likert = h["outcome"] == "likert"
+    alt = "two-sided" if direction == "equivalence" else direction
+    x = _arm_values(values, h["arm"])
+    out = {"descriptives": {h["arm"]: _describe(x)}, "p_value": math.nan, "p_equivalence": None,
+           "p_difference": None, "tests": {}, "effect_sizes": {}}
+    if comparator is None:  # against chance
+        out["descriptives"]["chance"] = chance
+        difference = stats.chance_level_test(x, chance=chance, alternative=alt)
+        out["effect_sizes"]["mean"] = difference.effect.to_dict()
+        out["effect_sizes"]["difference_from_chance"] = float(x.mean() - chance)
+        tost = _one_sample_tost(x, chance=chance, margin=margin, alpha=alpha) if margin is not None else None
+    else:
+        y = _arm_values(values, comparator)
+        out["descriptives"][comparator] = _describe(y)
+        difference = _two_sample(h["test"], x, y, alternative=alt, seed=seed, likert=likert)
+        tost = (stats.tost_equivalence(x, y, margin=margin, alpha=alpha).to_dict() if margin is not None else None)
+        if likert:
+            out["effect_sizes"]["rank_biserial"] = difference.effect.to_dict()
+        welch = difference if difference.method.startswith("Welch") else stats.welch_t_test(x, y)
+        out["effect_sizes"]["mean_difference"] = welch.effect.to_dict()
+        out["effect_sizes"]["cohens_d"] = stats.cohens_d(x, y).to_dict()
+    out["tests"]["difference"] = difference.to_dict()
+    if tost is not None:
+        out["tests"]["equivalence"] = tost
+    if direction == "equivalence":
+        out["p_value"], out["p_difference"] = tost["p_value"], difference.p_value
+    else:
+        out["p_value"] = difference.p_value
+        out["p_equivalence"] = tost["p_value"] if tost is not None else None
+    return out
+
+
+# ---------------------------------------------------------------- families and verdicts
+
+
+def _adjust(entries: list[dict], key: str, method: str, alpha: float):
+    present = [e for e in entries if e.get(key) is not None]
+    if not present:
+        return None, {}
+    adjusted = stats.adjust_pvalues([e[key] if e[key] is not None else math.nan for e in present],
+                                    method=method, alpha=alpha, labels=[e["label"] for e in present])
+    values = {e["label"]: (None if math.isnan(v) else float(v)) for e, v in zip(present, adjusted.adjusted)}
+    return adjusted.to_dict(), values
+
+
+def _families(entries: list[dict]) -> dict:
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for entry in entries:
+        by_family[entry["family"]].append(entry)
+    families = {}
+    for family, members in sorted(by_family.items()):
+        methods = sorted({m["correction"] for m in members})
+        warnings = []
+        if len(methods) > 1:
+            warnings.append(f"hypotheses of family '{family}' name different corrections {methods}; "
+                            f"'{members[0]['correction']}' (of {members[0]['label']}) was used")
+        method = members[0]["correction"]
+        alpha = members[0]["alpha"]
+        family_result = {"correction": method, "labels": [m["label"] for m in members], "warnings": warnings}
+        adjusted = {}
+        for key in ("p_value", "p_equivalence", "p_difference"):
+            family_result[f"adjusted_{key}"], adjusted[key] = _adjust(members, key, method, alpha)
+        for member in members:
+            spec = stats.HypothesisSpec(name=member["label"], kind=member["direction"], alpha=member["alpha"],
+                                        margin=member.get("equivalence_margin"))
+            p = adjusted["p_value"].get(member["label"])
+            decision = stats.decide(spec, p_adjusted=math.nan if p is None else p,
+                                    p_equivalence_adjusted=adjusted["p_equivalence"].get(member["label"]),
+                                    p_difference_adjusted=adjusted["p_difference"].get(member["label"]))
+            member["p_adjusted"] = p
+            member["p_equivalence_adjusted"] = adjusted["p_equivalence"].get(member["label"])
+            member["p_difference_adjusted"] = adjusted["p_difference"].get(member["label"])
+            member["decision"] = {"verdict": decision.verdict, "reason": decision.reason, "alpha": decision.alpha}
+        families[family] = family_result
+    return families
+
+
+# ---------------------------------------------------------------- secondary analyses
+
+
+def _secondary(h: dict, trials: pd.DataFrame, *, comparator: str, seed: int) -> dict:
+    rows, phase, pre = _measure_rows(trials, OUTCOME_MEASURE[h["outcome"]])
+    rows = rows.loc[rows["arm"].isin([h["arm"], comparator]) & rows["correct"].notna()]
+    alt = "two-sided" if h["direction"] == "equivalence" else h["direction"]
+    per_arm = rows.groupby("arm")["participant_id"].nunique()
+    if min(per_arm.get(h["arm"], 0), per_arm.get(comparator, 0)) < 2:
+        reason = "each arm needs at least 2 analysed participants with trials"
+        return {name: _not_available(reason, "not_run") for name in ("mixed_logistic", "gee", "bootstrap")}
+    out = {}
+    kwargs = {"control": comparator, "phase": phase, "pre_phase": pre, "arms": [h["arm"]], "alternative": alt}
+    if len(rows) < MIXED_MIN_TRIALS:
+        out["mixed_logistic"] = _not_available(f"{len(rows)} trials, fewer than {MIXED_MIN_TRIALS}", "not_run")
+    else:
+        out["mixed_logistic"] = _guard(lambda: stats.crossed_mixed_logistic(rows, **kwargs)[h["arm"]].to_dict())
+    out["gee"] = _guard(lambda: stats.gee_logistic(rows, **kwargs)[h["arm"]].to_dict())
+    if pre is not None:
+        out["bootstrap"] = _not_available("the two-stage bootstrap is for single-phase accuracy, not a gain",
+                                          "not_applicable")
+    else:
+        out["bootstrap"] = _guard(lambda: dataclasses.asdict(stats.two_stage_bootstrap(
+            rows, treatment=h["arm"], control=comparator, phase=phase, seed=seed, n_resamples=N_BOOTSTRAP)))
+    return out
+
+
+def _guard(compute) -> dict:
+    """Run a secondary computation; a failure is recorded, it must not sink the whole run."""
+    try:
+        result = compute()
+    except Exception as exc:
+        return _not_available(f"{exc.__class__.__name__}: {exc}", "failed")
+    return result if "status" in result else {"status": "ok", **result}
+
+
+def _chance_and_descriptives(trials: pd.DataFrame, arms: list[str], *, num_classes: int,
+                             cf_chance: float | None) -> tuple[dict, dict]:
+    chance, descriptives = {}, {}
+    for measure in (*FORWARD_PHASES, "counterfactual"):
+        rows, phase, _ = _measure_rows(trials, measure)
+        rows = rows.loc[rows["correct"].notna()]
+        if rows.empty:
+            continue
+        values = _accuracy(rows, phase)
+        level = cf_chance if measure == "counterfactual" else 1.0 / num_classes
+        descriptives[measure] = {arm: _describe(_arm_values(values, arm)) for arm in arms}
+        chance[measure] = {}
+        for arm in arms:
+            x = _arm_values(values, arm)
+            if x.size < 2 or level is None:
+                chance[measure][arm] = _not_available("fewer than 2 analysed participants", "not_run")
+            else:
+                chance[measure][arm] = {"status": "ok",
+                                        **stats.chance_level_test(x, chance=level, alternative="greater").to_dict()}
+    return chance, descriptives
+
+
+def _counterfactual_chance(trials: pd.DataFrame, study: Study, num_classes: int) -> float | None:
+    rows = trials.loc[trials["task"].isin(COUNTERFACTUAL_TASKS)]
+    if rows.empty:
+        return None
+    n_edits = dict(Edit.objects.filter(stimulus__dataset_id=study.dataset_id).values("stimulus_id")
+                   .annotate(n=Count("pk")).values_list("stimulus_id", "n"))
+    per_trial = np.where(rows["task"] == "counterfactual_choose",
+                         1.0 / rows["stimulus"].map(lambda s: max(n_edits.get(s, 1), 1)).to_numpy(dtype="float64"),
+                         1.0 / num_classes)
+    return float(per_trial.mean())
+
+
+def _explanation_observer(study: Study, arm: dict, items: pd.DataFrame, seed: int) -> dict:
+    if arm["kind"] in ("control", "ood_warning"):
+        return _not_available(f"the {arm['kind']} arm shows no explanation")
+    stored = dict(Explanation.objects.filter(arm__study=study, arm__name=arm["name"],
+                                             stimulus_id__in=items["stimulus"].tolist())
+                  .values_list("stimulus_id", "attributions"))
+    if not stored:
+        return _not_available("no explanations are stored for this arm's items")
+    rows = items.loc[items["stimulus"].isin(stored)]
+    arrays = [np.load(io.BytesIO(bytes(stored[s])), allow_pickle=False).ravel() for s in rows["stimulus"]]
+    if len({a.size for a in arrays}) != 1:
+        return _not_available("the explanations of this arm's items differ in size")
+    y = rows["model_output"].to_numpy(dtype="int64")
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size < 2 or counts.min() < 2:
+        return _not_available("cross-validation needs at least 2 items of each of at least 2 model outputs")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = int(min(CV_MAX_FOLDS, counts.min()))
+    scores = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+                             np.stack(arrays), y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return {"status": "ok", "accuracy": float(scores.mean()), "fold_accuracies": [float(s) for s in scores],
+            "n_items": int(len(rows)), "n_items_without_explanation": int(len(items) - len(rows)),
+            "method": "standardized raw attributions -> logistic regression (scikit-learn), stratified "
+                      f"{folds}-fold cross-validation predicting the model's output", "seed": seed}
+
+
+def _baselines(study: Study, trials: pd.DataFrame, arms: list[dict], descriptives: dict, seed: int) -> dict:
+    out = {}
+    for phase in FORWARD_PHASES:
+        rows = trials.loc[(trials["task"] == "forward") & (trials["phase"] == phase) & trials["model_output"].notna()]
+        if rows.empty:
+            continue
+        items = rows.drop_duplicates("stimulus")[["stimulus", "truth", "model_output"]]
+        outputs = items["model_output"].astype(int)
+        majority = int(outputs.value_counts().sort_index().idxmax())
+        out[phase] = {
+            "n_items": int(len(items)),
+            "true_label_observer": {
+                "accuracy": float((items["truth"].astype(int) == outputs).mean()),
+                "description": "always answers the true label (the model's accuracy on these items)"},
+            "majority_class_observer": {
+                "accuracy": float((outputs == majority).mean()), "class": majority,
+                "description": "always answers the model's most frequent output on these items"},
+            "explanation_only_observer": {arm["name"]: _guard(lambda a=arm: _explanation_observer(
+                study, a, items, seed)) for arm in arms},
+            "human_accuracy": {arm: d["mean"] for arm, d in descriptives.get(phase, {}).items()},
+        }
+    return out
+
+
+
+# ---------------------------------------------------------------- participant flow
+
+
+def _attrition(table: pd.DataFrame, seed: int, what: str) -> dict:
+    table = table.loc[table.sum(axis=1) > 0]
+    if len(table) < 2:
+        return _not_available(f"{what} needs at least two arms with participants")
+    return {"status": "ok", **stats.attrition_test(table, seed=seed, n_resamples=N_ATTRITION_RESAMPLES).to_dict()}
+
+
+def _participant_flow(people: pd.DataFrame, exclusions: dict, rules: dict, arm_names: list[str], seed: int) -> dict:
+    people = people.assign(
+        completed=people["status"] == Participant.Status.COMPLETED,
+        reasons=people["participant_id"].map(lambda p: exclusions.get(p, [])))
+    people["excluded"] = people["completed"] & people["reasons"].map(bool)
+    arms = {}
+    for arm in arm_names:
+        group = people.loc[people["arm"] == arm]
+        completers = group.loc[group["completed"]]
+        arms[arm] = {
+            "enrolled": int(len(group)), "consented": int(group["consented"].sum()),
+            "completed": int(len(completers)), "not_completed": int(len(group) - len(completers)),
+            "by_status": {str(k): int(v) for k, v in group["status"].value_counts().sort_index().items()},
+            "excluded": int(completers["excluded"].sum()),
+            "excluded_by_rule": {rule: int(completers["reasons"].map(lambda r, rule=rule: rule in r).sum())
+                                 for rule in rules},
+            "analysed": int(len(completers) - completers["excluded"].sum()),
+        }
+    totals = {key: sum(a[key] for a in arms.values())
+              for key in ("enrolled", "consented", "completed", "not_completed", "excluded", "analysed")}
+    completers = people.loc[people["completed"]]
+    return {
+        "arms": arms, "totals": totals, "rules": rules,
+        "rule_descriptions": {rule: EXCLUSION_RULES[rule] for rule in rules},
+        "note": "Exclusions are counted among completers; a participant may break several rules. "
+                "Not completing is attrition, not an exclusion.",
+        "attrition_test": _attrition(stats.completion_table(people, arms=arm_names), seed, "the attrition test"),
+        "exclusion_test": _attrition(
+            stats.completion_table(completers.assign(kept=~completers["excluded"]), completed_column="kept",
+                                   arms=arm_names).rename(columns={"completed": "analysed",
+                                                                   "not_completed": "excluded"}),
+            seed, "the exclusion test"),
+    }
+
+
+# ---------------------------------------------------------------- the service
+
+
+def _plan_arms(study: Study) -> list[dict]:
+    plan = study.frozen_config if study.frozen_config is not None else study_plan_document(study=study)
+    return [{"name": a["name"], "kind": a["kind"]} for a in plan["arms"]]
+
+
+def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None = None) -> AnalysisRun:
+    """Run the frozen plan (no spec) or an exploratory request, store and return the AnalysisRun.
+
+    A confirmatory run is refused for a study that was never launched, and when the frozen plan
+    no longer matches the SHA-256 recorded at launch. A spec that reproduces the frozen plan
+    exactly is confirmatory; any other spec is exploratory and labelled so everywhere.
+    """
+    study = Study.objects.select_related("model", "dataset").get(pk=study.pk)
+    if exploratory_spec is None and study.frozen_config is None:
+        raise ServiceError(f"The study '{study.title}' was never launched, so it has no frozen plan: a confirmatory "
+                           "analysis is impossible. Run an exploratory analysis (pass exploratory_spec) instead.")
+    kind, exploratory_reasons = analysis_request_classify(study=study, spec=exploratory_spec)
+    verified = preregistration_verify(study=study)
+    if kind == "confirmatory" and not verified:
+        raise ServiceError(f"The frozen plan of '{study.title}' no longer matches the SHA-256 recorded at launch; "
+                           "no confirmatory analysis can be run on it.")
+    hypotheses, rules = analysis_request_resolve(study=study, spec=exploratory_spec)
+    arms = _plan_arms(study)
+    arm_names = [a["name"] for a in arms]
+    control = next((a["name"] for a in arms if a["kind"] == "control"), None)
+    num_classes = len((study.frozen_config or {}).get("model", {}).get("class_names") or study.model.class_names)
+
+    people = pd.DataFrame.from_records(
+        Participant.objects.filter(study=study).values_list("public_id", "arm__name", "status", "consented_at"),
+        columns=["participant_id", "arm", "status", "consented_at"])
+    people["consented"] = people["consented_at"].notna()
+    completed = set(people.loc[people["status"] == Participant.Status.COMPLETED, "participant_id"])
+    exclusions_cache: dict[str, dict] = {}
+
+    def analysed(extra_rules: dict) -> set[uuid.UUID]:
+        effective = {**rules, **(extra_rules or {})}
+        key = repr(sorted(effective.items()))
+        if key not in exclusions_cache:
+            exclusions_cache[key] = participant_exclusions(study=study, rules=effective)
+        return {p for p, reasons in exclusions_cache[key].items() if p in completed and not reasons}
+
+    exclusions = participant_exclusions(study=study, rules=rules)
+    all_trials = _trials(study)
+    likert_all = pd.DataFrame.from_records(
+        QuestionnaireAnswer.objects.filter(participant__study=study).values_list(
+            "participant__public_id", "participant__arm__name", "item", "value"),
+        columns=["participant_id", "arm", "item", "value"])
+    study_analysed = analysed({})
+    trials = all_trials.loc[all_trials["participant_id"].isin(study_analysed)]
+    cf_chance = _counterfactual_chance(trials, study, num_classes)
+
+    entries, secondary = [], {}
+    for h in hypotheses:
+        comparator = None if h["comparison"] == "arm_vs_chance" else (h.get("comparator") or control)
+        entry = {**h, "comparator_resolved": comparator, "error": None}
+        problems = _hypothesis_problems(h, arm_names, control)
+        if problems:
+            entry.update(error="; ".join(problems), p_value=math.nan, p_equivalence=None, p_difference=None)
+            entries.append(entry)
+            continue
+        keep = analysed(h["exclusion_rules"])
+        h_trials = all_trials.loc[all_trials["participant_id"].isin(keep)]
+        h_likert = likert_all.loc[likert_all["participant_id"].isin(keep)]
+        values = _values(h_trials, h_likert, outcome=h["outcome"], likert_item=h["likert_item"])
+        chance = None
+        if comparator is None:
+            chance = {"gain": 0.0, "counterfactual_accuracy": cf_chance}.get(h["outcome"], 1.0 / num_classes)
+        try:
+            entry.update(_test_hypothesis(h, values, comparator=comparator, chance=chance, seed=seed))
+        except (ValueError, TypeError) as exc:
+            entry.update(error=f"{exc}", p_value=math.nan, p_equivalence=None, p_difference=None)
+        if comparator is not None and h["outcome"] != "likert":
+            secondary[h["label"]] = _secondary(h, h_trials, comparator=comparator, seed=seed)
+    families = _families(entries)
+
+    chance, descriptives = _chance_and_descriptives(trials, arm_names, num_classes=num_classes, cf_chance=cf_chance)
+    results = {
+        "kind": kind, "label": LABELS[kind], "exploratory_reasons": exploratory_reasons, "spec": exploratory_spec,
+        "plan_sha256": study.frozen_sha256, "plan_verified": verified, "plan_drift": preregistration_drift(study=study),
+        "study": {"slug": study.slug, "title": study.title, "state": study.state,
+                  "launched_at": study.launched_at.isoformat() if study.launched_at else None,
+                  "closed_at": study.closed_at.isoformat() if study.closed_at else None},
+        "seed": seed,
+        "settings": {"n_permutations": N_PERMUTATIONS, "n_bootstrap": N_BOOTSTRAP,
+                     "n_attrition_resamples": N_ATTRITION_RESAMPLES, "mixed_min_trials": MIXED_MIN_TRIALS,
+                     "cv_max_folds": CV_MAX_FOLDS, "num_classes": num_classes,
+                     "counterfactual_chance": cf_chance},
+        "arms": arms, "control": control, "exclusion_rules": rules,
+        "exclusions": {str(p): reasons for p, reasons in exclusions.items() if reasons},
+        "analysed_participants": len(study_analysed),
+        "participant_flow": _participant_flow(people, exclusions, rules, arm_names, seed),
+        "hypotheses": [_public_entry(e, kind) for e in entries],
+        "families": families,
+        "secondary": secondary,
+        "chance": chance,
+        "descriptives": descriptives,
+        "baselines": _baselines(study, trials, arms, descriptives, seed),
+        "deviations": [deviation_as_dict(d) for d in study_deviations(study=study)],
+        "software": software_versions(),
+        "created_at": timezone.now().isoformat(),
+    }
+    results = _jsonable(results)
+    return AnalysisRun.objects.create(study=study, kind=kind, plan_sha256=study.frozen_sha256, seed=seed,
+                                      results=results, software=results["software"])
+
+
+def _public_entry(entry: dict, kind: str) -> dict:
+    entry = dict(entry)
+    entry["kind"] = kind
+    entry["comparator"] = entry.pop("comparator_resolved")
+    return entry
