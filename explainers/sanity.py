@@ -27,7 +27,7 @@ model for this input reach against the real map; the randomized model's maps sho
 below that range:
 
 - ``not_model_sensitive`` (checked first): d is significantly above 0 for *at least one*
-  structured reference (Holm-corrected over the references, statsmodels): the randomized
+  structured reference (Bonferroni over the references, statsmodels): the randomized
   model's maps stay closer to the real maps than a reference that does not come from this
   model for this input (an edge map; another input's explanation).
 - ``model_sensitive``: otherwise, when the randomized similarity is significantly below the
@@ -108,8 +108,9 @@ RULE = {
             "zero_method 'zsplit', method 'auto'",
     "structured_references": list(STRUCTURED_REFERENCES),
     "floor_reference": FLOOR_REFERENCE + " (context only)",
-    "not_model_sensitive": "checked first: Holm-corrected p_higher < alpha for at least one "
-                           "structured reference (statsmodels multipletests, method 'holm')",
+    "not_model_sensitive": "checked first: Bonferroni-adjusted p_higher < alpha for at least "
+                           "one structured reference (statsmodels multipletests; for 'at least "
+                           "one rejects' the same decision as Holm)",
     "model_sensitive": "otherwise, p_lower < alpha against the per-stimulus maximum of the "
                        "structured references' similarities (the closest reference)",
     "inconclusive": "otherwise",
@@ -405,15 +406,17 @@ def _decide(randomized: np.ndarray, nulls: dict[str, np.ndarray], alpha: float) 
     tests = {name: _paired(randomized, ref) for name, ref in nulls.items()}
     names = [n for n in tests if tests[n]["p_higher"] is not None]
     if names:
+        # For "at least one reference rejects", Holm and Bonferroni make the same decision
+        # (Holm's first step is Bonferroni on the smallest p-value).
         _, adjusted, _, _ = multipletests([tests[n]["p_higher"] for n in names], alpha=alpha,
-                                          method="holm")
+                                          method="bonferroni")
         for n, p in zip(names, adjusted):
-            tests[n]["p_higher_holm"] = float(p)
+            tests[n]["p_higher_adjusted"] = float(p)
     closest = None
     if nulls:
         # Per stimulus, the structured reference most similar to the real map.
         closest = _paired(randomized, np.max(np.stack(list(nulls.values())), axis=0))
-    if any(t.get("p_higher_holm", 1.0) < alpha for t in tests.values()):
+    if any(t.get("p_higher_adjusted", 1.0) < alpha for t in tests.values()):
         verdict = "not_model_sensitive"
     elif closest is not None and closest["p_lower"] is not None and closest["p_lower"] < alpha:
         verdict = "model_sensitive"
@@ -523,12 +526,15 @@ def _notes(model_test: dict, data_test: dict | None, n: int, skip: tuple[str, ..
             continue
         primary = test["verdict"]
         abs_verdict = test["verdict_by_metric"].get("spearman_abs")
-        if abs_verdict and abs_verdict != primary:
+        if abs_verdict == "not_model_sensitive" and primary == "model_sensitive":
             notes.append(
-                f"{label}: the |map| rank correlation says '{abs_verdict}' while the signed one "
-                f"says '{primary}'. The magnitudes follow the input more than the model (for "
-                "input-times-gradient methods zero pixels get zero attribution under any "
-                "weights); show these maps signed, not as magnitude maps.")
+                f"{label}: the signed maps change but their magnitudes do not (|map| rank "
+                "correlation: not_model_sensitive). The magnitudes follow the input, e.g. zero "
+                "pixels get zero attribution under any weights with input-times-gradient "
+                "methods; show these maps signed, never as magnitude maps.")
+        elif abs_verdict and abs_verdict != primary:
+            notes.append(f"{label}: the |map| rank correlation says '{abs_verdict}' while the "
+                         f"signed one (primary) says '{primary}'; see verdict_by_metric.")
     if n < 10:
         notes.append(f"Only {n} stimuli: the paired tests have little power; use a few dozen.")
     if skip:

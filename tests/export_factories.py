@@ -22,7 +22,8 @@ class ExportedStudy:
     treated: m.Arm
     participants: list[m.Participant]
     inattentive: m.Participant
-    run: m.AnalysisRun
+    run: m.AnalysisRun | None
+    exploratory: m.AnalysisRun | None
 
 
 def _answer(trial: m.Trial, *, answer: int, minutes: int, confidence: int | None = 4) -> m.Response:
@@ -36,7 +37,7 @@ def _answer(trial: m.Trial, *, answer: int, minutes: int, confidence: int | None
     return response
 
 
-def exported_study(*, launch: bool = True, with_run: bool = True) -> ExportedStudy:
+def exported_study(*, launch: bool = True, with_run: bool = False) -> ExportedStudy:
     study = study_with_arms(methods=("saliency",))
     study.config = {"exclusion_rules": EXCLUSION_RULES, "sampling": {"n_items": 4, "stratify": "outcome"}}
     study.seed = 7
@@ -62,7 +63,7 @@ def exported_study(*, launch: bool = True, with_run: bool = True) -> ExportedStu
         m.Study.objects.filter(pk=study.pk).update(state=m.Study.State.READY)
         study = study_launch(study=study)
     participants = []
-    for i, arm in enumerate([control, control, treated, treated]):
+    for i, arm in enumerate([control, control, control, treated, treated, treated]):
         p = ParticipantFactory(arm=arm, study=study, status="completed", source="prolific",
                                external_id=f"PID{i}", comprehension_attempts=1 + i % 2, instructions_ms=30_000,
                                consented_at=T0 + timedelta(minutes=1), completed_at=T0 + timedelta(minutes=20 + i))
@@ -89,15 +90,14 @@ def exported_study(*, launch: bool = True, with_run: bool = True) -> ExportedStu
                                                  idempotency_key=uuid.uuid4())
     m.PreregistrationDeviation.objects.create(study=study, field="planned_n_per_arm", before=30, after=2,
                                               reason="Pilot only.", recorded_by="pi")
-    run = None
+    run = exploratory = None
     if with_run:
-        run = m.AnalysisRun.objects.create(
-            study=study, kind="confirmatory", plan_sha256=study.frozen_sha256, seed=0,
-            software={"python": "3.11"},
-            results={"hypotheses": [{"label": "H1", "statistic": 2.5, "df": 2.0, "p_value": 0.04, "p_adjusted": 0.04,
-                                     "reject": True, "decision": "supported", "n": {"saliency": 2, "control": 2},
-                                     "effect": {"name": "cohens_d", "estimate": 0.8, "ci_low": 0.1,
-                                                "ci_high": 1.5}}],
-                     "exploratory": [{"label": "E1", "statement": "Confidence differs.", "p_value": 0.5}]})
+        from studyapp.services.analysis import study_analyze
+
+        run = study_analyze(study=study, seed=11)
+        exploratory = study_analyze(study=study, seed=12, exploratory_spec={"hypotheses": [
+            {"label": "E1", "statement": "Usefulness ratings differ.", "comparison": "arm_vs_control",
+             "arm": "saliency", "outcome": "likert", "likert_item": "useful", "direction": "two_sided",
+             "test": "mann_whitney"}]})
     return ExportedStudy(study=study, control=control, treated=treated, participants=participants,
-                         inattentive=participants[1], run=run)
+                         inattentive=participants[1], run=run, exploratory=exploratory)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from django.db.models import Count, Q
 
 from studyapp.exports.columns import HYPOTHESIS_COLUMNS, PHASES, likert_column_name
-from studyapp.models import AnalysisRun, Hypothesis, Participant, QuestionnaireAnswer, Study, Trial
+from studyapp.models import AnalysisRun, Participant, QuestionnaireAnswer, Study, Trial
 from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
 
 logger = logging.getLogger(__name__)
@@ -120,72 +120,49 @@ def participant_rows(*, study: Study, items: list[str] | None = None) -> Iterato
 
 _PLAN_FIELDS = ("statement", "comparison", "arm", "comparator", "outcome", "likert_item", "direction",
                 "equivalence_margin", "test", "alpha", "family", "correction", "planned_n_per_arm")
+_N_RESULT = 19
 
 
-def _plan_hypotheses(*, study: Study) -> list[dict]:
-    """The frozen plan's hypotheses; before launch, the current (not yet pre-registered) ones."""
+def _plan(*, study: Study) -> dict:
+    """The frozen plan; before launch, the current (not yet pre-registered) plan."""
     if study.frozen_config is not None:
-        return list(study.frozen_config.get("hypotheses") or [])
-    return [
-        {"label": h.label, "statement": h.statement, "comparison": h.comparison, "arm": h.arm.name,
-         "comparator": h.comparator.name if h.comparator_id else None, "outcome": h.outcome,
-         "likert_item": h.likert_item, "direction": h.direction, "equivalence_margin": h.equivalence_margin,
-         "test": h.test, "alpha": h.alpha, "family": h.family, "correction": h.correction,
-         "planned_n_per_arm": h.planned_n_per_arm}
-        for h in Hypothesis.objects.filter(study=study).select_related("arm", "comparator").order_by("label")
-    ]
+        return study.frozen_config
+    from studyapp.services.studies import study_plan_document
+
+    return study_plan_document(study=study)
 
 
-def _first(entry: dict, *keys: str):
-    for key in keys:
-        if entry.get(key) is not None:
-            return entry[key]
-    return None
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
-def _entries(section) -> list[dict]:
-    """A results section as a list of dicts with a 'label' (accepts a list or a label-keyed dict)."""
-    if isinstance(section, dict):
-        return [{"label": label, **value} for label, value in section.items() if isinstance(value, dict)]
-    if isinstance(section, list):
-        return [e for e in section if isinstance(e, dict)]
-    return []
+def _hypothesis_fields(entry: dict, *, control: str | None) -> tuple:
+    values = {f: entry.get(f) for f in _PLAN_FIELDS}
+    if values["comparison"] == "arm_vs_control" and not values["comparator"]:
+        values["comparator"] = control  # "the control arm when empty": say which
+    if values["comparison"] == "arm_vs_chance":
+        values["comparator"] = None
+    return tuple(values[f] for f in _PLAN_FIELDS)
 
 
-def run_results(run: AnalysisRun | None) -> tuple[dict[str, dict], list[dict]]:
-    """(confirmatory results by label, exploratory entries) of an AnalysisRun's results JSON."""
-    if run is None:
-        return {}, []
-    results = run.results or {}
-    confirmatory = {str(e.get("label")): e for e in _entries(results.get("hypotheses", results.get("confirmatory")))}
-    return confirmatory, _entries(results.get("exploratory"))
-
-
-def _result_values(entry: dict | None) -> tuple:
-    """statistic ... effect_ci_high, from one result entry (tolerant of nesting under 'result')."""
+def _result_values(entry: dict | None, *, arm: str | None, comparator: str | None) -> tuple:
+    """test_method ... error from one entry of AnalysisRun.results["hypotheses"]
+    (shape written by studyapp.services.analysis.study_analyze)."""
     if not entry:
-        return (None,) * 12
-    nested = entry.get("result") if isinstance(entry.get("result"), dict) else {}
-    merged = {**nested, **{k: v for k, v in entry.items() if v is not None}}
-    effect = merged.get("effect") if isinstance(merged.get("effect"), dict) else {}
-    n = merged.get("n") if isinstance(merged.get("n"), dict) else {}
-    n_values = list(n.values())
-    decision = merged.get("decision")
-    if isinstance(decision, dict):
-        decision = _first(decision, "verdict", "text", "decision", "summary")
+        return (None,) * _N_RESULT
+    tests = _dict(entry.get("tests"))
+    difference = _dict(tests.get("difference"))
+    effect = _dict(difference.get("effect"))
+    descriptives = _dict(entry.get("descriptives"))
+    arm_stats, comparator_stats = _dict(descriptives.get(arm)), _dict(descriptives.get(comparator))
+    decision = _dict(entry.get("decision"))
     return (
-        _first(merged, "n_arm") if "n_arm" in merged else (n_values[0] if n_values else None),
-        _first(merged, "n_comparator") if "n_comparator" in merged else (n_values[1] if len(n_values) > 1 else None),
-        _first(merged, "statistic"),
-        _first(merged, "df"),
-        _first(merged, "p_value", "p"),
-        _first(merged, "p_adjusted", "adjusted_p_value", "p_value_adjusted", "p_adj"),
-        _first(merged, "reject", "rejected"),
-        decision,
-        _first(effect, "name"),
-        _first(effect, "estimate"),
-        _first(effect, "ci_low"),
-        _first(effect, "ci_high"),
+        difference.get("method"), arm_stats.get("n"), comparator_stats.get("n"), arm_stats.get("mean"),
+        comparator_stats.get("mean"), difference.get("statistic"), difference.get("df"), entry.get("p_value"),
+        entry.get("p_adjusted"), entry.get("p_equivalence"), entry.get("p_equivalence_adjusted"),
+        decision.get("verdict"), decision.get("reason"), effect.get("name"), effect.get("estimate"),
+        effect.get("ci_low"), effect.get("ci_high"), _dict(_dict(entry.get("effect_sizes")).get("cohens_d"))
+        .get("estimate"), entry.get("error"),
     )
 
 
@@ -200,32 +177,41 @@ def latest_run(*, study: Study, kind: str) -> AnalysisRun | None:
     return AnalysisRun.objects.filter(study=study, kind=kind).order_by("-created_at", "-id").first()
 
 
-def hypothesis_rows(*, study: Study) -> Iterator[tuple]:
-    """The plan's hypotheses with the latest confirmatory run's results, then exploratory results.
+def _run_entries(run: AnalysisRun | None) -> list[dict]:
+    if run is None:
+        return []
+    return [e for e in (run.results or {}).get("hypotheses") or [] if isinstance(e, dict)]
 
-    A row is ``confirmatory`` only when the hypothesis is pre-registered AND its numbers come from a
-    confirmatory run; everything else (analyses outside the plan, exploratory runs) is ``exploratory``.
+
+def hypothesis_rows(*, study: Study) -> Iterator[tuple]:
+    """The plan's hypotheses with the latest confirmatory run's results, then the latest exploratory run's.
+
+    A row is ``confirmatory`` only when the hypothesis is in the frozen plan AND its numbers come
+    from a confirmatory run; the exploratory run's rows (other hypotheses, other exclusion rules,
+    the amended plan ...) are ``exploratory``, even when they reuse a pre-registered label.
     """
-    confirmatory_run = latest_run(study=study, kind=AnalysisRun.Kind.CONFIRMATORY)
-    exploratory_run = latest_run(study=study, kind=AnalysisRun.Kind.EXPLORATORY)
-    by_label, extra = run_results(confirmatory_run)
+    plan = _plan(study=study)
+    control = next((a["name"] for a in plan.get("arms") or [] if a.get("kind") == "control"), None)
     preregistered = study.frozen_config is not None
-    planned = _plan_hypotheses(study=study)
+    planned = list(plan.get("hypotheses") or [])
     planned_labels = {h["label"] for h in planned}
+    confirmatory_run = latest_run(study=study, kind=AnalysisRun.Kind.CONFIRMATORY)
+    by_label = {e.get("label"): e for e in _run_entries(confirmatory_run)}
     for hypothesis in planned:
         result = by_label.get(hypothesis["label"])
-        analysis = "confirmatory" if preregistered and confirmatory_run is not None else "exploratory"
-        yield (study.slug, hypothesis["label"], analysis, preregistered,
-               *(hypothesis.get(f) for f in _PLAN_FIELDS),
-               *_run_values(confirmatory_run if result else None, study), *_result_values(result))
+        fields = _hypothesis_fields(hypothesis, control=control)
+        arm, comparator = fields[2], fields[3]
+        analysis = "confirmatory" if preregistered and result is not None else "exploratory"
+        yield (study.slug, hypothesis["label"], analysis, preregistered, *fields,
+               *_run_values(confirmatory_run if result else None, study),
+               *_result_values(result, arm=arm, comparator=comparator))
+    exploratory_run = latest_run(study=study, kind=AnalysisRun.Kind.EXPLORATORY)
     unplanned = [(confirmatory_run, e) for label, e in by_label.items() if label not in planned_labels]
-    unplanned += [(confirmatory_run, e) for e in extra]
-    if exploratory_run is not None:
-        exploratory_by_label, exploratory_extra = run_results(exploratory_run)
-        unplanned += [(exploratory_run, e) for e in [*exploratory_by_label.values(), *exploratory_extra]]
+    unplanned += [(exploratory_run, e) for e in _run_entries(exploratory_run)]
     for run, entry in unplanned:
-        yield (study.slug, entry.get("label"), "exploratory", False,
-               *(entry.get(f) for f in _PLAN_FIELDS), *_run_values(run, study), *_result_values(entry))
+        fields = _hypothesis_fields(entry, control=control)
+        yield (study.slug, entry.get("label"), "exploratory", preregistered and entry.get("label") in planned_labels,
+               *fields, *_run_values(run, study), *_result_values(entry, arm=fields[2], comparator=fields[3]))
 
 
-assert len(_PLAN_FIELDS) + 4 + 5 + 12 == len(HYPOTHESIS_COLUMNS)
+assert len(_PLAN_FIELDS) + 4 + 5 + _N_RESULT == len(HYPOTHESIS_COLUMNS)

@@ -535,6 +535,7 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
             entry.update(_test_hypothesis(h, values, comparator=comparator, chance=chance, seed=seed))
         except (ValueError, TypeError) as exc:
             entry.update(error=f"{exc}", p_value=math.nan, p_equivalence=None, p_difference=None)
+        entries.append(entry)
         if comparator is not None and h["outcome"] != "likert":
             secondary[h["label"]] = _secondary(h, h_trials, comparator=comparator, seed=seed)
     families = _families(entries)
