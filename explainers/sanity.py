@@ -14,7 +14,7 @@ maps stay similar when what the model learned is destroyed shows the input, not 
   reported for context, not used in the decision: nothing is reliably below it).
 
 Similarity metrics, per stimulus (``similarity``): Spearman rank correlation of |map| and of
-the signed map, SSIM of |map| and of the signed map, top-k intersection. Image maps are first
+the signed map, SSIM of |map|, top-k intersection. Image maps are first
 reduced to 2-D pixel maps by summing over channels (|map| metrics: the sum of |a_c|; signed
 metrics: the sum of a_c). |map| metrics cannot see a sign inversion (a negated map scores 1.0),
 so the signed metrics are always reported next to them.
@@ -71,11 +71,10 @@ __all__ = [
     "spearman_abs",
     "spearman_signed",
     "ssim_abs",
-    "ssim_signed",
     "topk_intersection",
 ]
 
-METRICS = ("spearman_abs", "spearman_signed", "ssim_abs", "ssim_signed", "topk_intersection")
+METRICS = ("spearman_abs", "spearman_signed", "ssim_abs", "topk_intersection")
 PRIMARY_METRIC = "spearman_signed"
 DEFAULT_ALPHA = 0.05
 DEFAULT_TOPK_FRACTION = 0.1
@@ -89,8 +88,9 @@ METRIC_SETTINGS: dict[str, Any] = {
                 "scores 0",
     "ssim": {"function": "skimage.metrics.structural_similarity",
              "abs_normalization": "sum_c |a_c| divided by its maximum -> [0, 1], data_range 1",
-             "signed_normalization": "sum_c a_c divided by its maximum |value| -> [-1, 1], "
-                                     "data_range 2",
+             "signed_maps": "not computed: SSIM's luminance and structure terms are both "
+                            "negative for a negated map, so their product is positive; the "
+                            "signed Spearman correlation covers sign changes",
              "all_zero_map": "left at 0",
              "win_size": "7, or the largest odd number <= the smaller image side (< 3: not "
                          "computed)",
@@ -173,42 +173,34 @@ def spearman_signed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _spearman(a, b, False)
 
 
-def _ssim(a: np.ndarray, b: np.ndarray, signed: bool) -> np.ndarray:
+def ssim_abs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-stimulus SSIM of the channel-summed |map|, each map divided by its own maximum
+    (-> [0, 1], an all-zero map stays 0) with data_range 1. Per-map scaling because the maps of
+    a randomized model can be orders of magnitude smaller: SSIM should compare structure."""
     try:
         from skimage.metrics import structural_similarity
-    except ImportError as exc:  # pragma: no cover - scikit-image is a pinned dependency
+    except ImportError as exc:  # pragma: no cover - needs scikit-image==0.26.0 installed
         raise ImportError("SSIM needs scikit-image (pip install scikit-image==0.26.0).") from exc
     a, b = _check_pair(a, b)
     if a.ndim != 4:
         return np.full(len(a), np.nan)  # tabular: no 2-D structure
-    pa = _pixel_maps(a, absolute=not signed)
-    pb = _pixel_maps(b, absolute=not signed)
+    pa = _pixel_maps(a, absolute=True)
+    pb = _pixel_maps(b, absolute=True)
     side = min(pa.shape[1:])
     win = 7 if side >= 7 else (side if side % 2 else side - 1)
     if win < 3:
         return np.full(len(a), np.nan)
-    data_range = 2.0 if signed else 1.0
     out = np.empty(len(pa))
     for i, (u, v) in enumerate(zip(pa, pb)):
         out[i] = structural_similarity(_normalized(u), _normalized(v), win_size=win,
-                                       data_range=data_range, gaussian_weights=False,
+                                       data_range=1.0, gaussian_weights=False,
                                        K1=0.01, K2=0.03, use_sample_covariance=True)
     return out
 
 
 def _normalized(m: np.ndarray) -> np.ndarray:
-    scale = np.max(np.abs(m))
+    scale = np.max(m)
     return m / scale if scale > 0 else m
-
-
-def ssim_abs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-stimulus SSIM of channel-summed |map|, each scaled to [0, 1], data_range 1."""
-    return _ssim(a, b, False)
-
-
-def ssim_signed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-stimulus SSIM of channel-summed signed maps, each scaled to [-1, 1], data_range 2."""
-    return _ssim(a, b, True)
 
 
 def topk_intersection(a: np.ndarray, b: np.ndarray, *,
@@ -236,7 +228,6 @@ def similarity(a: np.ndarray, b: np.ndarray, *,
         "spearman_abs": spearman_abs(a, b),
         "spearman_signed": spearman_signed(a, b),
         "ssim_abs": ssim_abs(a, b),
-        "ssim_signed": ssim_signed(a, b),
         "topk_intersection": topk_intersection(a, b, fraction=topk_fraction),
     }
 

@@ -18,7 +18,6 @@ from explainers.sanity import (
     spearman_abs,
     spearman_signed,
     ssim_abs,
-    ssim_signed,
     topk_intersection,
 )
 from explainers.training import train_classifier
@@ -65,7 +64,6 @@ def test_a_negated_map_is_identical_on_magnitude_metrics_but_opposite_on_signed_
     np.testing.assert_allclose(spearman_abs(maps, -maps), 1.0)
     np.testing.assert_allclose(spearman_signed(maps, -maps), -1.0)
     np.testing.assert_allclose(ssim_abs(maps, -maps), 1.0)
-    assert np.all(ssim_signed(maps, -maps) < 0)
     np.testing.assert_allclose(topk_intersection(maps, -maps), 1.0)
 
 
