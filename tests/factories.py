@@ -122,3 +122,21 @@ class HypothesisFactory(factory.django.DjangoModelFactory):
     arm = factory.SubFactory(ArmFactory, kind="explanation", method="saliency")
     label = factory.Sequence(lambda n: f"H{n + 1}")
     statement = "The arm beats control."
+
+
+def image_study_with_arms(*, arms: list[dict]) -> m.Study:
+    """A draft study on random 1x8x8 images (an untrained image_cnn): 8 test and 80 training items."""
+    torch.manual_seed(0)
+    weights = state_dict_to_bytes(build_model("image_cnn", input_shape=(1, 8, 8), num_classes=2))
+    dataset = DatasetFactory(modality="image", input_shape=[1, 8, 8], feature_names=[])
+    model = MLModelFactory(dataset=dataset, architecture="image_cnn", input_shape=[1, 8, 8],
+                           weights=ContentFile(weights, name="w.safetensors"), weights_sha256=weights_sha256(weights))
+    rng = np.random.default_rng(0)
+    for i in range(88):
+        StimulusFactory(dataset=dataset, index=i, label=i % 2, split="test" if i < 8 else "train",
+                        data=npy_bytes(rng.random((1, 8, 8))))
+    study = StudyFactory(model=model)
+    ArmFactory(study=study, name="control", kind="control", position=0)
+    for i, kwargs in enumerate(arms, start=1):
+        ArmFactory(study=study, position=i, **kwargs)
+    return study

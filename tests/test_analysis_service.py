@@ -22,6 +22,9 @@ from tests.factories import HypothesisFactory, npy_bytes
 pytestmark = pytest.mark.django_db
 
 ARMS = ("control", "explained", "placebo")
+# The model's outputs on items 0-5 are 1, 1, 0, 1, 0, 0 (see model_prediction): these answers are
+# right on 6/6, 2/6 and 4/6 of them.
+ANSWERS = ([1, 1, 0, 1, 0, 0], [0, 1, 1, 0, 1, 0], [1, 1, 0, 1, 1, 1])
 
 
 def hypothesis(study, label, arm, **fields):
@@ -151,7 +154,7 @@ def test_likert_hypotheses_use_mann_whitney_on_the_questionnaire_item():
     ratings = {"control": [3, 4, 4, 2, 5, 3], "explained": [5, 6, 4, 7, 6, 5]}
     for arm, values in ratings.items():
         for i, value in enumerate(values):
-            p = add_participant(study, arm, answers=[0, 1])
+            p = add_participant(study, arm, answers=ANSWERS[i % 3])
             QuestionnaireAnswer.objects.create(participant=p, item="useful", value=value,
                                                idempotency_key=f"00000000-0000-0000-0000-{i:06d}{len(arm):06d}")
 
@@ -182,12 +185,11 @@ def test_excluded_and_unfinished_participants_are_not_analysed_and_the_flow_coun
                                                                         "total_seconds_window": [60, None]}})
     hypothesis(study, "H1", "explained")
     study = launch(study)
-    answers = [0, 1, 1, 0, 1, 0]
     for arm in ("control", "explained"):
-        for _ in range(3):
+        for answers in ANSWERS:
             add_participant(study, arm, answers=answers, checks=[(1, 1)])
-    add_participant(study, "control", answers=answers, checks=[(0, 1)])  # failed a check
-    add_participant(study, "explained", answers=answers, checks=[(0, 1)], seconds=10)  # both rules
+    add_participant(study, "control", answers=ANSWERS[0], checks=[(0, 1)])  # failed a check
+    add_participant(study, "explained", answers=ANSWERS[0], checks=[(0, 1)], seconds=10)  # both rules
     add_participant(study, "explained", answers=[0], status="abandoned")
     Participant.objects.create(study=study, arm=study.arms.get(name="explained"))  # never consented
 
@@ -210,8 +212,9 @@ def test_excluded_and_unfinished_participants_are_not_analysed_and_the_flow_coun
     assert flow["exclusion_test"]["status"] == "ok"
     assert sorted(map(sorted, run.results["exclusions"].values())) == [
         ["max_failed_attention_checks"], ["max_failed_attention_checks", "total_seconds_window"]]
-    assert by_label(run)["H1"]["descriptives"] == {"explained": {"n": 3, "mean": 4 / 6, "sd": 0.0},
-                                                   "control": {"n": 3, "mean": 4 / 6, "sd": 0.0}}
+    descriptives = by_label(run)["H1"]["descriptives"]
+    assert descriptives["explained"] == descriptives["control"] == {"n": 3, "mean": pytest.approx(2 / 3),
+                                                                    "sd": pytest.approx(1 / 3)}
 
 
 def test_trivial_observers_are_reported_next_to_human_accuracy():
@@ -318,3 +321,47 @@ def test_a_hypothesis_that_cannot_be_tested_is_inconclusive_and_does_not_count_i
     assert results["H2"]["error"] and results["H2"]["decision"]["verdict"] == "inconclusive"
     assert results["H2"]["p_adjusted"] is None
     assert results["H1"]["p_adjusted"] == pytest.approx(results["H1"]["p_value"])
+
+
+def test_a_permutation_hypothesis_is_reproducible_from_the_stored_seed():
+    study = study_with_items(arms=ARMS[:2])
+    hypothesis(study, "H1", "explained", test="permutation")
+    study = launch(study)
+    frame = simulated(study, accuracy={"control": 0.6, "explained": 0.75}, n_per_arm=6)
+
+    h1 = by_label(study_analyze(study=study, seed=11))["H1"]
+
+    accuracy = stats.participant_accuracy(frame, phases=["test"])
+    direct = stats.permutation_test(accuracy.loc[accuracy["arm"] == "explained", "accuracy"],
+                                    accuracy.loc[accuracy["arm"] == "control", "accuracy"],
+                                    alternative="greater", n_resamples=9999, seed=11)
+    assert h1["p_value"] == pytest.approx(direct.p_value)
+    assert h1["tests"]["difference"]["params"]["seed"] == 11
+
+
+def test_exclusion_rules_of_a_hypothesis_apply_to_that_hypothesis_only():
+    study = study_with_items(arms=ARMS[:2])
+    hypothesis(study, "H1", "explained")
+    hypothesis(study, "H2", "explained", exclusion_rules={"max_comprehension_attempts": 1}, family="strict")
+    study = launch(study)
+    for arm in ("control", "explained"):
+        for i, answers in enumerate(ANSWERS * 2):
+            add_participant(study, arm, answers=answers, comprehension_attempts=1 + i % 2)
+
+    run = study_analyze(study=study)
+
+    results = by_label(run)
+    assert results["H1"]["descriptives"]["explained"]["n"] == 6
+    assert results["H2"]["descriptives"]["explained"]["n"] == 3
+    assert run.results["participant_flow"]["totals"]["analysed"] == 12
+
+
+def test_a_malformed_exploratory_request_is_refused_before_anything_is_stored():
+    study = launch(study_with_items(arms=ARMS[:2]))
+    with pytest.raises(ServiceError, match="E1: arm must name an arm of the plan"):
+        study_analyze(study=study, exploratory_spec={"hypotheses": [{"arm": "ghost"}]})
+    with pytest.raises(ServiceError, match="Unknown analysis request key 'hypothesis'"):
+        study_analyze(study=study, exploratory_spec={"hypothesis": []})
+    with pytest.raises(ServiceError, match="seed must be a whole number"):
+        study_analyze(study=study, seed=-1)
+    assert not AnalysisRun.objects.exists()

@@ -11,7 +11,7 @@ from studyapp.models import Arm, Explanation, Study
 from studyapp.services.errors import ServiceError
 from studyapp.services.preparation import study_run_preparation
 from studyapp.services.studies import study_launch, study_prepare
-from tests.factories import ArmFactory, study_with_arms
+from tests.factories import ArmFactory, image_study_with_arms, study_with_arms
 
 pytestmark = pytest.mark.django_db
 
@@ -35,14 +35,15 @@ def test_each_test_stimulus_gets_one_explanation_per_arm_with_its_full_config(dj
         if arm.method == "integrated_gradients":
             assert first.config["n_steps"] == 50 and first.config["baseline"] == "training_mean"
             assert len(first.config["baseline_values"]) == 3
-        assert first.config["rendering"]["normalization"] == "shared"
+        assert first.config["rendering"]["normalization"] == "shared_per_method"
         assert first.config["execution"]["seed"] == study.seed
         attributions = np.load(io.BytesIO(bytes(first.attributions)), allow_pickle=False)
         assert attributions.shape == (3,) and attributions.dtype == np.float32
         assert Image.open(first.image.open("rb")).format == "PNG"
         # The arm now carries the complete configuration, so launch freezes all of it.
         arm.refresh_from_db()
-        assert {k: v for k, v in first.config.items() if k not in ("execution", "rendering")} == arm.method_config
+        assert {k: v for k, v in first.config.items()
+                if k not in ("execution", "rendering", "manipulation")} == arm.method_config
 
 
 def test_one_shared_scale_per_arm_is_recorded_in_every_row(django_capture_on_commit_callbacks):
@@ -71,11 +72,13 @@ def test_launch_freezes_the_resolved_method_configuration(django_capture_on_comm
     ({"method": "gradcam"}, "Grad-CAM does not work on tabular data"),
     ({"method": "integrated_gradients", "method_config": {"n_steps": -3}}, "n_steps"),
     ({"method": "saliency", "method_config": {"colour": "red"}}, "colour"),
-    ({"method": "saliency", "manipulation": "inverted"}, "cannot be computed yet"),
+    ({"kind": "baseline", "method": "sobel_edges"}, "does not work on tabular data"),
+    ({"kind": "baseline", "method": "random_map"}, "random map matched to the real one"),
+    ({"kind": "ood_warning"}, "needs at least 76 of them; the dataset has 4"),
 ])
 def test_an_arm_that_cannot_be_computed_is_refused_before_any_work(arm_kwargs, message):
     study = study_with_arms(methods=())
-    ArmFactory(study=study, name="bad", kind="explanation", **arm_kwargs)
+    ArmFactory(study=study, name="bad", **{"kind": "explanation", **arm_kwargs})
     with pytest.raises(ServiceError, match=message):
         study_prepare(study=study)
     study.refresh_from_db()
@@ -86,3 +89,56 @@ def test_the_control_arm_gets_no_explanations(django_capture_on_commit_callbacks
     study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
     assert not Explanation.objects.filter(arm__kind=Arm.Kind.CONTROL).exists()
     assert study.preparation["explanations_created"] == {"integrated_gradients": 6}
+
+
+def maps_of(arm_name: str) -> dict[int, np.ndarray]:
+    return {e.stimulus_id: np.load(io.BytesIO(bytes(e.attributions)), allow_pickle=False)
+            for e in Explanation.objects.filter(arm__name=arm_name)}
+
+
+def test_manipulated_arms_derive_from_the_real_maps_and_share_their_scale(django_capture_on_commit_callbacks):
+    study = image_study_with_arms(arms=[
+        {"name": "ig", "kind": "explanation", "method": "integrated_gradients"},
+        {"name": "ig inverted", "kind": "explanation", "method": "integrated_gradients", "manipulation": "inverted"},
+        {"name": "ig random", "kind": "explanation", "method": "integrated_gradients",
+         "manipulation": "random_matched"},
+        {"name": "ig randomized", "kind": "explanation", "method": "integrated_gradients",
+         "manipulation": "randomized_model"},
+        {"name": "ig other", "kind": "explanation", "method": "integrated_gradients", "manipulation": "other_input"},
+    ])
+    study = prepare(study, django_capture_on_commit_callbacks)
+    assert study.state == Study.State.READY
+    real, inverted, random, randomized, other = (maps_of(n) for n in
+                                                 ("ig", "ig inverted", "ig random", "ig randomized", "ig other"))
+    for pk, a in real.items():
+        np.testing.assert_array_equal(inverted[pk], -a)
+        np.testing.assert_array_equal(np.sort(random[pk].ravel()), np.sort(a.ravel()))  # same histogram
+        assert not np.allclose(randomized[pk], a)
+    donors = {e.config["manipulation"]["name"] for e in Explanation.objects.filter(arm__name="ig other")}
+    assert donors == {"other_input"}
+    assert any(not np.array_equal(other[pk], real[pk]) for pk in real)
+    scales = {e.config["rendering"]["scale"] for e in Explanation.objects.all()}
+    assert len(scales) == 1  # one scale for the method, whatever the manipulation
+    record = Explanation.objects.filter(arm__name="ig randomized").first().config["manipulation"]
+    assert record["mode"] == "cascading" and record["down_to"] is None
+
+
+def test_baseline_and_ood_arms_are_prepared_on_images(django_capture_on_commit_callbacks):
+    study = image_study_with_arms(arms=[
+        {"name": "edges", "kind": "baseline", "method": "sobel_edges"},
+        {"name": "exemplars", "kind": "baseline", "method": "exemplars"},
+        {"name": "ood", "kind": "ood_warning"},
+    ])
+    study = prepare(study, django_capture_on_commit_callbacks)
+    assert study.state == Study.State.READY
+    train_labels = dict(study.dataset.stimuli.filter(split="train").values_list("index", "label"))
+    for e in Explanation.objects.filter(arm__name="exemplars"):
+        chosen = np.load(io.BytesIO(bytes(e.attributions)), allow_pickle=False).astype(int)
+        assert len(chosen) == 3 and e.image
+        # Exemplars come from the class the model predicted (e.target), never from the true label.
+        train_order = sorted(train_labels)
+        assert {train_labels[train_order[j]] for j in chosen} == {e.target}
+    for e in Explanation.objects.filter(arm__name="ood"):
+        score, threshold, flagged = np.load(io.BytesIO(bytes(e.attributions)), allow_pickle=False)
+        assert flagged == float(score > threshold) and not e.image
+    assert Explanation.objects.filter(arm__name="edges").count() == 8

@@ -84,7 +84,7 @@ def test_responses_csv_round_trips_through_pandas_and_matches_the_database_row_f
 
     assert list(frame.columns) == [c.name for c in RESPONSE_COLUMNS]
     database = list(trials_long_queryset(study=data.study))
-    assert len(frame) == len(database) == 4 * 6
+    assert len(frame) == len(database) == len(data.participants) * 6
     exported = [tuple(_norm(v) for v in row) for row in frame[list(TRIAL_COLUMNS)].itertuples(index=False)]
     assert exported == [tuple(_norm(v) for v in row) for row in database]
     # Tidy values: 0/1 booleans, empty = missing, UTC timestamps.
@@ -126,7 +126,7 @@ def test_the_response_export_is_a_streaming_response_fed_lazily_by_a_server_side
         open_cursors = cursor.fetchall()
     assert len(open_cursors) == 1  # rows come from a named (server-side) cursor, 2 at a time
     rest = b"".join(content)
-    assert len((first_row + rest).splitlines()) == 24
+    assert len((first_row + rest).splitlines()) == len(data.participants) * 6
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_cursors WHERE name LIKE '_django_curs_%%'")
         assert cursor.fetchone()[0] == 0  # closed once exhausted
@@ -158,7 +158,7 @@ def test_participants_csv_has_one_row_per_participant_with_phase_accuracy_and_li
     data = exported_study()
     frame = _typed(_frame(staff_client, data.study, "participants"),
                    export_columns(study=data.study)["participants.csv"])
-    assert len(frame) == 4 and frame["participant"].tolist() == [str(p.public_id) for p in data.participants]
+    assert len(frame) == len(data.participants) and frame["participant"].tolist() == [str(p.public_id) for p in data.participants]
     first = frame.iloc[0]
     # Participant 0: pre-test 2 scored (position 0 wrong, 1 right), post-test 2 scored (5 unanswered).
     assert (first["n_pre_test"], first["accuracy_pre_test"]) == (2, 0.5)
@@ -172,7 +172,10 @@ def test_participants_csv_has_one_row_per_participant_with_phase_accuracy_and_li
     for row in frame.itertuples():
         assert row.likert_useful == likert[(row.participant, "useful")]
         expected = likert.get((row.participant, "Trust in model"))
-        assert (math.isnan(row.likert_trust_in_model) if expected is None else row.likert_trust_in_model == expected)
+        if expected is None:
+            assert math.isnan(row.likert_trust_in_model)
+        else:
+            assert row.likert_trust_in_model == expected
     assert set(frame["arm"]) == {"control", "saliency"} and set(frame["status"]) == {"completed"}
 
 
@@ -192,16 +195,26 @@ def test_exclusion_flags_mark_the_participant_who_failed_the_attention_check(sta
     assert set(responses.loc[responses["participant"] == bad, "exclusion_rules"]) == {"max_failed_attention_checks"}
 
 
-def test_hypotheses_csv_labels_preregistered_results_confirmatory_and_the_rest_exploratory(staff_client):
-    data = exported_study()
+def test_hypotheses_csv_carries_the_analysis_results_labelled_confirmatory_or_exploratory(staff_client):
+    data = exported_study(with_run=True)
     frame = _frame(staff_client, data.study, "hypotheses").set_index("label")
+    assert frame.index.tolist() == ["H1", "E1"]
     h1, e1 = frame.loc["H1"], frame.loc["E1"]
-    assert (h1["analysis"], h1["preregistered"], h1["plan_matches"], h1["analysis_run"]) == (
-        "confirmatory", 1, 1, data.run.pk)
-    assert (h1["arm"], h1["outcome"], h1["p_value"], h1["reject"], h1["effect_estimate"]) == (
-        "saliency", "gain", 0.04, 1, 0.8)
-    assert (h1["n_arm"], h1["n_comparator"]) == (2, 2)
-    assert (e1["analysis"], e1["preregistered"], e1["p_value"]) == ("exploratory", 0, 0.5)
+    assert (h1["analysis"], h1["preregistered"], h1["plan_matches"], h1["analysis_run"], h1["analysis_seed"]) == (
+        "confirmatory", 1, 1, data.run.pk, 11)
+    assert (h1["arm"], h1["comparator"], h1["outcome"]) == ("saliency", "control", "gain")
+    stored = data.run.results["hypotheses"][0]
+    assert not stored["error"], stored["error"]
+    assert h1["p_value"] == pytest.approx(stored["p_value"]) and h1["p_adjusted"] == pytest.approx(stored["p_adjusted"])
+    assert h1["statistic"] == pytest.approx(stored["tests"]["difference"]["statistic"])
+    assert h1["effect_estimate"] == pytest.approx(stored["tests"]["difference"]["effect"]["estimate"])
+    assert h1["decision"] == stored["decision"]["verdict"]
+    # The inattentive control participant is excluded: 2 analysed per arm.
+    assert (h1["n_arm"], h1["n_comparator"]) == (3, 2)
+    assert (e1["analysis"], e1["analysis_run"], e1["analysis_run_kind"], e1["outcome"]) == (
+        "exploratory", data.exploratory.pk, "exploratory", "likert")
+    assert e1["preregistered"] == 0 and e1["p_value"] == pytest.approx(
+        data.exploratory.results["hypotheses"][0]["p_value"])
 
 
 def test_hypotheses_of_a_study_never_analysed_are_exported_without_results(staff_client):
@@ -209,11 +222,12 @@ def test_hypotheses_of_a_study_never_analysed_are_exported_without_results(staff
     frame = _frame(staff_client, data.study, "hypotheses")
     assert frame["label"].tolist() == ["H1"]
     assert frame.loc[0, "preregistered"] == 0 and frame.loc[0, "analysis"] == "exploratory"
-    assert frame[["analysis_run", "p_value", "reject"]].isna().all().all()
+    assert frame[["analysis_run", "p_value", "decision"]].isna().all().all()
+    assert frame.loc[0, "comparator"] == "control"  # "the control arm when empty", resolved
 
 
 def test_manifest_hashes_seeds_and_plan_equal_the_database(staff_client):
-    data = exported_study()
+    data = exported_study(with_run=True)
     study = Study.objects.select_related("model", "dataset").get(pk=data.study.pk)
     manifest = json.loads(_download(staff_client, study, "manifest"))
 
@@ -235,8 +249,9 @@ def test_manifest_hashes_seeds_and_plan_equal_the_database(staff_client):
                                          "pandas"}
     assert manifest["software"]["django"] and manifest["software"]["pandas"] == pd.__version__
     assert [d["reason"] for d in manifest["deviations"]] == ["Pilot only."]
-    assert manifest["analysis_runs"][0]["plan_matches"] is True
-    assert manifest["exclusions"] == {"evaluated": True, "rules": EXCLUSION_RULES, "n_participants": 4,
+    assert [(r["id"], r["kind"], r["plan_matches"]) for r in manifest["analysis_runs"]] == [
+        (data.run.pk, "confirmatory", True), (data.exploratory.pk, "exploratory", True)]
+    assert manifest["exclusions"] == {"evaluated": True, "rules": EXCLUSION_RULES, "n_participants": 6,
                                       "n_excluded": 1, "per_rule": {"max_failed_attention_checks": 1}}
     assert manifest["exported_at"].endswith("Z")
 
@@ -282,7 +297,7 @@ def test_the_api_lists_studies_with_export_links_and_serves_each_kind(staff_clie
     data = exported_study(with_run=False)
     listing = staff_client.get(reverse("export-api-studies")).json()
     entry = next(s for s in listing if s["id"] == data.study.pk)
-    assert entry["slug"] == data.study.slug and entry["n_participants"] == 4
+    assert entry["slug"] == data.study.slug and entry["n_participants"] == len(data.participants)
     assert entry["frozen_sha256"] == data.study.frozen_sha256
     assert set(entry["exports"]) == set(KINDS)
     csv_response = staff_client.get(entry["exports"]["responses"], HTTP_ACCEPT="text/csv")
@@ -321,7 +336,7 @@ def test_admin_actions_export_exactly_one_selected_study(rf):
     response = export_responses_csv(admin, rf.get("/"), Study.objects.filter(pk=data.study.pk))
     assert isinstance(response, StreamingHttpResponse)
     assert data.study.slug in response["Content-Disposition"]
-    assert len(b"".join(response.streaming_content).splitlines()) == 25
+    assert len(b"".join(response.streaming_content).splitlines()) == 1 + len(data.participants) * 6
     assert export_manifest_json(admin, rf.get("/"), Study.objects.filter(pk__in=[data.study.pk, other.study.pk])) is None
     assert admin.messages == ["Select exactly one study to export."]
 

@@ -103,3 +103,13 @@ def test_two_concurrent_launches_freeze_the_study_exactly_once():
         t.join()
     assert sorted(outcomes) == ["launched", "refused"]
     assert Study.objects.get(pk=study.pk).state == Study.State.LIVE
+
+
+def test_malformed_exclusion_rules_are_refused_before_they_can_be_frozen():
+    study = study_with_arms()
+    Study.objects.filter(pk=study.pk).update(config={"exclusion_rules": {"max_failed_attention_check": 1}})
+    study.refresh_from_db()
+    with pytest.raises(ServiceError, match="Exclusion rules: .*max_failed_attention_check"):
+        study_prepare(study=study)
+    study.refresh_from_db()
+    assert study.state == Study.State.DRAFT

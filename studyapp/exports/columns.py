@@ -247,8 +247,8 @@ MANIFEST_KEYS: tuple[Column, ...] = (
     Column("manifest_version", "integer", "Version of this manifest's layout."),
     Column("exported_at", "datetime", "When this manifest was generated.", unit="UTC"),
     Column("study", "json", "Study id, slug, state, seed, configuration, target per arm."),
-    Column("preregistration", "json", "Frozen-plan SHA-256, launch/close times, whether the stored hash matches "
-           "the frozen plan, and the frozen plan itself."),
+    Column("preregistration", "json", "Frozen-plan SHA-256, launch/close times, whether the stored plan still "
+           "hashes to it (frozen_sha256_verified), drift of the current rows from it, and the frozen plan itself."),
     Column("models", "json", "The study's model and models derived from it: architecture, weights SHA-256, "
            "hyperparameters, training."),
     Column("dataset", "json", "Dataset name, content SHA-256, split_info, size."),

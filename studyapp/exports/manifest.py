@@ -2,12 +2,11 @@
 stimuli, seeds, software and plan produced an export.
 
 Hashes are copied from the database (weights_sha256, content_sha256, config_sha256, frozen_sha256)
-and the frozen plan's hash is re-computed here, so a tampered plan shows up as
-``preregistration.frozen_sha256_verified = false``.
+and the frozen plan's hash is re-computed (``preregistration_verify``), so a tampered plan shows up
+as ``preregistration.frozen_sha256_verified = false``.
 """
 from __future__ import annotations
 
-import hashlib
 import platform
 from collections import Counter, defaultdict
 from importlib import metadata
@@ -18,16 +17,12 @@ from django.utils import timezone
 from studyapp.exports.columns import EXPORTS, export_columns, iso_utc
 from studyapp.exports.rows import likert_items
 from studyapp.models import AnalysisRun, Arm, Explanation, MLModel, PreregistrationDeviation, Study, Trial
-from studyapp.services.studies import canonical_json
+from studyapp.services.preregistration import preregistration_drift, preregistration_sha256, preregistration_verify
 
 MANIFEST_VERSION = 1
 # Distribution names, as pip knows them.
 SOFTWARE = ("django", "djangorestframework", "torch", "captum", "numpy", "scipy", "statsmodels", "pandas",
             "psycopg2", "psycopg2-binary", "celery")
-
-
-def _sha256(data) -> str:
-    return hashlib.sha256(canonical_json(data).encode("utf-8")).hexdigest()
 
 
 def software_versions() -> dict[str, str | None]:
@@ -62,7 +57,7 @@ def _arms(*, study: Study) -> list[dict]:
         seeds[arm_id].append(seed)
     return [
         {"name": arm.name, "kind": arm.kind, "position": arm.position, "allocation_weight": arm.allocation_weight,
-         "method": arm.method, "method_config": arm.method_config, "method_config_sha256": _sha256(arm.method_config),
+         "method": arm.method, "method_config": arm.method_config, "method_config_sha256": preregistration_sha256(arm.method_config),
          "manipulation": arm.manipulation, "manipulation_config": arm.manipulation_config,
          "explanations": {"count": sum(c["count"] for c in configs[arm.pk]), "configs": configs[arm.pk],
                           "seeds": seeds[arm.pk]}}
@@ -118,7 +113,8 @@ def manifest_build(*, study: Study) -> dict:
                   "n_participants": study.participants.count()},
         "preregistration": {
             "frozen_sha256": study.frozen_sha256 or None,
-            "frozen_sha256_verified": (_sha256(frozen) == study.frozen_sha256) if frozen is not None else None,
+            "frozen_sha256_verified": preregistration_verify(study=study) if frozen is not None else None,
+            "drift": preregistration_drift(study=study),
             "launched_at": iso_utc(study.launched_at), "closed_at": iso_utc(study.closed_at),
             "frozen_config": frozen,
         },

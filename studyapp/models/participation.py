@@ -101,6 +101,8 @@ class Trial(models.Model):
     # The answer that counts as correct (model output for prediction tasks, the instructed option
     # for attention checks). Server-side only: never serialized to the participant before answering.
     expected_answer = models.IntegerField(null=True, blank=True)
+    # How many options the participant chose from (classes, or candidate edits): sets chance level.
+    n_options = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["participant", "position"]

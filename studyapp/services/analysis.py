@@ -172,7 +172,7 @@ def _describe(x: np.ndarray) -> dict:
 def _hypothesis_problems(h: dict, arm_names: list[str], control: str | None) -> list[str]:
     problems = []
     for field in ("comparison", "arm", "comparator", "outcome", "direction", "equivalence_margin", "test",
-                  "alpha", "correction"):
+                  "alpha", "correction", "exclusion_rules"):
         problems += hypothesis_value_problems(field=field, value=h.get(field), arm_names=arm_names)
     if h["direction"] == "equivalence" and h.get("equivalence_margin") is None:
         problems.append("an equivalence hypothesis needs an equivalence_margin")
@@ -272,11 +272,19 @@ def _families(entries: list[dict]) -> dict:
                             f"'{members[0]['correction']}' (of {members[0]['label']}) was used")
         method = members[0]["correction"]
         alpha = members[0]["alpha"]
+        if method not in stats.CORRECTION_METHODS:
+            for member in members:
+                member["error"] = member.get("error") or f"unknown correction {method!r} for family '{family}'"
         family_result = {"correction": method, "labels": [m["label"] for m in members], "warnings": warnings}
         adjusted = {}
         for key in ("p_value", "p_equivalence", "p_difference"):
             family_result[f"adjusted_{key}"], adjusted[key] = _adjust(members, key, method, alpha)
         for member in members:
+            if member.get("error"):
+                member.update(p_adjusted=None, p_equivalence_adjusted=None, p_difference_adjusted=None,
+                              decision={"verdict": "inconclusive", "reason": f"not tested: {member['error']}",
+                                        "alpha": member["alpha"]})
+                continue
             spec = stats.HypothesisSpec(name=member["label"], kind=member["direction"], alpha=member["alpha"],
                                         margin=member.get("equivalence_margin"))
             p = adjusted["p_value"].get(member["label"])
@@ -464,83 +472,119 @@ def _participant_flow(people: pd.DataFrame, exclusions: dict, rules: dict, arm_n
 # ---------------------------------------------------------------- the service
 
 
-def _plan_arms(study: Study) -> list[dict]:
+@dataclasses.dataclass
+class _Data:
+    """Everything loaded once per run. Exclusions are computed per rule set (hypothesis rules add to
+    the study's), blind to arm, and cached."""
+
+    study: Study
+    rules: dict
+    people: pd.DataFrame  # participant_id, arm, status, consented_at, consented
+    trials: pd.DataFrame  # every answered trial, analysis column names
+    likert: pd.DataFrame  # participant_id, arm, item, value
+    arm_names: list[str]
+    control: str | None
+    num_classes: int
+    _cache: dict = dataclasses.field(default_factory=dict)
+
+    def exclusions(self, extra_rules: dict | None = None) -> dict[uuid.UUID, list[str]]:
+        effective = {**self.rules, **(extra_rules or {})}
+        key = repr(sorted(effective.items()))
+        if key not in self._cache:
+            self._cache[key] = participant_exclusions(study=self.study, rules=effective)
+        return self._cache[key]
+
+    def analysed(self, extra_rules: dict | None = None) -> set[uuid.UUID]:
+        completed = set(self.people.loc[self.people["status"] == Participant.Status.COMPLETED, "participant_id"])
+        return {p for p, reasons in self.exclusions(extra_rules).items() if p in completed and not reasons}
+
+
+def _load(study: Study, rules: dict) -> _Data:
     plan = study.frozen_config if study.frozen_config is not None else study_plan_document(study=study)
-    return [{"name": a["name"], "kind": a["kind"]} for a in plan["arms"]]
+    arms = plan["arms"]
+    people = pd.DataFrame.from_records(
+        Participant.objects.filter(study=study).values_list("public_id", "arm__name", "status", "consented_at"),
+        columns=["participant_id", "arm", "status", "consented_at"])
+    people["consented"] = people["consented_at"].notna()
+    likert = pd.DataFrame.from_records(
+        QuestionnaireAnswer.objects.filter(participant__study=study).values_list(
+            "participant__public_id", "participant__arm__name", "item", "value"),
+        columns=["participant_id", "arm", "item", "value"])
+    return _Data(study=study, rules=rules, people=people, trials=_trials(study), likert=likert,
+                 arm_names=[a["name"] for a in arms],
+                 control=next((a["name"] for a in arms if a["kind"] == "control"), None),
+                 num_classes=len(plan["model"]["class_names"]))
+
+
+def _run_hypotheses(data: _Data, hypotheses: list[dict], *, cf_chance: float | None,
+                    seed: int) -> tuple[list[dict], dict]:
+    entries, secondary = [], {}
+    for h in hypotheses:
+        comparator = None if h["comparison"] == "arm_vs_chance" else (h.get("comparator") or data.control)
+        entry = {**h, "comparator": comparator, "error": None}
+        entries.append(entry)
+        problems = _hypothesis_problems(h, data.arm_names, data.control)
+        if problems:
+            entry.update(error="; ".join(problems), p_value=math.nan, p_equivalence=None, p_difference=None)
+            continue
+        keep = data.analysed(h["exclusion_rules"])
+        trials = data.trials.loc[data.trials["participant_id"].isin(keep)]
+        likert = data.likert.loc[data.likert["participant_id"].isin(keep)]
+        values = _values(trials, likert, outcome=h["outcome"], likert_item=h["likert_item"])
+        chance = None
+        if comparator is None:
+            chance = {"gain": 0.0, "counterfactual_accuracy": cf_chance}.get(h["outcome"], 1.0 / data.num_classes)
+        try:
+            entry.update(_test_hypothesis(h, values, comparator=comparator, chance=chance, seed=seed))
+        except (ValueError, TypeError) as exc:
+            against = f"'{comparator}'" if comparator else "chance"
+            entry.update(error=f"{h['outcome']} of '{h['arm']}' vs {against} could not be tested: {exc}",
+                         p_value=math.nan, p_equivalence=None, p_difference=None)
+        if comparator is not None and h["outcome"] != "likert":
+            secondary[h["label"]] = _secondary(h, trials, comparator=comparator, seed=seed)
+    return entries, secondary
 
 
 def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None = None) -> AnalysisRun:
     """Run the frozen plan (no spec) or an exploratory request, store and return the AnalysisRun.
 
     A confirmatory run is refused for a study that was never launched, and when the frozen plan
-    no longer matches the SHA-256 recorded at launch. A spec that reproduces the frozen plan
-    exactly is confirmatory; any other spec is exploratory and labelled so everywhere.
+    no longer matches the SHA-256 recorded at launch. A spec (format: the docstring of
+    ``studyapp.services.preregistration``) that reproduces the frozen plan exactly is
+    confirmatory; any other spec is exploratory and labelled so in the run, its results and each
+    of its hypotheses. An exploratory request may run before launch (pilot data).
     """
     study = Study.objects.select_related("model", "dataset").get(pk=study.pk)
     if exploratory_spec is None and study.frozen_config is None:
         raise ServiceError(f"The study '{study.title}' was never launched, so it has no frozen plan: a confirmatory "
                            "analysis is impossible. Run an exploratory analysis (pass exploratory_spec) instead.")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ServiceError(f"The seed must be a whole number >= 0, got {seed!r}.")
     kind, exploratory_reasons = analysis_request_classify(study=study, spec=exploratory_spec)
     verified = preregistration_verify(study=study)
     if kind == "confirmatory" and not verified:
         raise ServiceError(f"The frozen plan of '{study.title}' no longer matches the SHA-256 recorded at launch; "
                            "no confirmatory analysis can be run on it.")
     hypotheses, rules = analysis_request_resolve(study=study, spec=exploratory_spec)
-    arms = _plan_arms(study)
-    arm_names = [a["name"] for a in arms]
-    control = next((a["name"] for a in arms if a["kind"] == "control"), None)
-    num_classes = len((study.frozen_config or {}).get("model", {}).get("class_names") or study.model.class_names)
-
-    people = pd.DataFrame.from_records(
-        Participant.objects.filter(study=study).values_list("public_id", "arm__name", "status", "consented_at"),
-        columns=["participant_id", "arm", "status", "consented_at"])
-    people["consented"] = people["consented_at"].notna()
-    completed = set(people.loc[people["status"] == Participant.Status.COMPLETED, "participant_id"])
-    exclusions_cache: dict[str, dict] = {}
-
-    def analysed(extra_rules: dict) -> set[uuid.UUID]:
-        effective = {**rules, **(extra_rules or {})}
-        key = repr(sorted(effective.items()))
-        if key not in exclusions_cache:
-            exclusions_cache[key] = participant_exclusions(study=study, rules=effective)
-        return {p for p, reasons in exclusions_cache[key].items() if p in completed and not reasons}
-
-    exclusions = participant_exclusions(study=study, rules=rules)
-    all_trials = _trials(study)
-    likert_all = pd.DataFrame.from_records(
-        QuestionnaireAnswer.objects.filter(participant__study=study).values_list(
-            "participant__public_id", "participant__arm__name", "item", "value"),
-        columns=["participant_id", "arm", "item", "value"])
-    study_analysed = analysed({})
-    trials = all_trials.loc[all_trials["participant_id"].isin(study_analysed)]
-    cf_chance = _counterfactual_chance(trials, study, num_classes)
-
-    entries, secondary = [], {}
-    for h in hypotheses:
-        comparator = None if h["comparison"] == "arm_vs_chance" else (h.get("comparator") or control)
-        entry = {**h, "comparator_resolved": comparator, "error": None}
-        problems = _hypothesis_problems(h, arm_names, control)
+    data = _load(study, rules)
+    if kind == "exploratory":
+        # A request is typed by a person now: tell them at once what is wrong with it. (A frozen
+        # plan cannot be fixed, so its untestable hypotheses are reported as inconclusive instead.)
+        problems = [f"{h['label']}: {p}" for h in hypotheses
+                    for p in _hypothesis_problems(h, data.arm_names, data.control)]
         if problems:
-            entry.update(error="; ".join(problems), p_value=math.nan, p_equivalence=None, p_difference=None)
-            entries.append(entry)
-            continue
-        keep = analysed(h["exclusion_rules"])
-        h_trials = all_trials.loc[all_trials["participant_id"].isin(keep)]
-        h_likert = likert_all.loc[likert_all["participant_id"].isin(keep)]
-        values = _values(h_trials, h_likert, outcome=h["outcome"], likert_item=h["likert_item"])
-        chance = None
-        if comparator is None:
-            chance = {"gain": 0.0, "counterfactual_accuracy": cf_chance}.get(h["outcome"], 1.0 / num_classes)
-        try:
-            entry.update(_test_hypothesis(h, values, comparator=comparator, chance=chance, seed=seed))
-        except (ValueError, TypeError) as exc:
-            entry.update(error=f"{exc}", p_value=math.nan, p_equivalence=None, p_difference=None)
-        entries.append(entry)
-        if comparator is not None and h["outcome"] != "likert":
-            secondary[h["label"]] = _secondary(h, h_trials, comparator=comparator, seed=seed)
-    families = _families(entries)
+            raise ServiceError(problems)
 
-    chance, descriptives = _chance_and_descriptives(trials, arm_names, num_classes=num_classes, cf_chance=cf_chance)
+    analysed = data.analysed()
+    trials = data.trials.loc[data.trials["participant_id"].isin(analysed)]
+    cf_chance = _counterfactual_chance(trials, study, data.num_classes)
+    entries, secondary = _run_hypotheses(data, hypotheses, cf_chance=cf_chance, seed=seed)
+    families = _families(entries)
+    chance, descriptives = _chance_and_descriptives(trials, data.arm_names, num_classes=data.num_classes,
+                                                    cf_chance=cf_chance)
+    arms = [{"name": a["name"], "kind": a["kind"]}
+            for a in (study.frozen_config or study_plan_document(study=study))["arms"]]
+    exclusions = data.exclusions()
     results = {
         "kind": kind, "label": LABELS[kind], "exploratory_reasons": exploratory_reasons, "spec": exploratory_spec,
         "plan_sha256": study.frozen_sha256, "plan_verified": verified, "plan_drift": preregistration_drift(study=study),
@@ -550,13 +594,13 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
         "seed": seed,
         "settings": {"n_permutations": N_PERMUTATIONS, "n_bootstrap": N_BOOTSTRAP,
                      "n_attrition_resamples": N_ATTRITION_RESAMPLES, "mixed_min_trials": MIXED_MIN_TRIALS,
-                     "cv_max_folds": CV_MAX_FOLDS, "num_classes": num_classes,
+                     "cv_max_folds": CV_MAX_FOLDS, "num_classes": data.num_classes,
                      "counterfactual_chance": cf_chance},
-        "arms": arms, "control": control, "exclusion_rules": rules,
+        "arms": arms, "control": data.control, "exclusion_rules": rules,
         "exclusions": {str(p): reasons for p, reasons in exclusions.items() if reasons},
-        "analysed_participants": len(study_analysed),
-        "participant_flow": _participant_flow(people, exclusions, rules, arm_names, seed),
-        "hypotheses": [_public_entry(e, kind) for e in entries],
+        "analysed_participants": len(analysed),
+        "participant_flow": _participant_flow(data.people, exclusions, rules, data.arm_names, seed),
+        "hypotheses": [{**entry, "kind": kind} for entry in entries],
         "families": families,
         "secondary": secondary,
         "chance": chance,
@@ -569,10 +613,3 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
     results = _jsonable(results)
     return AnalysisRun.objects.create(study=study, kind=kind, plan_sha256=study.frozen_sha256, seed=seed,
                                       results=results, software=results["software"])
-
-
-def _public_entry(entry: dict, kind: str) -> dict:
-    entry = dict(entry)
-    entry["kind"] = kind
-    entry["comparator"] = entry.pop("comparator_resolved")
-    return entry

@@ -31,14 +31,27 @@ class DemoSpec:
     model_name: str
     slug: str
     title: str
-    methods: tuple[str, ...]  # explanation arms, besides the control arm
+    arms: tuple[dict, ...]  # besides the control arm; each gets a hypothesis against control
 
 
+def _arm(name: str, method: str, manipulation: str = "none", kind: str = "explanation") -> dict:
+    return {"name": name, "kind": kind, "method": method, "manipulation": manipulation}
+
+
+# Real explanations, a manipulated one (the placebo: same method on a randomized model, or a map
+# matched to the real one's histogram) and, for images, the natural-exemplar baseline.
 DEMOS = (
     DemoSpec("digits", "image_cnn", "Demo digits CNN", "demo-digits",
-             "How does a computer read handwritten digits?", ("integrated_gradients", "saliency")),
+             "How does a computer read handwritten digits?", (
+                 _arm("integrated_gradients", "integrated_gradients"),
+                 _arm("saliency", "saliency"),
+                 _arm("integrated_gradients_randomized_model", "integrated_gradients", "randomized_model"),
+                 _arm("exemplars", "exemplars", kind="baseline"))),
     DemoSpec("breast_cancer", "tabular_mlp", "Demo breast-cancer MLP", "demo-breast-cancer",
-             "How does a computer judge cell measurements?", ("integrated_gradients", "feature_ablation")),
+             "How does a computer judge cell measurements?", (
+                 _arm("integrated_gradients", "integrated_gradients"),
+                 _arm("feature_ablation", "feature_ablation"),
+                 _arm("integrated_gradients_random_matched", "integrated_gradients", "random_matched"))),
 )
 
 CONSENT = ("You will see a series of examples and predict what a computer model answers for each. "
@@ -84,15 +97,16 @@ def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: Demo
                 description=f"Built-in demo ({spec.builtin}) created by `make demo`.", consent_text=CONSENT,
                 completion_code="DEMO-COMPLETE", screened_out_code="DEMO-SCREENED",
                 failed_checks_code="DEMO-FAILED",
-                config={"phases": ["learning", "pre_test", "learning", "post_test"], "trials_per_phase": 10})
+                config={"phases": ["learning", "pre_test", "learning", "post_test"], "trials_per_phase": 10,
+                        "exclusion_rules": {"max_failed_attention_checks": 1, "total_seconds_window": [120, 3600],
+                                            "straightlining_max_run": 12, "max_comprehension_attempts": 3}})
             control = Arm.objects.create(study=study, name="control", kind=Arm.Kind.CONTROL, position=0)
-            for position, method in enumerate(spec.methods, start=1):
-                arm = Arm.objects.create(study=study, name=method, kind=Arm.Kind.EXPLANATION, method=method,
-                                         position=position)
+            for position, fields in enumerate(spec.arms, start=1):
+                arm = Arm.objects.create(study=study, position=position, **fields)
                 Hypothesis.objects.create(
                     study=study, label=f"H{position}", arm=arm, comparator=control,
-                    statement=f"Participants shown {arm.get_method_display()} explanations improve more from "
-                              f"pre-test to post-test at predicting the model than the control arm.",
+                    statement=f"Participants in the '{arm.name}' arm improve more from pre-test to post-test "
+                              f"at predicting the model than the control arm.",
                     outcome=Hypothesis.Outcome.GAIN, direction=Hypothesis.Direction.GREATER,
                     planned_n_per_arm=study.target_per_arm)
         result.created.append(f"study {spec.slug}")

@@ -1,28 +1,47 @@
-"""Precomputing an arm's explanations: raw float attributions plus a rendered PNG per stimulus.
+"""Precomputing what each arm shows: raw arrays plus a rendered PNG per stimulus.
+
+Arms (DESIGN.md glossary): ``explanation`` arms run a method, on the trained model or through a
+manipulation (randomized model, label-randomized model, inverted, matched random, another
+input's map); ``baseline`` arms show Sobel edges or natural exemplars; ``ood_warning`` arms store
+an out-of-distribution score and its calibrated threshold.
 
 Idempotent: one Explanation row per (arm, stimulus) is a database constraint, rows that exist are
-skipped, and the maps are deterministic (seeded), so a redelivered task writes only what is
-missing and writes the same thing. Rendering uses one shared scale per arm (the 99th percentile of
-|map| over all the arm's maps, recorded in every row's config), never a per-image stretch, which
-would itself manipulate what participants see.
+skipped, and every map is deterministic (seeded), so a redelivered task writes only what is
+missing and writes the same thing. Rendering uses one shared scale per *method*: the 99th
+percentile of |map| over the real (unmanipulated) maps of that method, used by the real arm and
+by every manipulated arm of the same method alike. A per-image stretch would itself be a
+manipulation (a near-empty randomized map shown at full contrast).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 
-from explainers import rendering
-from explainers.methods import data_reference_overrides, explain, resolve_config
+from explainers import manipulations, rendering
+from explainers.aids import build_exemplar_index, fit_ood_detector
+from explainers.demo_data import train_test_split_indices
+from explainers.methods import METHODS, data_reference_overrides, explain, resolve_config
 from explainers.methods import config_sha256 as method_config_sha256
 from studyapp.models import Arm, Explanation, ModelOutput, Stimulus, Study
 from studyapp.services.datasets import array_to_npy_bytes, stimulus_array
 
 WRITE_CHUNK = 128
-# Manipulations whose maps the pipeline can produce today; others are refused at preparation.
-SUPPORTED_MANIPULATIONS = (Arm.Manipulation.NONE,)
+EXEMPLARS_K = 3
+OOD_QUANTILE = 0.95
+OOD_CALIBRATION_FRACTION = 0.25
+OOD_MIN_CALIBRATION = 19  # a 0.95 conformal quantile needs ceil((n + 1) * 0.95) <= n
+# Baseline aids that can be prepared, with the modalities they make sense for.
+BASELINE_METHODS = {"sobel_edges": ("image",), "exemplars": ("image",)}
+
+
+def explainer_device() -> str | None:
+    """settings.EXPLAINER_DEVICE: None lets explainers pick CUDA when present, else the CPU."""
+    return None if settings.EXPLAINER_DEVICE == "auto" else settings.EXPLAINER_DEVICE
 
 
 def study_stimulus_pool(*, study: Study):
@@ -30,85 +49,206 @@ def study_stimulus_pool(*, study: Study):
     return Stimulus.objects.filter(dataset=study.dataset, split=Stimulus.Split.TEST).order_by("index")
 
 
-def arms_needing_explanations(*, study: Study) -> list[Arm]:
-    return list(study.arms.filter(kind=Arm.Kind.EXPLANATION).order_by("position", "id"))
-
-
-def arm_resolve_config(*, arm: Arm, X_train: np.ndarray) -> dict:
-    """The arm's full method configuration: researcher overrides on top of explicit defaults.
-
-    Tabular baselines default to the training mean (zeros in raw units would be an arbitrary,
-    often impossible patient); images keep the all-black zeros baseline unless overridden.
-    """
-    modality = arm.study.dataset.modality
-    overrides = dict(arm.method_config or {})
-    if modality == "tabular":
-        overrides = {**data_reference_overrides(arm.method, X_train, modality=modality), **overrides}
-    return resolve_config(arm.method, overrides, modality=modality)
+def arm_problem(*, arm: Arm, modality: str) -> str | None:
+    """Why ``arm`` cannot be prepared on ``modality`` data, or None. Checked before any work."""
+    if arm.kind == Arm.Kind.BASELINE:
+        allowed = BASELINE_METHODS.get(arm.method)
+        if allowed is None:
+            return (f"Arm '{arm.name}': a baseline arm shows {' or '.join(BASELINE_METHODS)}; for a random map use "
+                    "an explanation arm with the 'random map matched to the real one' manipulation.")
+        if modality not in allowed:
+            return f"Arm '{arm.name}': {arm.get_method_display()} does not work on {modality} data."
+        return None
+    if arm.kind == Arm.Kind.OOD_WARNING:
+        n_train = Stimulus.objects.filter(dataset=arm.study.dataset, split=Stimulus.Split.TRAIN).count()
+        if n_train * OOD_CALIBRATION_FRACTION < OOD_MIN_CALIBRATION:
+            return (f"Arm '{arm.name}': the warning threshold is calibrated on a quarter of the training items, "
+                    f"which needs at least {int(OOD_MIN_CALIBRATION / OOD_CALIBRATION_FRACTION)} of them; "
+                    f"the dataset has {n_train}.")
+        return None
+    if arm.kind != Arm.Kind.EXPLANATION:
+        return None
+    info = METHODS.get(arm.method)
+    if info is None or modality not in info.modalities:
+        return f"Arm '{arm.name}': {arm.get_method_display()} does not work on {modality} data."
+    try:
+        # Data-dependent keys (training mean, feature ranges) are filled in at preparation.
+        resolve_config(arm.method, arm.method_config, modality=modality, allow_incomplete=True)
+    except ValueError as exc:
+        return f"Arm '{arm.name}': {exc}"
+    return None
 
 
 def is_signed(config: dict) -> bool:
     """Signed maps get the diverging colormap; magnitude maps (|gradient|, Grad-CAM) sequential."""
-    return not (config["method"] == "gradcam" or config.get("signed") is False)
+    return not (config.get("method") == "gradcam" or config.get("signed") is False)
 
 
-def _render(*, modality: str, inputs: np.ndarray, maps: np.ndarray, signed: bool, scale: float,
-            dataset) -> list[bytes]:
-    """PNG per stimulus; ``maps`` are 2-D (H, W) for images, 1-D (features) for tabular rows."""
-    if modality == "image":
-        return [rendering.render_heatmap_overlay(x, m, signed=signed, normalization="shared", scale=scale)
-                for x, m in zip(inputs, maps)]
-    units = [dataset.feature_descriptions.get(n, {}).get("unit") for n in dataset.feature_names]
-    return [rendering.render_tabular_bars(a, feature_names=dataset.feature_names, feature_units=units,
-                                          feature_values=x.tolist(), top_k=min(10, len(a)))
-            for x, a in zip(inputs, maps)]
+@dataclass
+class PreparationContext:
+    """What every arm of one study's preparation shares, computed once."""
+
+    study: Study
+    model: object
+    X_train: np.ndarray
+    y_train: np.ndarray
+    stimuli: list[Stimulus]
+    inputs: np.ndarray
+    targets: np.ndarray  # the trained model's predicted class per pool stimulus
+    _real: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, *, study: Study, model) -> PreparationContext:
+        train = list(Stimulus.objects.filter(dataset=study.dataset, split=Stimulus.Split.TRAIN)
+                     .order_by("index").only("data", "label"))
+        stimuli = list(study_stimulus_pool(study=study).only("data"))
+        predicted = dict(ModelOutput.objects.filter(model=study.model, stimulus__in=stimuli)
+                         .values_list("stimulus_id", "predicted"))
+        return cls(study=study, model=model,
+                   X_train=np.stack([stimulus_array(s) for s in train]),
+                   y_train=np.array([s.label for s in train], dtype=np.int64),
+                   stimuli=stimuli,
+                   inputs=np.stack([stimulus_array(s) for s in stimuli]) if stimuli else np.empty((0,)),
+                   targets=np.array([predicted[s.pk] for s in stimuli], dtype=np.int64))
+
+    @property
+    def modality(self) -> str:
+        return self.study.dataset.modality
+
+    def method_config(self, arm: Arm) -> dict:
+        """Researcher overrides on top of explicit defaults. Tabular baselines default to the training
+        mean (zeros in raw units would be an arbitrary, often impossible, patient)."""
+        overrides = dict(arm.method_config or {})
+        if self.modality == "tabular":
+            overrides = {**data_reference_overrides(arm.method, self.X_train, modality=self.modality), **overrides}
+        return resolve_config(arm.method, overrides, modality=self.modality)
+
+    def explain(self, model, method: str, config: dict):
+        return explain(model, self.inputs, method=method, config=config, targets=self.targets,
+                       seed=self.study.seed, device=explainer_device())
+
+    def real(self, method: str, config: dict):
+        """The method's maps on the trained model (cached: manipulated arms derive from them)."""
+        key = method_config_sha256(config)
+        if key not in self._real:
+            self._real[key] = self.explain(self.model, method, config)
+        return self._real[key]
+
+    def shown(self, maps: np.ndarray, *, signed: bool) -> np.ndarray:
+        """What is drawn: image channels summed for signed maps (keeps IG completeness), averaged for
+        magnitude maps (Grad-CAM repeats one map on every channel); tabular rows as they are."""
+        if self.modality == "tabular":
+            return maps
+        return np.stack([rendering.reduce_channels(a, how="sum" if signed else "mean") for a in maps])
 
 
-def arm_compute_explanations(*, arm: Arm, model, X_train: np.ndarray) -> int:
-    """Compute and store every missing explanation of ``arm`` over the study's stimulus pool."""
-    study = arm.study
-    if arm.manipulation not in SUPPORTED_MANIPULATIONS:
-        raise ValueError(f"Arm '{arm.name}': the manipulation '{arm.manipulation}' cannot be computed yet.")
-    config = arm_resolve_config(arm=arm, X_train=X_train)
+def _manipulated_maps(ctx: PreparationContext, arm: Arm, config: dict, real) -> tuple[np.ndarray, dict]:
+    m, options, seed = arm.manipulation, arm.manipulation_config or {}, ctx.study.seed
+    if m == Arm.Manipulation.NONE:
+        return real.attributions, {}
+    if m == Arm.Manipulation.RANDOMIZED_MODEL:
+        if options.get("mode", "cascading") == "independent":
+            randomized, record = manipulations.randomize_independent(ctx.model, layer=options["layer"], seed=seed)
+        else:
+            randomized, record = manipulations.randomize_cascading(ctx.model, down_to=options.get("down_to"), seed=seed)
+        return ctx.explain(randomized, arm.method, config).attributions, record
+    if m == Arm.Manipulation.LABEL_RANDOMIZED_MODEL:
+        randomized, record = manipulations.label_randomized_model(
+            architecture=ctx.study.model.architecture, X=ctx.X_train, y=ctx.y_train,
+            num_classes=len(ctx.study.model.class_names), seed=seed,
+            hyperparameters=ctx.study.model.hyperparameters or None)
+        return ctx.explain(randomized, arm.method, config).attributions, record
+    if m == Arm.Manipulation.INVERTED:
+        return manipulations.invert(real.attributions, signed=is_signed(config))
+    if m == Arm.Manipulation.RANDOM_MATCHED:
+        return manipulations.random_matched(real.attributions, seed=seed)
+    if m == Arm.Manipulation.OTHER_INPUT:
+        maps, donors, record = manipulations.other_input(real.attributions, predicted=ctx.targets, seed=seed,
+                                                         same_class=options.get("same_class", True))
+        return maps, {**record, "donor_stimulus_indices": [ctx.stimuli[int(d)].index for d in donors]}
+    raise ValueError(f"Arm '{arm.name}': unknown manipulation '{m}'.")
+
+
+def _explanation_arm(ctx: PreparationContext, arm: Arm):
+    config = ctx.method_config(arm)
     if arm.method_config != config:
         # Store every parameter on the arm itself, so launch freezes the complete configuration.
         Arm.objects.filter(pk=arm.pk).update(method_config=config)
-    stimuli = list(study_stimulus_pool(study=study).only("pk", "data"))
-    if not stimuli:
-        return 0
-    predicted = dict(ModelOutput.objects.filter(model=study.model, stimulus__in=stimuli)
-                     .values_list("stimulus_id", "predicted"))
-    inputs = np.stack([stimulus_array(s) for s in stimuli])
-    targets = [predicted[s.pk] for s in stimuli]
-    started = time.perf_counter()
-    # All maps at once (deterministic): the shared rendering scale needs them all anyway.
-    result = explain(model, inputs, method=arm.method, config=config, targets=targets, seed=study.seed)
-    seconds_each = (time.perf_counter() - started) / len(stimuli)
+    real = ctx.real(arm.method, config)
+    maps, record = _manipulated_maps(ctx, arm, config, real)
     signed = is_signed(config)
-    # Images: channels summed for signed maps (keeps IG completeness), averaged for magnitude maps
-    # (Grad-CAM repeats one map on every channel).
-    shown = result.attributions if study.dataset.modality == "tabular" else np.stack(
-        [rendering.reduce_channels(a, how="sum" if signed else "mean") for a in result.attributions])
-    scale = rendering.attribution_scale(shown)
-    stored = {**result.config, "rendering": {"normalization": "shared", "scale": scale, "signed": signed,
-                                             "clip_percentile": rendering.CLIP_PERCENTILE}}
+    scale = rendering.attribution_scale(ctx.shown(real.attributions, signed=signed))
+    shown = ctx.shown(maps, signed=signed)
+    stored = {**real.config, "manipulation": {"name": arm.manipulation, **record},
+              "rendering": {"normalization": "shared_per_method", "scale": scale, "signed": signed,
+                            "clip_percentile": rendering.CLIP_PERCENTILE}}
+    return maps, stored, lambda i: _render_map(ctx, i, shown[i], signed=signed, scale=scale)
+
+
+def _render_map(ctx: PreparationContext, i: int, shown: np.ndarray, *, signed: bool, scale: float) -> bytes:
+    if ctx.modality == "image":
+        return rendering.render_heatmap_overlay(ctx.inputs[i], shown, signed=signed, normalization="shared",
+                                                scale=scale)
+    dataset = ctx.study.dataset
+    units = [dataset.feature_descriptions.get(n, {}).get("unit") for n in dataset.feature_names]
+    return rendering.render_tabular_bars(shown, feature_names=dataset.feature_names, feature_units=units,
+                                         feature_values=ctx.inputs[i].tolist(), top_k=min(10, len(shown)))
+
+
+def _baseline_arm(ctx: PreparationContext, arm: Arm):
+    if arm.method == "sobel_edges":
+        maps, record = manipulations.sobel_edges(ctx.inputs)
+        shown = ctx.shown(maps, signed=False)
+        scale = rendering.attribution_scale(shown)
+        stored = {"method": "sobel_edges", **record,
+                  "rendering": {"normalization": "shared", "scale": scale, "signed": False,
+                                "clip_percentile": rendering.CLIP_PERCENTILE}}
+        return maps, stored, lambda i: _render_map(ctx, i, shown[i], signed=False, scale=scale)
+    # Natural exemplars: the k nearest training items of the class the MODEL predicts (never the
+    # true label: on items the model gets wrong that would leak the truth).
+    k = int((arm.method_config or {}).get("k", EXEMPLARS_K))
+    index = build_exemplar_index(ctx.model, ctx.X_train, ctx.y_train)
+    nearest = index.nearest(ctx.inputs, k=k, predicted_classes=ctx.targets)
+    stored = {"method": "exemplars", "k": k, **index.to_dict()}
+    return nearest.astype(np.float32), stored, lambda i: rendering.render_exemplar_strip(
+        [ctx.X_train[j] for j in nearest[i]])
+
+
+def _ood_arm(ctx: PreparationContext, arm: Arm):
+    """Mahalanobis on penultimate features (the energy score misses far-out tabular rows), with the
+    threshold calibrated on training items held out from the fit: ~5% false alarms in distribution."""
+    fit_idx, cal_idx = train_test_split_indices(len(ctx.y_train), test_fraction=OOD_CALIBRATION_FRACTION, seed=ctx.study.seed,
+                                                stratify=ctx.y_train)
+    options = arm.method_config or {}
+    detector = fit_ood_detector(ctx.model, ctx.X_train[fit_idx], ctx.y_train[fit_idx],
+                                method=options.get("ood_method", "mahalanobis"),
+                                X_calibration=ctx.X_train[cal_idx], quantile=options.get("quantile", OOD_QUANTILE))
+    scores = detector.score(ctx.inputs)
+    values = np.stack([scores, np.full_like(scores, detector.threshold), scores > detector.threshold], axis=1)
+    return values.astype(np.float32), {"method": "ood_warning", **detector.to_dict()}, None
+
+
+def arm_compute_explanations(*, arm: Arm, ctx: PreparationContext) -> int:
+    """Compute and store every missing explanation of ``arm`` over the study's stimulus pool."""
+    if not ctx.stimuli:
+        return 0
+    build = {Arm.Kind.EXPLANATION: _explanation_arm, Arm.Kind.BASELINE: _baseline_arm,
+             Arm.Kind.OOD_WARNING: _ood_arm}[arm.kind]
+    started = time.perf_counter()
+    arrays, stored, render = build(ctx, arm)
+    seconds_each = (time.perf_counter() - started) / len(ctx.stimuli)
     digest = method_config_sha256(stored)
-    done = set(Explanation.objects.filter(arm=arm, stimulus__in=stimuli).values_list("stimulus_id", flat=True))
-    todo = [i for i, s in enumerate(stimuli) if s.pk not in done]
-    written = 0
+    done = set(Explanation.objects.filter(arm=arm).values_list("stimulus_id", flat=True))
+    todo = [i for i, s in enumerate(ctx.stimuli) if s.pk not in done]
     for start in range(0, len(todo), WRITE_CHUNK):
-        idx = todo[start:start + WRITE_CHUNK]
-        pngs = _render(modality=study.dataset.modality, inputs=inputs[idx], maps=shown[idx],
-                       signed=signed, scale=scale, dataset=study.dataset)
         rows = []
-        for i, png in zip(idx, pngs):
-            row = Explanation(arm=arm, stimulus_id=stimuli[i].pk, attributions=array_to_npy_bytes(result.attributions[i]),
-                              config=stored, config_sha256=digest, seed=study.seed, target=int(result.targets[i]),
+        for i in todo[start:start + WRITE_CHUNK]:
+            row = Explanation(arm=arm, stimulus_id=ctx.stimuli[i].pk, attributions=array_to_npy_bytes(arrays[i]),
+                              config=stored, config_sha256=digest, seed=ctx.study.seed, target=int(ctx.targets[i]),
                               compute_seconds=seconds_each)
-            row.image.save("explanation.png", ContentFile(png), save=False)
+            if render is not None:
+                row.image.save("explanation.png", ContentFile(render(i)), save=False)
             rows.append(row)
         with transaction.atomic():
             Explanation.objects.bulk_create(rows, ignore_conflicts=True)
-        written += len(rows)
-    return written
-
+    return len(todo)

@@ -11,14 +11,18 @@ import traceback
 import numpy as np
 from django.db import transaction
 
-from studyapp.models import ModelOutput, Stimulus, Study
+from explainers.sanity import sanity_check
+from studyapp.models import Arm, ModelOutput, Stimulus, Study
 from studyapp.services.datasets import stimulus_array
-from studyapp.services.explanations import arm_compute_explanations, arms_needing_explanations
+from studyapp.services.explanations import PreparationContext, arm_compute_explanations, explainer_device
 from studyapp.services.mlmodels import mlmodel_load
 from studyapp.services.studies import study_back_to_draft, study_mark_ready
 
 logger = logging.getLogger(__name__)
 CHUNK = 512
+# Sanity checks use paired per-stimulus tests: a few dozen stimuli are enough and keep it quick.
+SANITY_STIMULI = 48
+MIN_SANITY_STIMULI = 6
 
 
 def model_outputs_compute(*, study: Study) -> int:
@@ -33,7 +37,7 @@ def model_outputs_compute(*, study: Study) -> int:
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
         inputs = np.stack([stimulus_array(s) for s in chunk])
-        predicted, probabilities = predict(model, inputs, device="cpu")
+        predicted, probabilities = predict(model, inputs, device=explainer_device())
         rows = [ModelOutput(model=study.model, stimulus_id=s.pk, predicted=int(p),
                             probabilities=[round(float(x), 6) for x in probs])
                 for s, p, probs in zip(chunk, predicted, probabilities)]
@@ -42,14 +46,23 @@ def model_outputs_compute(*, study: Study) -> int:
     return created
 
 
-def _training_inputs(*, study: Study) -> np.ndarray:
-    rows = Stimulus.objects.filter(dataset=study.dataset, split=Stimulus.Split.TRAIN).order_by("index")
-    return np.stack([stimulus_array(s) for s in rows.only("data")])
-
-
 def _progress(study: Study, **fields) -> None:
     study.preparation = {**study.preparation, **fields}
     Study.objects.filter(pk=study.pk).update(preparation=study.preparation)
+
+
+def sanity_checks_run(*, ctx: PreparationContext, arms: list[Arm]) -> dict:
+    """Adebayo et al.'s randomization checks for each method shown in the study, on a sample of its
+    stimuli, with verdicts calibrated against null references (explainers.sanity)."""
+    results = {}
+    sample = slice(0, SANITY_STIMULI)
+    for arm in arms:
+        if arm.kind != Arm.Kind.EXPLANATION or arm.method in results:
+            continue
+        report = sanity_check(ctx.model, ctx.inputs[sample], method=arm.method, config=ctx.method_config(arm),
+                              targets=ctx.targets[sample], seed=ctx.study.seed)
+        results[arm.method] = report.to_dict()
+    return results
 
 
 def study_run_preparation(*, study_id: int) -> dict:
@@ -60,14 +73,15 @@ def study_run_preparation(*, study_id: int) -> dict:
     try:
         _progress(study, status="running", step="model outputs")
         outputs = model_outputs_compute(study=study)
-        arms = arms_needing_explanations(study=study)
-        explanations = {}
+        arms = list(study.arms.exclude(kind=Arm.Kind.CONTROL).order_by("position", "id"))
+        explanations, sanity = {}, {}
         if arms:
-            model = mlmodel_load(mlmodel=study.model)
-            X_train = _training_inputs(study=study)
+            ctx = PreparationContext.build(study=study, model=mlmodel_load(mlmodel=study.model))
             for arm in arms:
-                _progress(study, step=f"explanations for arm '{arm.name}'")
-                explanations[arm.name] = arm_compute_explanations(arm=arm, model=model, X_train=X_train)
+                _progress(study, step=f"arm '{arm.name}'")
+                explanations[arm.name] = arm_compute_explanations(arm=arm, ctx=ctx)
+            _progress(study, step="sanity checks")
+            sanity = sanity_checks_run(ctx=ctx, arms=arms) if len(ctx.stimuli) >= MIN_SANITY_STIMULI else {}
     except Exception as exc:
         logger.exception("Preparation of study %s failed", study.pk)
         with transaction.atomic():
@@ -77,6 +91,6 @@ def study_run_preparation(*, study_id: int) -> dict:
             study_back_to_draft(study=study)
         raise
     summary = {"status": "done", "model_outputs_created": outputs, "explanations_created": explanations}
-    Study.objects.filter(pk=study.pk).update(preparation=summary)
+    Study.objects.filter(pk=study.pk).update(preparation={**summary, "sanity": sanity})
     study_mark_ready(study=study)
-    return summary
+    return {**summary, "sanity_verdicts": {method: report["verdict"] for method, report in sanity.items()}}

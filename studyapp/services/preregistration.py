@@ -266,15 +266,28 @@ def hypothesis_spec_normalize(entry: dict, *, index: int = 0) -> dict:
     if unknown:
         raise ServiceError(f"Unknown hypothesis fields {sorted(unknown)}; known: label, {', '.join(PLAN_HYPOTHESIS_FIELDS)}.")
     spec = {**HYPOTHESIS_DEFAULTS, "label": f"E{index + 1}", **entry}
-    spec["exclusion_rules"] = dict(spec.get("exclusion_rules") or {})
-    if spec.get("equivalence_margin") is not None:
-        spec["equivalence_margin"] = float(spec["equivalence_margin"])
-    spec["alpha"] = float(spec["alpha"])
+    if isinstance(spec.get("exclusion_rules"), dict) or spec.get("exclusion_rules") is None:
+        spec["exclusion_rules"] = dict(spec.get("exclusion_rules") or {})
+    for field in ("alpha", "equivalence_margin"):  # 1 and 1.0 are the same margin; bad values stay for validation
+        if _number(spec.get(field)):
+            spec[field] = float(spec[field])
     return spec
 
 
-def _analysis_key(spec: dict) -> str:
-    return canonical_json({field: spec.get(field) for field in ANALYSIS_FIELDS})
+def _control_arm(study: Study) -> str | None:
+    arms = (study.frozen_config or {}).get("arms", [])
+    return next((a["name"] for a in arms if a.get("kind") == "control"), None)
+
+
+def _analysis_key(spec: dict, control: str | None = None) -> str:
+    """Identity of a test: an arm-vs-control comparison naming the control arm is the same test as
+    one leaving the comparator empty, and a comparison against chance has no comparator."""
+    key = {field: spec.get(field) for field in ANALYSIS_FIELDS}
+    if key["comparison"] == "arm_vs_control":
+        key["comparator"] = key["comparator"] or control
+    elif key["comparison"] == "arm_vs_chance":
+        key["comparator"] = None
+    return canonical_json(key)
 
 
 def plan_hypotheses(*, study: Study, amended: bool = False) -> list[dict]:
@@ -288,8 +301,9 @@ def hypothesis_matches_plan(*, study: Study, hypothesis: dict) -> bool:
     """Is this hypothesis (a dict in the spec format) one of the frozen plan's, on every analysis field?"""
     if study.frozen_config is None:
         return False
-    key = _analysis_key(hypothesis_spec_normalize(hypothesis))
-    return any(_analysis_key(h) == key for h in plan_hypotheses(study=study))
+    control = _control_arm(study)
+    key = _analysis_key(hypothesis_spec_normalize(hypothesis), control)
+    return any(_analysis_key(h, control) == key for h in plan_hypotheses(study=study))
 
 
 def analysis_spec_problems(spec: dict) -> list[str]:
@@ -345,8 +359,9 @@ def analysis_request_classify(*, study: Study, spec: dict | None) -> tuple[str, 
     if spec is None:
         return "confirmatory", []
     requested, rules = analysis_request_resolve(study=study, spec=spec)
-    frozen_keys = {_analysis_key(h): h["label"] for h in plan_hypotheses(study=study)}
-    requested_keys = {_analysis_key(h): h["label"] for h in requested}
+    control = _control_arm(study)
+    frozen_keys = {_analysis_key(h, control): h["label"] for h in plan_hypotheses(study=study)}
+    requested_keys = {_analysis_key(h, control): h["label"] for h in requested}
     reasons = [f"{label} is not a hypothesis of the frozen plan (as requested)"
                for key, label in requested_keys.items() if key not in frozen_keys]
     reasons += [f"{label} of the frozen plan is left out (this changes its correction family)"

@@ -49,6 +49,7 @@ def study_validate_design(*, study: Study) -> None:
     if len(arms) < 2:
         problems.append("A study needs at least two arms (a control arm and at least one other).")
     problems += _arm_problems(study=study, arms=arms)
+    problems += _exclusion_rule_problems(study=study)
     if study.model.dataset_id != study.dataset_id:
         problems.append(f"The model '{study.model.name}' was validated against the dataset "
                         f"'{study.model.dataset.name}', not '{study.dataset.name}'.")
@@ -58,28 +59,19 @@ def study_validate_design(*, study: Study) -> None:
 
 def _arm_problems(*, study: Study, arms: list[Arm]) -> list[str]:
     """Each arm must be computable before preparation spends anything on it."""
-    from explainers.methods import METHODS, resolve_config
-    from studyapp.services.explanations import SUPPORTED_MANIPULATIONS
+    from studyapp.services.explanations import arm_problem
 
-    modality = study.dataset.modality
-    problems = []
-    for arm in arms:
-        if arm.kind in (Arm.Kind.BASELINE, Arm.Kind.OOD_WARNING):
-            problems.append(f"Arm '{arm.name}': {arm.get_kind_display()} arms cannot be prepared yet.")
-        if arm.kind != Arm.Kind.EXPLANATION:
-            continue
-        info = METHODS.get(arm.method)
-        if info is None or modality not in info.modalities:
-            problems.append(f"Arm '{arm.name}': {arm.get_method_display()} does not work on {modality} data.")
-            continue
-        if arm.manipulation not in SUPPORTED_MANIPULATIONS:
-            problems.append(f"Arm '{arm.name}': the manipulation '{arm.get_manipulation_display()}' "
-                            "cannot be computed yet.")
-        try:
-            # Data-dependent keys (training mean, feature ranges) are filled in at preparation.
-            resolve_config(arm.method, arm.method_config, modality=modality, allow_incomplete=True)
-        except ValueError as exc:
-            problems.append(f"Arm '{arm.name}': {exc}")
+    return [p for p in (arm_problem(arm=arm, modality=study.dataset.modality) for arm in arms) if p]
+
+
+def _exclusion_rule_problems(*, study: Study) -> list[str]:
+    """Exclusion rules are frozen at launch: malformed ones must be caught before that."""
+    from studyapp.services.exclusions import exclusion_rules_validate
+
+    problems = [f"Exclusion rules: {p}" for p in exclusion_rules_validate((study.config or {}).get("exclusion_rules", {}))]
+    for hypothesis in study.hypotheses.all():
+        problems += [f"Hypothesis {hypothesis.label}, exclusion rules: {p}"
+                     for p in exclusion_rules_validate(hypothesis.exclusion_rules or {})]
     return problems
 
 

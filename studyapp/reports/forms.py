@@ -1,0 +1,242 @@
+"""Forms of the report pages. Error messages are written for a researcher, not a programmer."""
+from __future__ import annotations
+
+import math
+import re
+
+from django import forms
+
+
+ALTERNATIVES = [
+    ("two-sided", "Two-sided (a difference in either direction)"),
+    ("greater", "One-sided: treatment better than control"),
+    ("less", "One-sided: treatment worse than control"),
+]
+FAMILY_CORRECTIONS = [
+    ("holm", "Holm (plan with alpha / number of comparisons)"),
+    ("bonferroni", "Bonferroni (alpha / number of comparisons)"),
+    ("none", "No correction (a single pre-registered comparison)"),
+]
+CORRECTION_LABELS = {
+    "holm": "Holm", "bonferroni": "Bonferroni", "hochberg": "Hochberg", "hommel": "Hommel",
+    "bh": "Benjamini-Hochberg (FDR, not family-wise)", "by": "Benjamini-Yekutieli (FDR, not family-wise)",
+}
+
+# Simulation cost on the reference machine: a fixed cost per simulated study (the analysis and
+# the correction) plus a cost per simulated trial. Used to refuse requests that would keep a web
+# request busy for more than SIMULATION_BUDGET_SECONDS; calibrate() itself cannot be interrupted.
+SIMULATION_BUDGET_SECONDS = 4.0
+SECONDS_PER_STUDY = 0.025
+SECONDS_PER_TRIAL = 2.5e-7
+MAX_SIMULATED_STUDIES = 400
+
+
+class RunAnalysisForm(forms.Form):
+    seed = forms.IntegerField(min_value=0, max_value=2**32 - 1, initial=0,
+                              help_text="Seeds permutation tests, bootstrap and Monte Carlo p-values; stored with "
+                                        "the run.")
+
+
+def _open_unit(value: float | None, what: str) -> list[str]:
+    if value is not None and not 0 < value < 1:
+        hint = " Enter a proportion such as 0.60, not a percentage." if value > 1 else ""
+        return [f"{what} must lie strictly between 0 and 1 (you entered {value:g}).{hint}"]
+    return []
+
+
+class _PlanningFields(forms.Form):
+    alpha = forms.FloatField(initial=0.05, label="Alpha (family-wise false-positive rate)")
+    power = forms.FloatField(initial=0.80, label="Power", help_text="Probability of detecting the effect if it is "
+                                                                     "real, e.g. 0.80 or 0.90.")
+
+    def _check_alpha_power(self, cleaned: dict) -> None:
+        alpha, power = cleaned.get("alpha"), cleaned.get("power")
+        for message in _open_unit(alpha, "Alpha"):
+            self.add_error("alpha", message)
+        for message in _open_unit(power, "Power"):
+            self.add_error("power", message)
+        if alpha is not None and power is not None and 0 < alpha < 1 and 0 < power < 1 and power <= alpha:
+            self.add_error("power", f"Power ({power:g}) must be larger than alpha ({alpha:g}): even with no real "
+                                    "effect a test rejects with probability alpha, so no sample size is needed "
+                                    "for that power and none would be meaningful.")
+
+
+class SampleSizeForm(_PlanningFields):
+    design = forms.ChoiceField(
+        choices=[("proportions", "Two proportions (expected share correct in each arm)"),
+                 ("means", "Two means (standardized effect size, Cohen's d)")],
+        initial="proportions", widget=forms.RadioSelect)
+    p_control = forms.FloatField(required=False, label="Expected proportion in the control arm",
+                                 help_text="e.g. 0.50")
+    p_treatment = forms.FloatField(required=False, label="Expected proportion in the treatment arm",
+                                   help_text="e.g. 0.75")
+    effect_size = forms.FloatField(required=False, label="Effect size d",
+                                   help_text="Difference in means divided by the SD of participants' scores; "
+                                             "for accuracy use the SD of participant accuracies.")
+    ratio = forms.FloatField(initial=1.0, label="Allocation ratio (treatment / control)",
+                             help_text="1 = equal arms; 2 = twice as many in each treatment arm as in control.")
+    alternative = forms.ChoiceField(choices=ALTERNATIVES, initial="two-sided")
+    n_arms = forms.IntegerField(initial=2, label="Number of arms (including control)")
+    n_comparisons = forms.IntegerField(required=False, label="Comparisons in the correction family",
+                                       help_text="Blank = every treatment arm against control (arms - 1).")
+    correction = forms.ChoiceField(choices=FAMILY_CORRECTIONS, initial="holm")
+
+    def clean(self):
+        cleaned = super().clean()
+        self._check_alpha_power(cleaned)
+        ratio, n_arms, m = cleaned.get("ratio"), cleaned.get("n_arms"), cleaned.get("n_comparisons")
+        if ratio is not None and not (ratio > 0 and math.isfinite(ratio)):
+            self.add_error("ratio", "The allocation ratio must be a positive number (1 for equal arms).")
+        if n_arms is not None and not 2 <= n_arms <= 50:
+            self.add_error("n_arms", "A comparison needs at least 2 arms (a control and one treatment); at most 50.")
+        if m is not None and not 1 <= m <= 1000:
+            self.add_error("n_comparisons", "The correction family must contain at least one comparison.")
+        if cleaned.get("design") == "proportions":
+            self._check_proportions(cleaned)
+        elif cleaned.get("design") == "means":
+            self._check_means(cleaned)
+        return cleaned
+
+    def _direction_problem(self, effect: float, alternative: str | None, description: str) -> str | None:
+        if alternative == "greater" and effect < 0:
+            return (f"{description}, but the alternative is 'treatment better than control'. Swap the values or "
+                    "choose the other direction (or two-sided).")
+        if alternative == "less" and effect > 0:
+            return (f"{description}, but the alternative is 'treatment worse than control'. Swap the values or "
+                    "choose the other direction (or two-sided).")
+        return None
+
+    def _check_proportions(self, cleaned: dict) -> None:
+        p1, p2 = cleaned.get("p_control"), cleaned.get("p_treatment")
+        for name, value, what in (("p_control", p1, "The control arm's proportion"),
+                                  ("p_treatment", p2, "The treatment arm's proportion")):
+            if value is None and name not in self.errors:
+                self.add_error(name, f"{what} is needed for a design with two proportions.")
+            for message in _open_unit(value, what):
+                self.add_error(name, message)
+        if p1 is None or p2 is None or "p_control" in self.errors or "p_treatment" in self.errors:
+            return
+        if p1 == p2:
+            self.add_error("p_treatment", "The two proportions are equal: there is no difference to detect, so no "
+                                          "number of participants gives the requested power.")
+            return
+        direction = "higher" if p2 > p1 else "lower"
+        problem = self._direction_problem(p2 - p1, cleaned.get("alternative"),
+                                          f"The treatment proportion ({p2:g}) is {direction} than control ({p1:g})")
+        if problem:
+            self.add_error("alternative", problem)
+
+    def _check_means(self, cleaned: dict) -> None:
+        d = cleaned.get("effect_size")
+        if d is None:
+            if "effect_size" not in self.errors:
+                self.add_error("effect_size", "An effect size d is needed for a design with two means.")
+            return
+        if d == 0 or not math.isfinite(d):
+            self.add_error("effect_size", "An effect size of 0 means no difference: no number of participants "
+                                          "can detect it. Enter the smallest difference worth detecting.")
+            return
+        if abs(d) > 5:
+            self.add_error("effect_size", f"An effect size of {d:g} standard deviations is implausibly large; "
+                                          "d is usually between 0.2 (small) and 0.8 (large).")
+            return
+        problem = self._direction_problem(d, cleaned.get("alternative"), f"The effect size ({d:g}) is "
+                                          f"{'positive' if d > 0 else 'negative'}")
+        if problem:
+            self.add_error("alternative", problem)
+
+
+_ARM_TOKEN = re.compile(r"^\s*(?:(?P<name>[^:=]+?)\s*[:=]\s*)?(?P<value>[-+0-9.eE]+)\s*$")
+
+
+class SimulationForm(_PlanningFields):
+    control_accuracy = forms.FloatField(initial=0.60, label="True accuracy of the control arm")
+    arm_accuracies = forms.CharField(
+        initial="explanation: 0.70", label="True accuracy of the other arms", widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One arm per line or comma-separated, as 'name: accuracy' or just the accuracy "
+                  "(e.g. 'integrated gradients: 0.70, placebo: 0.60').")
+    n_per_arm = forms.IntegerField(initial=30, label="Participants per arm")
+    trials_per_phase = forms.IntegerField(initial=20, label="Trials per participant and phase")
+    design = forms.ChoiceField(
+        choices=[("pre_post", "Pre-test and post-test; outcome = gain (post minus pre)"),
+                 ("test", "One test phase; outcome = accuracy")],
+        initial="pre_post")
+    alternative = forms.ChoiceField(choices=ALTERNATIVES, initial="greater")
+    correction = forms.ChoiceField(choices=sorted(CORRECTION_LABELS.items()), initial="holm")
+    n_studies = forms.IntegerField(initial=100, label="Simulated studies per scenario",
+                                   help_text=f"At most {MAX_SIMULATED_STUDIES}, and few enough to finish in about "
+                                             f"{SIMULATION_BUDGET_SECONDS:g} s.")
+    participant_sd = forms.FloatField(initial=0.5, label="Participant SD (log-odds)")
+    item_sd = forms.FloatField(initial=0.5, label="Item SD (log-odds)")
+    seed = forms.IntegerField(initial=0, min_value=0, max_value=2**32 - 1)
+    # Power is not asked for here: the simulation estimates it.
+    power = None
+
+    field_order = ["control_accuracy", "arm_accuracies", "n_per_arm", "trials_per_phase", "design", "alternative",
+                   "correction", "alpha", "n_studies", "participant_sd", "item_sd", "seed"]
+
+    def clean_arm_accuracies(self) -> dict[str, float]:
+        text = self.cleaned_data["arm_accuracies"]
+        arms: dict[str, float] = {}
+        tokens = [t for t in re.split(r"[,\n;]", text) if t.strip()]
+        if not tokens:
+            raise forms.ValidationError("Give the true accuracy of at least one arm besides control.")
+        for i, token in enumerate(tokens, start=1):
+            match = _ARM_TOKEN.match(token)
+            if not match:
+                raise forms.ValidationError(f"Could not read '{token.strip()}': write 'name: accuracy', e.g. "
+                                            "'saliency: 0.70'.")
+            try:
+                value = float(match["value"])
+            except ValueError:
+                raise forms.ValidationError(f"'{match['value']}' is not a number.") from None
+            name = (match["name"] or f"arm {i}").strip()
+            if name == "control":
+                raise forms.ValidationError("'control' is the control arm; give the other arms other names.")
+            if name in arms:
+                raise forms.ValidationError(f"The arm name '{name}' appears twice.")
+            problems = _open_unit(value, f"The accuracy of '{name}'")
+            if problems:
+                raise forms.ValidationError(problems[0])
+            arms[name] = value
+        if len(arms) > 12:
+            raise forms.ValidationError("At most 12 arms besides control can be simulated here.")
+        return arms
+
+    def clean(self):
+        cleaned = super().clean()
+        alpha = cleaned.get("alpha")
+        for message in _open_unit(alpha, "Alpha"):
+            self.add_error("alpha", message)
+        for message in _open_unit(cleaned.get("control_accuracy"), "The control arm's accuracy"):
+            self.add_error("control_accuracy", message)
+        limits = {"n_per_arm": (2, 5000, "Participants per arm"), "trials_per_phase": (1, 500, "Trials per phase"),
+                  "n_studies": (10, MAX_SIMULATED_STUDIES, "The number of simulated studies")}
+        for name, (low, high, what) in limits.items():
+            value = cleaned.get(name)
+            if value is not None and not low <= value <= high:
+                self.add_error(name, f"{what} must be between {low} and {high} (you entered {value}).")
+        for name in ("participant_sd", "item_sd"):
+            value = cleaned.get(name)
+            if value is not None and not 0 <= value <= 5:
+                self.add_error(name, "A standard deviation on the log-odds scale must be between 0 and 5.")
+        if self.errors:
+            return cleaned
+        seconds = self.estimated_seconds(cleaned)
+        if seconds > SIMULATION_BUDGET_SECONDS:
+            per_study = seconds / cleaned["n_studies"]
+            most = int(SIMULATION_BUDGET_SECONDS / per_study)
+            advice = (f"lower the number of simulated studies to at most {most}" if most >= 10 else
+                      "lower the participants per arm or the trials per phase")
+            raise forms.ValidationError(
+                f"This simulation would take about {seconds:.0f} s, more than the {SIMULATION_BUDGET_SECONDS:g} s a "
+                f"page may take: {advice}, or run studyapp.analysis.calibrate in a notebook or script.")
+        return cleaned
+
+    @staticmethod
+    def estimated_seconds(cleaned: dict) -> float:
+        n_arms = 1 + len(cleaned["arm_accuracies"])
+        phases = 2 if cleaned["design"] == "pre_post" else 1
+        trials = n_arms * cleaned["n_per_arm"] * cleaned["trials_per_phase"] * phases
+        # Two scenarios (null and alternative), n_studies simulated studies each.
+        return 2 * cleaned["n_studies"] * (SECONDS_PER_STUDY + SECONDS_PER_TRIAL * trials)

@@ -1,0 +1,98 @@
+"""Staff-only report pages: the study report, its download, "Run analysis", and the planner.
+
+Thin: authorize (``staff_member_required``: anonymous and non-staff users go to the admin login),
+parse, call the context builder or the service. "Run analysis" is a POST (CSRF-protected by the
+middleware) followed by a redirect, so a reload never runs the analysis twice.
+"""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from studyapp.models import Study
+from studyapp.reports.context import report_context
+from studyapp.reports.forms import RunAnalysisForm, SampleSizeForm, SimulationForm
+from studyapp.reports.planner import sample_size_result, simulation_result
+
+
+def _admin_context(request: HttpRequest, title: str) -> dict:
+    return {**admin.site.each_context(request), "title": title, "opts": Study._meta}
+
+
+@never_cache
+@require_GET
+@staff_member_required
+def study_report(request: HttpRequest, pk: int) -> HttpResponse:
+    study = get_object_or_404(Study, pk=pk)
+    context = {**_admin_context(request, f"Report: {study.title}"), **report_context(study=study),
+               "run_form": RunAnalysisForm(initial={"seed": study.seed})}
+    return render(request, "reports/study_report.html", context)
+
+
+@never_cache
+@require_POST
+@staff_member_required
+def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
+    from studyapp.services.analysis import study_analyze  # imported late: it pulls in the statistics stack
+
+    study = get_object_or_404(Study, pk=pk)
+    url = reverse("report-study", kwargs={"pk": study.pk})
+    form = RunAnalysisForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The analysis was not run: " + " ".join(
+            str(e) for errors in form.errors.values() for e in errors))
+        return HttpResponseRedirect(url)
+    try:
+        run = study_analyze(study=study, seed=form.cleaned_data["seed"])
+    except ValidationError as exc:  # ServiceError: a message for the researcher
+        messages.error(request, "The analysis was not run: " + " ".join(exc.messages))
+        return HttpResponseRedirect(url)
+    label = "Exploratory" if run.kind == "exploratory" else "Confirmatory"
+    messages.success(request, f"{label} analysis #{run.pk} stored (seed {run.seed}).")
+    return HttpResponseRedirect(f"{url}#run-{run.pk}")
+
+
+@never_cache
+@require_GET
+@staff_member_required
+def study_report_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """The same report as ONE self-contained HTML file: inline CSS and SVG, no links, no scripts."""
+    study = get_object_or_404(Study, pk=pk)
+    html = render_to_string("reports/study_report_standalone.html", report_context(study=study))
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{study.slug}_report.html"'
+    return response
+
+
+def _compute(form, compute, failure: str):
+    """Run ``compute`` on a valid form; a ValueError from the statistics becomes a form error."""
+    if not form.is_valid():
+        return None
+    try:
+        return compute(form.cleaned_data)
+    except ValueError as exc:
+        form.add_error(None, f"{failure}: {exc}.")
+        return None
+
+
+@never_cache
+@require_GET
+@staff_member_required
+def planner(request: HttpRequest) -> HttpResponse:
+    """Sample size (closed form) and calibration by simulation; GET, so results can be bookmarked."""
+    calc = request.GET.get("calc")
+    size_form = SampleSizeForm(request.GET if calc == "size" else None)
+    sim_form = SimulationForm(request.GET if calc == "simulate" else None, prefix="sim")
+    size = _compute(size_form, sample_size_result, "No sample size could be computed") if calc == "size" else None
+    simulation = (_compute(sim_form, simulation_result, "The simulation could not be run")
+                  if calc == "simulate" else None)
+    context = {**_admin_context(request, "Study planner"), "size_form": size_form, "sim_form": sim_form,
+               "size": size, "simulation": simulation}
+    return render(request, "reports/planner.html", context)
