@@ -163,7 +163,7 @@ class SimulationForm(_PlanningFields):
         initial="pre_post")
     alternative = forms.ChoiceField(choices=ALTERNATIVES, initial="greater")
     correction = forms.ChoiceField(choices=sorted(CORRECTION_LABELS.items()), initial="holm")
-    n_studies = forms.IntegerField(initial=100, label="Simulated studies per scenario",
+    n_studies = forms.IntegerField(initial=60, label="Simulated studies per scenario",
                                    help_text=f"At most {MAX_SIMULATED_STUDIES}, and few enough to finish in about "
                                              f"{SIMULATION_BUDGET_SECONDS:g} s.")
     participant_sd = forms.FloatField(initial=0.5, label="Participant SD (log-odds)")

@@ -104,11 +104,13 @@ class PreparationContext:
         stimuli = list(study_stimulus_pool(study=study).only("data"))
         predicted = dict(ModelOutput.objects.filter(model=study.model, stimulus__in=stimuli)
                          .values_list("stimulus_id", "predicted"))
-        return cls(study=study, model=model,
-                   X_train=np.stack([stimulus_array(s) for s in train]),
+        def stack(items: list[Stimulus]) -> np.ndarray:
+            empty = np.empty((0, *study.dataset.input_shape), dtype=np.float32)
+            return np.stack([stimulus_array(s) for s in items]) if items else empty
+
+        return cls(study=study, model=model, X_train=stack(train),
                    y_train=np.array([s.label for s in train], dtype=np.int64),
-                   stimuli=stimuli,
-                   inputs=np.stack([stimulus_array(s) for s in stimuli]) if stimuli else np.empty((0,)),
+                   stimuli=stimuli, inputs=stack(stimuli),
                    targets=np.array([predicted[s.pk] for s in stimuli], dtype=np.int64))
 
     @property

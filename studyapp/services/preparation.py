@@ -14,6 +14,7 @@ from django.db import transaction
 from explainers.sanity import sanity_check
 from studyapp.models import Arm, ModelOutput, Stimulus, Study
 from studyapp.services.datasets import stimulus_array
+from studyapp.services.edits import edit_outputs_compute, edit_settings, edits_create
 from studyapp.services.explanations import PreparationContext, arm_compute_explanations, explainer_device
 from studyapp.services.mlmodels import mlmodel_load
 from studyapp.services.studies import study_back_to_draft, study_mark_ready
@@ -74,14 +75,16 @@ def study_run_preparation(*, study_id: int) -> dict:
         _progress(study, status="running", step="model outputs")
         outputs = model_outputs_compute(study=study)
         arms = list(study.arms.exclude(kind=Arm.Kind.CONTROL).order_by("position", "id"))
-        explanations, sanity = {}, {}
-        if arms:
-            ctx = PreparationContext.build(study=study, model=mlmodel_load(mlmodel=study.model))
-            for arm in arms:
-                _progress(study, step=f"arm '{arm.name}'")
-                explanations[arm.name] = arm_compute_explanations(arm=arm, ctx=ctx)
-            _progress(study, step="sanity checks")
-            sanity = sanity_checks_run(ctx=ctx, arms=arms) if len(ctx.stimuli) >= MIN_SANITY_STIMULI else {}
+        ctx = PreparationContext.build(study=study, model=mlmodel_load(mlmodel=study.model))
+        explanations = {}
+        for arm in arms:
+            _progress(study, step=f"arm '{arm.name}'")
+            explanations[arm.name] = arm_compute_explanations(arm=arm, ctx=ctx)
+        _progress(study, step="counterfactual edits")
+        edits = {"created": edits_create(ctx=ctx), "outputs_created": edit_outputs_compute(
+            ctx=ctx, device=explainer_device()), "settings": edit_settings(study=study)}
+        _progress(study, step="sanity checks")
+        sanity = sanity_checks_run(ctx=ctx, arms=arms) if len(ctx.stimuli) >= MIN_SANITY_STIMULI else {}
     except Exception as exc:
         logger.exception("Preparation of study %s failed", study.pk)
         with transaction.atomic():
@@ -90,7 +93,8 @@ def study_run_preparation(*, study_id: int) -> dict:
                 "traceback": traceback.format_exc(limit=5)})
             study_back_to_draft(study=study)
         raise
-    summary = {"status": "done", "model_outputs_created": outputs, "explanations_created": explanations}
+    summary = {"status": "done", "model_outputs_created": outputs, "explanations_created": explanations,
+               "edits": edits}
     Study.objects.filter(pk=study.pk).update(preparation={**summary, "sanity": sanity})
     study_mark_ready(study=study)
     return {**summary, "sanity_verdicts": {method: report["verdict"] for method, report in sanity.items()}}

@@ -1,0 +1,197 @@
+"""The study planner: sample size per arm (family-aware) and calibration by simulation."""
+from __future__ import annotations
+
+import html as html_lib
+import re
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from studyapp.analysis import calibrate, sample_size_two_proportions
+from studyapp.reports import planner as planner_module
+from studyapp.reports.forms import SimulationForm
+
+URL = "/staff/planner/"
+SIZE = {"calc": "size", "design": "proportions", "p_control": "0.50", "p_treatment": "0.75", "alpha": "0.05",
+        "power": "0.90", "ratio": "1", "alternative": "two-sided", "n_arms": "2", "n_comparisons": "",
+        "correction": "holm"}
+SIMULATE = {"calc": "simulate", "sim-control_accuracy": "0.6", "sim-arm_accuracies": "saliency: 0.75\nplacebo: 0.6",
+            "sim-n_per_arm": "12", "sim-trials_per_phase": "10", "sim-design": "pre_post",
+            "sim-alternative": "greater", "sim-correction": "holm", "sim-alpha": "0.05", "sim-n_studies": "20",
+            "sim-participant_sd": "0.5", "sim-item_sd": "0.5", "sim-seed": "3"}
+
+
+@pytest.fixture
+def staff_client(django_user_model) -> Client:
+    client = Client()
+    client.force_login(django_user_model.objects.create_user(username="planner", password="pw", is_staff=True))
+    return client
+
+
+def result_text(response, anchor: str) -> str:
+    html = response.content.decode()
+    assert f'id="{anchor}"' in html, "no result shown"
+    block = html[html.index(">", html.index(f'id="{anchor}"')) + 1:]
+    block = block[:block.index("</div>")]
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", block)).split())
+
+
+def errors(response) -> str:
+    html = response.content.decode()
+    found = re.findall(r'<ul class="errorlist[^"]*"[^>]*>(.*?)</ul>', html, re.S)
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", " ".join(found))).split())
+
+
+def test_planner_url_is_where_staff_expect_it():
+    assert reverse("report-planner") == URL
+
+
+@pytest.mark.django_db
+def test_planner_is_staff_only(client, django_user_model):
+    assert client.get(URL, SIZE)["Location"].startswith(reverse("admin:login"))
+    client.force_login(django_user_model.objects.create_user(username="someone", password="pw"))
+    assert client.get(URL, SIZE)["Location"].startswith(reverse("admin:login"))
+
+
+@pytest.mark.django_db
+def test_the_empty_planner_shows_both_forms_without_errors(staff_client):
+    response = staff_client.get(URL)
+    assert response.status_code == 200
+    assert errors(response) == ""
+    assert "Compute sample size" in response.content.decode() and "Simulate" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_two_proportions_give_the_same_n_per_arm_as_r(staff_client):
+    # R: power.prop.test(p1 = .50, p2 = .75, power = .90) gives n = 76.7 per group (R's own documented
+    # example; the unrounded value is 76.65294 by the arcsine/Cohen's h method the planner uses, which
+    # is pwr::pwr.2p.test(h = ES.h(.75, .50), power = .90)). Rounded up: 77 participants per arm.
+    response = staff_client.get(URL, SIZE)
+    assert response.status_code == 200
+    assert errors(response) == ""
+    text = result_text(response, "sample-size-result")
+    assert text.startswith("77 participants per arm")
+    assert "154 in total over 2 arms" in text
+    exact = float(re.search(r"Unrounded: ([0-9.]+)", text).group(1))
+    assert exact == pytest.approx(76.65294, abs=1e-5)
+    assert "pwr::pwr.2p.test(h = ES.h(0.75, 0.5), sig.level = 0.05, power = 0.9)" in text
+
+
+@pytest.mark.django_db
+def test_two_means_give_the_same_n_per_arm_as_r(staff_client):
+    # R: pwr::pwr.t.test(d = 0.5, sig.level = 0.05, power = 0.80) gives n = 63.76561 -> 64 per group.
+    response = staff_client.get(URL, {**SIZE, "design": "means", "p_control": "", "p_treatment": "",
+                                      "effect_size": "0.5", "power": "0.8"})
+    text = result_text(response, "sample-size-result")
+    assert text.startswith("64 participants per arm")
+    assert float(re.search(r"Unrounded: ([0-9.]+)", text).group(1)) == pytest.approx(63.76561, abs=1e-4)
+
+
+@pytest.mark.django_db
+def test_a_holm_family_plans_each_comparison_at_alpha_over_the_number_of_comparisons(staff_client):
+    response = staff_client.get(URL, {**SIZE, "n_arms": "3"})
+    text = result_text(response, "sample-size-result")
+    expected = sample_size_two_proportions(p_control=0.5, p_treatment=0.75, alpha=0.025, power=0.9)
+    assert text.startswith(f"{expected.n_control} participants per arm")
+    assert expected.n_control > 77
+    assert f"{3 * expected.n_control} in total over 3 arms" in text
+    assert "Alpha per comparison: 0.025 (family alpha 0.05 / 2 comparisons, holm)" in text
+
+
+@pytest.mark.django_db
+def test_no_correction_uses_the_full_alpha_and_unequal_allocation_is_reported(staff_client):
+    response = staff_client.get(URL, {**SIZE, "n_arms": "3", "correction": "none", "ratio": "2"})
+    text = result_text(response, "sample-size-result")
+    expected = sample_size_two_proportions(p_control=0.5, p_treatment=0.75, alpha=0.05, power=0.9, ratio=2)
+    assert text.startswith(f"{expected.n_control} in control, {expected.n_treatment} per treatment arm")
+    assert f"{expected.n_control + 2 * expected.n_treatment} in total" in text
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"p_control": "1.2"}, "The control arm's proportion must lie strictly between 0 and 1 (you entered 1.2)."),
+    ({"p_treatment": "75"}, "Enter a proportion such as 0.60, not a percentage."),
+    ({"p_control": "0"}, "must lie strictly between 0 and 1"),
+    ({"power": "0.04"}, "Power (0.04) must be larger than alpha (0.05)"),
+    ({"power": "0.05"}, "Power (0.05) must be larger than alpha (0.05)"),
+    ({"alpha": "1.5"}, "Alpha must lie strictly between 0 and 1"),
+    ({"p_treatment": "0.50"}, "The two proportions are equal: there is no difference to detect"),
+    ({"alternative": "less"}, "The treatment proportion (0.75) is higher than control (0.5), but the alternative "
+                              "is 'treatment worse than control'"),
+    ({"ratio": "0"}, "The allocation ratio must be a positive number"),
+    ({"n_arms": "1"}, "A comparison needs at least 2 arms"),
+    ({"p_control": "abc"}, "Enter a number."),
+    ({"p_control": ""}, "The control arm's proportion is needed for a design with two proportions."),
+    ({"design": "means", "effect_size": ""}, "An effect size d is needed for a design with two means."),
+    ({"design": "means", "effect_size": "0"}, "An effect size of 0 means no difference"),
+    ({"design": "means", "effect_size": "-0.4", "alternative": "greater"},
+     "The effect size (-0.4) is negative, but the alternative is 'treatment better than control'"),
+])
+@pytest.mark.django_db
+def test_bad_input_is_explained_in_plain_words(staff_client, params, message):
+    response = staff_client.get(URL, {**SIZE, **params})
+    assert response.status_code == 200
+    assert 'id="sample-size-result"' not in response.content.decode()
+    assert "Please correct the problems below." in response.content.decode()
+    assert message in errors(response)
+
+
+@pytest.mark.django_db
+def test_simulation_shows_family_wise_false_positive_rate_and_power_from_calibrate(staff_client):
+    response = staff_client.get(URL, SIMULATE)
+    assert errors(response) == ""
+    text = result_text(response, "simulation-result")
+    direct = calibrate(arm_accuracy={"control": 0.6, "saliency": 0.75, "placebo": 0.6}, n_per_arm=12, n_studies=20,
+                       seed=3, alternative="greater", correction="holm", alpha=0.05, trials_per_phase=10,
+                       phases=("pre_test", "post_test"), participant_sd=0.5, item_sd=0.5)
+    assert "20 simulated studies per scenario, 12 participants per arm (36 in total), outcome: gain, Holm" in text
+    assert f"when no arm differs from control {direct.fwer_null:.3f} 95% CI [{direct.fwer_null_ci[0]:.3f}," in text
+    assert f"Power: at least one arm detected {direct.power_any:.3f}" in text
+    assert f"Power for saliency (true accuracy 0.75) {direct.power_per_arm['saliency']:.3f}" in text
+    assert f"Power for placebo (true accuracy 0.60) {direct.power_per_arm['placebo']:.3f}" in text
+
+
+@pytest.mark.django_db
+def test_a_simulation_too_slow_for_a_web_request_is_refused_before_it_runs(staff_client, monkeypatch):
+    def must_not_run(**kwargs):
+        raise AssertionError("calibrate ran")
+
+    monkeypatch.setattr(planner_module, "calibrate", must_not_run)
+    response = staff_client.get(URL, {**SIMULATE, "sim-n_per_arm": "2000", "sim-trials_per_phase": "100",
+                                      "sim-n_studies": "400"})
+    assert response.status_code == 200
+    assert 'id="simulation-result"' not in response.content.decode()
+    message = errors(response)
+    assert "This simulation would take about" in message
+    assert "or run studyapp.analysis.calibrate in a notebook or script" in message
+
+
+def test_the_default_simulation_fits_the_time_budget():
+    form = SimulationForm({k.removeprefix("sim-"): v for k, v in SIMULATE.items() if k != "calc"})
+    assert form.is_valid(), form.errors
+    defaults = SimulationForm()
+    initial = {name: field.initial for name, field in defaults.fields.items()}
+    cleaned = {**initial, "arm_accuracies": {"explanation": 0.7}}
+    assert SimulationForm.estimated_seconds(cleaned) < 4.0
+
+
+@pytest.mark.parametrize("arms, message", [
+    ("saliency: 1.3", "The accuracy of 'saliency' must lie strictly between 0 and 1"),
+    ("saliency 0.7 0.8", "Could not read 'saliency 0.7 0.8'"),
+    ("control: 0.7", "'control' is the control arm"),
+    ("a: 0.7, a: 0.8", "The arm name 'a' appears twice."),
+    ("", "This field is required."),
+])
+@pytest.mark.django_db
+def test_bad_simulation_input_is_explained_in_plain_words(staff_client, arms, message):
+    response = staff_client.get(URL, {**SIMULATE, "sim-arm_accuracies": arms})
+    assert 'id="simulation-result"' not in response.content.decode()
+    assert message in errors(response)
+
+
+@pytest.mark.django_db
+def test_simulation_limits_are_explained(staff_client):
+    response = staff_client.get(URL, {**SIMULATE, "sim-n_studies": "5", "sim-control_accuracy": "60"})
+    message = errors(response)
+    assert "The number of simulated studies must be between 10 and 400 (you entered 5)." in message
+    assert "The control arm's accuracy must lie strictly between 0 and 1 (you entered 60)." in message
