@@ -169,3 +169,9 @@ def test_a_broken_csv_import_shows_the_problem_and_writes_nothing(admin_client):
     page = admin_client.post(reverse("admin:studyapp_dataset_add"), data).content.decode()
     assert "not a number" in page or "non-numeric" in page or "numeric" in page
     assert not Participant.objects.exists() and not Stimulus.objects.exists()
+
+
+def test_the_admin_home_links_the_planner_and_the_uploads(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    for name in ("report-planner", "admin:studyapp_dataset_add", "admin:studyapp_mlmodel_add"):
+        assert f'href="{reverse(name)}"' in page

@@ -484,3 +484,18 @@ def test_report_link_is_an_escaped_anchor_to_the_report_page():
     link = report_link(study)
     assert link == f'<a href="{reverse("report-study", kwargs={"pk": study.pk})}">Report</a>'
     assert "<script>" not in link
+
+
+@pytest.mark.django_db
+def test_pilot_analysis_of_a_study_not_launched_is_stored_and_shown_as_exploratory(staff_client):
+    study = study_with_items()
+    page = staff_client.get(report_url(study)).content.decode()
+    assert "Run exploratory analysis (pilot data)" in page and ">Run analysis<" not in page
+    response = staff_client.post(reverse("report-study-analyze", kwargs={"pk": study.pk}),
+                                 {"seed": 2, "mode": "pilot", "note": "first pilot"})
+    run = m.AnalysisRun.objects.get(study=study)
+    assert response.status_code == 302
+    assert run.kind == "exploratory" and run.results["spec"]["note"] == "first pilot"
+    html = staff_client.get(report_url(study)).content.decode()
+    assert f"Exploratory analysis #{run.pk}" in html and "Note: first pilot" in html
+    assert "no confirmatory analysis has been run" in html

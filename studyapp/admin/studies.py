@@ -4,9 +4,10 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from studyapp.models import AnalysisRun, Arm, Hypothesis, Study
+from studyapp.models import AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study
+from studyapp.reports.admin_links import report_link
 from studyapp.services.studies import EDITABLE_STATES, study_close, study_launch, study_prepare
 
 
@@ -31,6 +32,18 @@ class ArmInline(FrozenAfterDraftMixin, admin.TabularInline):
     extra = 0
     fields = ["position", "name", "kind", "method", "method_config", "manipulation", "manipulation_config",
               "allocation_weight"]
+
+
+class DeviationInline(admin.TabularInline):
+    """Dated, explained changes after launch (recorded by studyapp.services.preregistration)."""
+
+    model = PreregistrationDeviation
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["recorded_at", "hypothesis_label", "field", "before", "after", "reason", "recorded_by"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class HypothesisInline(FrozenAfterDraftMixin, admin.StackedInline):
@@ -61,22 +74,23 @@ def _run_service(model_admin, request, queryset, service, verb: str) -> None:
 
 @admin.register(Study)
 class StudyAdmin(admin.ModelAdmin):
-    list_display = ["title", "state", "model", "dataset", "n_arms", "n_participants", "n_completed", "participant_link"]
+    list_display = ["title", "state", "model", "dataset", "n_arms", "n_participants", "n_completed", "participant_link",
+                    "report"]
     list_filter = ["state", "dataset__modality"]
     search_fields = ["title", "slug", "description"]
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
-    inlines = [ArmInline, HypothesisInline]
     actions = ["prepare", "launch", "close"]
-    readonly_fields = ["state", "participant_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
-                       "preparation"]
+    readonly_fields = ["state", "participant_link", "report", "public_id", "frozen_sha256", "launched_at", "closed_at",
+                       "preparation_summary"]
+    inlines = [ArmInline, HypothesisInline, DeviationInline]
     fieldsets = [
-        (None, {"fields": ["title", "slug", "description", "state", "participant_link"]}),
+        (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report"]}),
         ("Model and data", {"fields": ["model", "dataset", "seed", "config", "target_per_arm"]}),
         ("Participant texts", {"fields": ["consent_text", "instructions", "debrief_text"]}),
         ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
-        ("Pre-registration and provenance", {"fields": ["frozen_sha256", "launched_at", "closed_at", "preparation",
-                                                        "public_id"]}),
+        ("Pre-registration and provenance", {"fields": ["frozen_sha256", "launched_at", "closed_at",
+                                                        "preparation_summary", "public_id"]}),
     ]
 
     def get_queryset(self, request):
@@ -106,6 +120,27 @@ class StudyAdmin(admin.ModelAdmin):
     @admin.display(description="completed", ordering="_completed")
     def n_completed(self, obj) -> int:
         return obj._completed
+
+    @admin.display(description="report")
+    def report(self, obj) -> str:
+        return "—" if obj is None or obj.pk is None else report_link(obj)
+
+    @admin.display(description="preparation")
+    def preparation_summary(self, obj) -> str:
+        """Progress, errors and sanity-check verdicts (the full reports are on the report page)."""
+        prep = obj.preparation or {}
+        if not prep:
+            return "not prepared yet"
+        lines = [f"status: {prep.get('status', '?')}"]
+        if prep.get("step") and prep.get("status") == "running":
+            lines.append(f"step: {prep['step']}")
+        if prep.get("error"):
+            lines.append(f"error: {prep['error']}")
+        for arm, n in (prep.get("explanations_created") or {}).items():
+            lines.append(f"arm {arm}: {n} new explanations")
+        for method, report in (prep.get("sanity") or {}).items():
+            lines.append(f"sanity check {method}: {report.get('verdict')}")
+        return format_html_join("", "<div>{}</div>", ((line,) for line in lines))
 
     @admin.display(description="participant link")
     def participant_link(self, obj) -> str:

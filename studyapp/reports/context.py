@@ -34,7 +34,7 @@ from studyapp.services.exclusions import EXCLUSION_RULES
 NOT_COMPUTED = "not computed"
 DASH = "\u2014"
 CONFIDENCE = 0.95
-MAX_EXPLORATORY_RUNS = 10
+MAX_EXPLORATORY_RUNS = 5  # each run draws its own figures; keeps the page fast
 # Measure keys of results["descriptives"] in display order, with their names.
 MEASURES = {
     "pre_test": "Pre-test accuracy",
@@ -352,7 +352,7 @@ def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: b
     """Everything the template shows for one analysis run."""
     results = run.results if isinstance(run.results, dict) else {}
     exploratory = run.kind == AnalysisRun.Kind.EXPLORATORY or results.get("kind") == "exploratory"
-    arms = _arms(results, study)
+    arms = plots.control_first(_arms(results, study))
     accuracy = accuracy_rows(results, arms)
     headline = next((m for m in HEADLINE_MEASURES if m in accuracy), None)
     baselines = baseline_sections(results, accuracy, arms)

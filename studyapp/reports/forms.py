@@ -35,6 +35,21 @@ class RunAnalysisForm(forms.Form):
     seed = forms.IntegerField(min_value=0, max_value=2**32 - 1, initial=0,
                               help_text="Seeds permutation tests, bootstrap and Monte Carlo p-values; stored with "
                                         "the run.")
+    note = forms.CharField(required=False, max_length=500, label="Why (exploratory runs)",
+                           widget=forms.TextInput(attrs={"size": 40}))
+    # Which analysis: the frozen plan, pilot data of a study not launched, or the amended plan.
+    mode = forms.ChoiceField(choices=[("plan", "plan"), ("pilot", "pilot"), ("amended", "amended")],
+                             required=False)
+
+    def spec(self) -> dict | None:
+        """The exploratory request for study_analyze, or None for the frozen (confirmatory) plan."""
+        mode = self.cleaned_data.get("mode") or "plan"
+        if mode == "plan":
+            return None
+        note = self.cleaned_data.get("note") or {
+            "pilot": "pilot analysis from the report page (the study is not launched)",
+            "amended": "the plan as amended by the recorded deviations"}[mode]
+        return {"note": note, **({"use_amended_plan": True} if mode == "amended" else {})}
 
 
 def _open_unit(value: float | None, what: str) -> list[str]:

@@ -32,7 +32,9 @@ def _admin_context(request: HttpRequest, title: str) -> dict:
 def study_report(request: HttpRequest, pk: int) -> HttpResponse:
     study = get_object_or_404(Study, pk=pk)
     context = {**_admin_context(request, f"Report: {study.title}"), **report_context(study=study),
-               "run_form": RunAnalysisForm(initial={"seed": study.seed})}
+               "run_form": RunAnalysisForm(initial={"seed": study.seed}),
+               "launched": study.frozen_config is not None,
+               "has_deviations": study.deviations.exists()}
     return render(request, "reports/study_report.html", context)
 
 
@@ -50,7 +52,7 @@ def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
             str(e) for errors in form.errors.values() for e in errors))
         return HttpResponseRedirect(url)
     try:
-        run = study_analyze(study=study, seed=form.cleaned_data["seed"])
+        run = study_analyze(study=study, seed=form.cleaned_data["seed"], exploratory_spec=form.spec())
     except ValidationError as exc:  # ServiceError: a message for the researcher
         messages.error(request, "The analysis was not run: " + " ".join(exc.messages))
         return HttpResponseRedirect(url)
