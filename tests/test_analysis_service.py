@@ -213,8 +213,11 @@ def test_excluded_and_unfinished_participants_are_not_analysed_and_the_flow_coun
     assert sorted(map(sorted, run.results["exclusions"].values())) == [
         ["max_failed_attention_checks"], ["max_failed_attention_checks", "total_seconds_window"]]
     descriptives = by_label(run)["H1"]["descriptives"]
-    assert descriptives["explained"] == descriptives["control"] == {"n": 3, "mean": pytest.approx(2 / 3),
-                                                                    "sd": pytest.approx(1 / 3)}
+    # 95% t interval: mean +/- t(0.975, df=2) * sd / sqrt(3), with t(0.975, 2) = 4.302653 from t tables.
+    half_width = 4.302653 * (1 / 3) / 3 ** 0.5
+    assert descriptives["explained"] == descriptives["control"] == {
+        "n": 3, "mean": pytest.approx(2 / 3), "sd": pytest.approx(1 / 3), "confidence_level": 0.95,
+        "ci_low": pytest.approx(2 / 3 - half_width, abs=1e-6), "ci_high": pytest.approx(2 / 3 + half_width, abs=1e-6)}
 
 
 def test_trivial_observers_are_reported_next_to_human_accuracy():

@@ -25,7 +25,6 @@ from collections import defaultdict
 from typing import Any
 
 from django.utils.safestring import mark_safe
-from scipy import stats as scipy_stats
 
 from studyapp.models import AnalysisRun, Hypothesis, Participant, PreregistrationDeviation, QuestionnaireAnswer, Study
 from studyapp.reports import plots
@@ -113,15 +112,6 @@ def _reason(section) -> str:
     return NOT_COMPUTED
 
 
-def t_interval(n, mean, sd, level: float = CONFIDENCE) -> tuple[float | None, float | None]:
-    """Two-sided t interval of a mean from n, mean and SD (for display next to a descriptive)."""
-    n, mean, sd = _num(n), _num(mean), _num(sd)
-    if n is None or mean is None or sd is None or n < 2:
-        return None, None
-    low, high = scipy_stats.t.interval(level, df=n - 1, loc=mean, scale=sd / math.sqrt(n))
-    return _num(low), _num(high)
-
-
 # ---------------------------------------------------------------- sections of one run
 
 
@@ -145,9 +135,7 @@ def accuracy_rows(results: dict, arms: list[dict]) -> dict[str, list[dict]]:
         rows = []
         for arm in arms:
             d = per_arm.get(arm["name"]) or {}
-            low, high = d.get("ci_low"), d.get("ci_high")
-            if _num(low) is None and _num(high) is None:
-                low, high = t_interval(d.get("n"), d.get("mean"), d.get("sd"))
+            low, high = d.get("ci_low"), d.get("ci_high")  # two-sided t interval from the analysis
             rows.append({
                 "name": arm["name"], "kind": arm["kind"], "n": d.get("n", 0),
                 "estimate": _num(d.get("mean")), "ci_low": _num(low), "ci_high": _num(high),

@@ -41,6 +41,7 @@ import uuid
 from collections import defaultdict
 
 import numpy as np
+from statsmodels.stats.weightstats import DescrStatsW
 import pandas as pd
 from django.db.models import Count
 from django.utils import timezone
@@ -161,9 +162,15 @@ def _arm_values(values: pd.DataFrame, arm: str) -> np.ndarray:
     return values.loc[values["arm"] == arm, "value"].to_numpy(dtype="float64")
 
 
-def _describe(x: np.ndarray) -> dict:
-    return {"n": int(x.size), "mean": float(x.mean()) if x.size else None,
-            "sd": float(x.std(ddof=1)) if x.size > 1 else None}
+def _describe(x: np.ndarray, confidence_level: float = 0.95) -> dict:
+    """n, mean, SD and a two-sided t interval for the mean (statsmodels DescrStatsW)."""
+    out = {"n": int(x.size), "mean": float(x.mean()) if x.size else None,
+           "sd": float(x.std(ddof=1)) if x.size > 1 else None, "ci_low": None, "ci_high": None,
+           "confidence_level": confidence_level}
+    if x.size > 1:
+        low, high = DescrStatsW(np.asarray(x, dtype=float)).tconfint_mean(alpha=1 - confidence_level)
+        out.update(ci_low=float(low), ci_high=float(high))
+    return out
 
 
 # ---------------------------------------------------------------- one hypothesis
