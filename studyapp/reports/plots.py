@@ -112,19 +112,20 @@ def accuracy_plot(arms: Sequence[Mapping[str, Any]], *, chance: float | None = N
     if not arms:
         return ""
     with mpl.rc_context({**_BASE_RC, "svg.hashsalt": f"studyapp-report-{name}"}):
-        fig = _figure(max(3.2, 1.0 + 0.9 * len(arms)), 3.0)
+        # One row per arm (arm names are long: they would collide as x tick labels).
+        fig = _figure(6.0, 0.9 + 0.36 * len(arms))
         ax = fig.add_subplot()
-        for x, (arm, colour) in enumerate(zip(arms, arm_colours(arms))):
-            _errorbar(ax, x, _num(arm["estimate"]), _num(arm.get("ci_low")), _num(arm.get("ci_high")),
-                      colour=colour)
+        for row, (arm, colour) in enumerate(zip(arms, arm_colours(arms))):
+            _errorbar(ax, row, _num(arm["estimate"]), _num(arm.get("ci_low")), _num(arm.get("ci_high")),
+                      colour=colour, horizontal=True)
         if chance is not None:
-            ax.axhline(chance, color=BASELINE_COLOUR, linestyle="--", linewidth=1)
-            ax.annotate("chance", (len(arms) - 0.5, chance), xytext=(0, 2), textcoords="offset points",
-                        ha="right", va="bottom", color=BASELINE_COLOUR)
-        ax.set_xticks(range(len(arms)), [str(a["name"]) for a in arms])
-        ax.set_xlim(-0.5, len(arms) - 0.5)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel(ylabel)
+            ax.axvline(chance, color=BASELINE_COLOUR, linestyle="--", linewidth=1)
+            ax.annotate("chance", (chance, -0.5), xytext=(2, 0), textcoords="offset points",
+                        ha="left", va="top", color=BASELINE_COLOUR)
+        ax.set_yticks(range(len(arms)), [str(a["name"]) for a in arms])
+        ax.set_ylim(len(arms) - 0.5, -0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(ylabel)
         return _render(fig, name)
 
 
