@@ -73,6 +73,7 @@ class StudyFactory(factory.django.DjangoModelFactory):
     model = factory.SubFactory(MLModelFactory)
     dataset = factory.SelfAttribute("model.dataset")
     consent_text = "Please take part."
+    debrief_text = "Some explanations you saw were altered on purpose."
 
 
 class ArmFactory(factory.django.DjangoModelFactory):

@@ -142,3 +142,12 @@ def test_baseline_and_ood_arms_are_prepared_on_images(django_capture_on_commit_c
         score, threshold, flagged = np.load(io.BytesIO(bytes(e.attributions)), allow_pickle=False)
         assert flagged == float(score > threshold) and not e.image
     assert Explanation.objects.filter(arm__name="edges").count() == 8
+
+
+def test_a_study_with_manipulated_explanations_needs_a_debrief():
+    study = study_with_arms(methods=())
+    Study.objects.filter(pk=study.pk).update(debrief_text="  ")
+    study.refresh_from_db()
+    ArmFactory(study=study, name="fake", kind="explanation", method="saliency", manipulation="inverted")
+    with pytest.raises(ServiceError, match="write a debrief text"):
+        study_prepare(study=study)

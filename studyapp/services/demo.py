@@ -54,6 +54,10 @@ DEMOS = (
                  _arm("integrated_gradients_random_matched", "integrated_gradients", "random_matched"))),
 )
 
+DEBRIEF = ("Thank you for taking part. Some participants saw no explanations, some saw real explanations of "
+           "the model's answers, and some saw explanations that were deliberately altered (for example computed "
+           "from a model with random weights). Comparing these groups tells us whether explanations actually "
+           "help people understand the model. If you have questions, contact the researchers.")
 CONSENT = ("You will see a series of examples and predict what a computer model answers for each. "
            "The session takes about 15 minutes. Your answers are stored without your name; you may stop at "
            "any time by closing the page. This is a demonstration study of the platform.")
@@ -94,7 +98,7 @@ def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: Demo
         with transaction.atomic():
             study = Study.objects.create(
                 title=spec.title, slug=spec.slug, model=model, dataset=dataset, seed=DEMO_SEED,
-                description=f"Built-in demo ({spec.builtin}) created by `make demo`.", consent_text=CONSENT,
+                description=f"Built-in demo ({spec.builtin}) created by `make demo`.", consent_text=CONSENT, debrief_text=DEBRIEF,
                 completion_code="DEMO-COMPLETE", screened_out_code="DEMO-SCREENED",
                 failed_checks_code="DEMO-FAILED",
                 config={"phases": ["learning", "pre_test", "learning", "post_test"], "trials_per_phase": 10,

@@ -50,6 +50,10 @@ def study_validate_design(*, study: Study) -> None:
         problems.append("A study needs at least two arms (a control arm and at least one other).")
     problems += _arm_problems(study=study, arms=arms)
     problems += _exclusion_rule_problems(study=study)
+    if any(a.manipulation != Arm.Manipulation.NONE for a in arms) and not study.debrief_text.strip():
+        # Participants shown manipulated explanations must be told so before they leave.
+        problems.append("This study shows manipulated explanations: write a debrief text that tells "
+                        "participants so.")
     if study.model.dataset_id != study.dataset_id:
         problems.append(f"The model '{study.model.name}' was validated against the dataset "
                         f"'{study.model.dataset.name}', not '{study.dataset.name}'.")
