@@ -72,3 +72,18 @@ def _celery_in_process():
     app.conf.task_always_eager = True
     app.conf.task_eager_propagates = True
     yield
+
+
+@pytest.fixture
+def prepare(django_capture_on_commit_callbacks):
+    """prepare(study): run the real study_prepare service, its on-commit task included, and return
+    the refreshed study (in-process, as in the embedded mode)."""
+    from studyapp.services.studies import study_prepare
+
+    def _prepare(study):
+        with django_capture_on_commit_callbacks(execute=True):
+            study_prepare(study=study)
+        study.refresh_from_db()
+        return study
+
+    return _prepare

@@ -7,22 +7,13 @@ import pytest
 from studyapp.models import Edit, ModelOutput, Study
 from studyapp.services.datasets import stimulus_array
 from studyapp.services.preparation import study_run_preparation
-from studyapp.services.studies import study_prepare
 from tests.factories import image_study_with_arms, study_with_arms
 
 pytestmark = pytest.mark.django_db
 
 
-def prepare(study: Study, django_capture_on_commit_callbacks) -> Study:
-    with django_capture_on_commit_callbacks(execute=True):
-        study_prepare(study=study)
-    study.refresh_from_db()
-    assert study.state == Study.State.READY, study.preparation
-    return study
-
-
-def test_tabular_edits_move_exactly_one_feature_and_have_the_models_output(django_capture_on_commit_callbacks):
-    study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
+def test_tabular_edits_move_exactly_one_feature_and_have_the_models_output(prepare):
+    study = prepare(study_with_arms())
     edits = Edit.objects.filter(stimulus__dataset=study.dataset).select_related("stimulus")
     assert edits.exists() and set(edits.values_list("stimulus__split", flat=True)) == {"test"}
     for edit in edits:
@@ -34,9 +25,8 @@ def test_tabular_edits_move_exactly_one_feature_and_have_the_models_output(djang
     assert study.preparation["edits"]["outputs_created"] == edits.count()
 
 
-def test_image_edits_occlude_one_cell_and_are_rendered(django_capture_on_commit_callbacks):
-    study = prepare(image_study_with_arms(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}]),
-                    django_capture_on_commit_callbacks)
+def test_image_edits_occlude_one_cell_and_are_rendered(prepare):
+    study = prepare(image_study_with_arms(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}]))
     edits = Edit.objects.filter(stimulus__dataset=study.dataset).select_related("stimulus")
     assert edits.count() == 8 * 16  # 8 pool stimuli, a 4x4 grid each
     for edit in edits[:20]:
@@ -48,8 +38,8 @@ def test_image_edits_occlude_one_cell_and_are_rendered(django_capture_on_commit_
         assert edit.image and edit.kind == "occlude_cell"
 
 
-def test_a_second_preparation_reuses_the_edits_and_adds_nothing(django_capture_on_commit_callbacks):
-    study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
+def test_a_second_preparation_reuses_the_edits_and_adds_nothing(prepare):
+    study = prepare(study_with_arms())
     counts = (Edit.objects.count(), ModelOutput.objects.count())
     Study.objects.filter(pk=study.pk).update(state="preparing")
     study_run_preparation(study_id=study.pk)

@@ -16,15 +16,8 @@ from tests.factories import ArmFactory, image_study_with_arms, study_with_arms
 pytestmark = pytest.mark.django_db
 
 
-def prepare(study: Study, django_capture_on_commit_callbacks) -> Study:
-    with django_capture_on_commit_callbacks(execute=True):
-        study_prepare(study=study)
-    study.refresh_from_db()
-    return study
-
-
-def test_each_test_stimulus_gets_one_explanation_per_arm_with_its_full_config(django_capture_on_commit_callbacks):
-    study = prepare(study_with_arms(methods=("integrated_gradients", "saliency")), django_capture_on_commit_callbacks)
+def test_each_test_stimulus_gets_one_explanation_per_arm_with_its_full_config(prepare):
+    study = prepare(study_with_arms(methods=("integrated_gradients", "saliency")))
     assert study.state == Study.State.READY
     test_ids = set(study.dataset.stimuli.filter(split="test").values_list("pk", flat=True))
     for arm in study.arms.filter(kind="explanation"):
@@ -46,14 +39,14 @@ def test_each_test_stimulus_gets_one_explanation_per_arm_with_its_full_config(dj
                 if k not in ("execution", "rendering", "manipulation")} == arm.method_config
 
 
-def test_one_shared_scale_per_arm_is_recorded_in_every_row(django_capture_on_commit_callbacks):
-    prepare(study_with_arms(), django_capture_on_commit_callbacks)
+def test_one_shared_scale_per_arm_is_recorded_in_every_row(prepare):
+    prepare(study_with_arms())
     scales = {e.config["rendering"]["scale"] for e in Explanation.objects.all()}
     assert len(scales) == 1 and scales.pop() > 0
 
 
-def test_rerunning_preparation_writes_no_second_row_and_recomputes_the_same_maps(django_capture_on_commit_callbacks):
-    study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
+def test_rerunning_preparation_writes_no_second_row_and_recomputes_the_same_maps(prepare):
+    study = prepare(study_with_arms())
     before = {e.stimulus_id: bytes(e.attributions) for e in Explanation.objects.all()}
     Explanation.objects.filter(pk=Explanation.objects.order_by("pk").first().pk).delete()  # a lost chunk
     Study.objects.filter(pk=study.pk).update(state="preparing")  # the task is redelivered
@@ -62,8 +55,8 @@ def test_rerunning_preparation_writes_no_second_row_and_recomputes_the_same_maps
     assert after == before
 
 
-def test_launch_freezes_the_resolved_method_configuration(django_capture_on_commit_callbacks):
-    study = study_launch(study=prepare(study_with_arms(), django_capture_on_commit_callbacks))
+def test_launch_freezes_the_resolved_method_configuration(prepare):
+    study = study_launch(study=prepare(study_with_arms()))
     frozen = {a["name"]: a for a in study.frozen_config["arms"]}
     assert frozen["integrated_gradients"]["method_config"]["integration"] == "gausslegendre"
 
@@ -85,8 +78,8 @@ def test_an_arm_that_cannot_be_computed_is_refused_before_any_work(arm_kwargs, m
     assert study.state == Study.State.DRAFT and not Explanation.objects.exists()
 
 
-def test_the_control_arm_gets_no_explanations(django_capture_on_commit_callbacks):
-    study = prepare(study_with_arms(), django_capture_on_commit_callbacks)
+def test_the_control_arm_gets_no_explanations(prepare):
+    study = prepare(study_with_arms())
     assert not Explanation.objects.filter(arm__kind=Arm.Kind.CONTROL).exists()
     assert study.preparation["explanations_created"] == {"integrated_gradients": 6}
 
@@ -96,7 +89,7 @@ def maps_of(arm_name: str) -> dict[int, np.ndarray]:
             for e in Explanation.objects.filter(arm__name=arm_name)}
 
 
-def test_manipulated_arms_derive_from_the_real_maps_and_share_their_scale(django_capture_on_commit_callbacks):
+def test_manipulated_arms_derive_from_the_real_maps_and_share_their_scale(prepare):
     study = image_study_with_arms(arms=[
         {"name": "ig", "kind": "explanation", "method": "integrated_gradients"},
         {"name": "ig inverted", "kind": "explanation", "method": "integrated_gradients", "manipulation": "inverted"},
@@ -106,7 +99,7 @@ def test_manipulated_arms_derive_from_the_real_maps_and_share_their_scale(django
          "manipulation": "randomized_model"},
         {"name": "ig other", "kind": "explanation", "method": "integrated_gradients", "manipulation": "other_input"},
     ])
-    study = prepare(study, django_capture_on_commit_callbacks)
+    study = prepare(study)
     assert study.state == Study.State.READY
     real, inverted, random, randomized, other = (maps_of(n) for n in
                                                  ("ig", "ig inverted", "ig random", "ig randomized", "ig other"))
@@ -123,13 +116,13 @@ def test_manipulated_arms_derive_from_the_real_maps_and_share_their_scale(django
     assert record["mode"] == "cascading" and record["down_to"] is None
 
 
-def test_baseline_and_ood_arms_are_prepared_on_images(django_capture_on_commit_callbacks):
+def test_baseline_and_ood_arms_are_prepared_on_images(prepare):
     study = image_study_with_arms(arms=[
         {"name": "edges", "kind": "baseline", "method": "sobel_edges"},
         {"name": "exemplars", "kind": "baseline", "method": "exemplars"},
         {"name": "ood", "kind": "ood_warning"},
     ])
-    study = prepare(study, django_capture_on_commit_callbacks)
+    study = prepare(study)
     assert study.state == Study.State.READY
     train_labels = dict(study.dataset.stimuli.filter(split="train").values_list("index", "label"))
     for e in Explanation.objects.filter(arm__name="exemplars"):

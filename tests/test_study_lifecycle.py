@@ -15,30 +15,23 @@ from tests.factories import HypothesisFactory, StudyFactory, study_with_arms
 pytestmark = pytest.mark.django_db
 
 
-def prepared(study: Study, django_capture_on_commit_callbacks) -> Study:
-    with django_capture_on_commit_callbacks(execute=True):
-        study_prepare(study=study)
-    study.refresh_from_db()
-    return study
-
-
-def test_preparing_predicts_every_stimulus_and_makes_the_study_ready(django_capture_on_commit_callbacks):
-    study = prepared(study_with_arms(), django_capture_on_commit_callbacks)
+def test_preparing_predicts_every_stimulus_and_makes_the_study_ready(prepare):
+    study = prepare(study_with_arms())
     assert study.state == Study.State.READY
-    outputs = ModelOutput.objects.filter(model=study.model)
+    outputs = ModelOutput.objects.filter(model=study.model, stimulus__isnull=False)
     assert outputs.count() == study.dataset.stimuli.count() == 10
     for output in outputs:
         assert output.predicted == max(range(2), key=lambda k: output.probabilities[k])
         assert sum(output.probabilities) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_preparation_rerun_writes_nothing_twice(django_capture_on_commit_callbacks):
+def test_preparation_rerun_writes_nothing_twice(prepare):
     from studyapp.services.preparation import study_run_preparation
 
-    study = prepared(study_with_arms(), django_capture_on_commit_callbacks)
+    study = prepare(study_with_arms())
     Study.objects.filter(pk=study.pk).update(state="preparing")  # as if the task were redelivered
     study_run_preparation(study_id=study.pk)
-    assert ModelOutput.objects.filter(model=study.model).count() == 10
+    assert ModelOutput.objects.filter(model=study.model, stimulus__isnull=False).count() == 10
 
 
 def test_a_study_without_a_control_arm_cannot_be_prepared():
@@ -59,10 +52,10 @@ def test_a_draft_cannot_be_launched_or_closed():
     assert study.state == Study.State.DRAFT
 
 
-def test_launch_freezes_the_plan_with_its_sha256(django_capture_on_commit_callbacks):
+def test_launch_freezes_the_plan_with_its_sha256(prepare):
     study = study_with_arms()
     HypothesisFactory(study=study, arm=study.arms.get(name="integrated_gradients"), label="H1")
-    study = study_launch(study=prepared(study, django_capture_on_commit_callbacks))
+    study = study_launch(study=prepare(study))
     assert study.state == Study.State.LIVE and study.launched_at is not None
     assert [a["name"] for a in study.frozen_config["arms"]] == ["control", "integrated_gradients"]
     assert study.frozen_config["hypotheses"][0]["label"] == "H1"
@@ -70,8 +63,8 @@ def test_launch_freezes_the_plan_with_its_sha256(django_capture_on_commit_callba
     assert study.frozen_sha256 == hashlib.sha256(canonical_json(study.frozen_config).encode()).hexdigest()
 
 
-def test_a_live_study_closes_and_never_reopens(django_capture_on_commit_callbacks):
-    study = study_launch(study=prepared(study_with_arms(), django_capture_on_commit_callbacks))
+def test_a_live_study_closes_and_never_reopens(prepare):
+    study = study_launch(study=prepare(study_with_arms()))
     study = study_close(study=study)
     assert study.state == Study.State.CLOSED and study.closed_at is not None
     with pytest.raises(InvalidTransition):

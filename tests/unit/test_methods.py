@@ -20,10 +20,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = demo_data.load_digits()
-    model = train_classifier(architecture="image_cnn", X=data["X"][:600], y=data["y"][:600],
-                             num_classes=10, seed=0, epochs=5).model
+def digits(digits_cnn):
+    model, data = digits_cnn
     return model, data["X"][600:612]
 
 
