@@ -11,7 +11,7 @@ flush``), and the script refuses to do that to a database whose name lacks "benc
 What it does and prints:
 
 1. Generates the trials with ``studyapp.analysis.simulate_study`` (4 arms, pre-test and post-test,
-   ``--trials`` / 2 items per phase from a pool of 200 stimuli) and loads participants, trials and
+   ``--trials`` / 2 items per phase from a sample of 200 stimuli of a 2,000-item dataset) and loads participants, trials and
    responses with ``COPY ... FROM STDIN`` (psycopg2 ``copy_expert``); generation and load times
    are printed separately. The study is launched (frozen plan, one hypothesis per arm vs control)
    and has exclusion rules, so the export computes real exclusion flags.
@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/studyapp_bench"
 ARM_ACCURACY = {"control": 0.62, "integrated_gradients": 0.70, "saliency": 0.66, "smoothgrad": 0.62}
-N_ITEMS = 200
+N_ITEMS = 200  # stimuli the study samples for its trials ...
+N_DATASET = 2_000  # ... from a dataset of this size, with the model's output on every item
 EXCLUSION_RULES = {"max_failed_attention_checks": 1, "straightlining_max_run": 15,
                    "total_seconds_window": [120, 7200]}
 
@@ -106,12 +107,15 @@ def setup_django() -> None:
 # -- building the study -------------------------------------------------------------------------
 
 def _copy(cursor, model, frame) -> None:
-    """COPY a DataFrame whose columns are the model's db columns (every concrete column, or it fails)."""
+    """COPY a DataFrame into the model's table; every column of the table needs a value, or it fails."""
+    from django.db import connection
+
     table = model._meta.db_table
-    expected = {f.column for f in model._meta.concrete_fields}
-    if set(frame.columns) != expected:
-        raise SystemExit(f"{table}: columns {sorted(expected ^ set(frame.columns))} missing or unknown; "
-                         "update the benchmark loader for the new model fields")
+    in_table = {c.name for c in connection.introspection.get_table_description(cursor, table)}
+    missing = in_table - set(frame.columns)
+    if missing:
+        raise SystemExit(f"{table}: no values for columns {sorted(missing)}; update the benchmark loader")
+    frame = frame[[c for c in frame.columns if c in in_table]]  # a model field whose migration is pending
     columns = ", ".join(f'"{c}"' for c in frame.columns)
     for start in range(0, len(frame), 200_000):
         buffer = io.StringIO()
@@ -165,15 +169,19 @@ def build_study(*, slug: str, participants: int, trials: int, seed: int):
     dataset = m.Dataset.objects.create(
         name=f"{slug} data", modality="tabular", input_shape=[3], class_names=["no", "yes"],
         feature_names=["a", "b", "c"], content_sha256=hashlib.sha256(b"benchmark dataset").hexdigest(),
-        n_items=N_ITEMS, value_range=[0.0, 1.0], split_info={"seed": seed, "test_fraction": 1.0, "stratified": False})
+        n_items=N_DATASET, value_range=[0.0, 1.0], split_info={"seed": seed, "test_fraction": 1.0, "stratified": False})
     model = m.MLModel.objects.create(
         name=f"{slug} model", architecture="tabular_mlp", dataset=dataset, input_shape=[3], class_names=["no", "yes"],
         weights=ContentFile(weights, name="w.safetensors"), weights_sha256=hashlib.sha256(weights).hexdigest())
-    stimuli = m.Stimulus.objects.bulk_create(
-        [m.Stimulus(dataset=dataset, index=i, label=int(rng.integers(2)), split="test", data=b"") for i in range(N_ITEMS)])
-    predicted = rng.integers(0, 2, N_ITEMS)
+    dataset_stimuli = m.Stimulus.objects.bulk_create(
+        [m.Stimulus(dataset=dataset, index=i, label=int(rng.integers(2)), split="test", data=b"")
+         for i in range(N_DATASET)], batch_size=1_000)
+    outputs = rng.integers(0, 2, N_DATASET)
     m.ModelOutput.objects.bulk_create([m.ModelOutput(model=model, stimulus=s, predicted=int(p), probabilities=[0.5, 0.5])
-                                       for s, p in zip(stimuli, predicted)])
+                                       for s, p in zip(dataset_stimuli, outputs)], batch_size=1_000)
+    sample = np.sort(rng.choice(N_DATASET, N_ITEMS, replace=False))  # the study's stimulus sample
+    stimuli = [dataset_stimuli[i] for i in sample]
+    predicted = outputs[sample]
     study = m.Study.objects.create(title="Benchmark", slug=slug, model=model, dataset=dataset, seed=seed,
                                    config={"exclusion_rules": EXCLUSION_RULES})
     arms = {}
@@ -223,7 +231,7 @@ def build_study(*, slug: str, participants: int, trials: int, seed: int):
             "position": position, "phase": sim["phase"].astype(str).to_numpy(), "task": "forward",
             "stimulus_id": np.array([s.pk for s in stimuli])[item], "edit_id": None,
             "show_explanation": (sim["arm"].to_numpy() != "control") & (sim["phase"].to_numpy() == "post_test"),
-            "show_model_output": False, "expected_answer": expected}))
+            "show_model_output": False, "expected_answer": expected, "n_options": 2}))
         _copy(cursor, m.Response, pd.DataFrame({
             "id": r0 + np.arange(n), "trial_id": t_first + np.arange(n), "idempotency_key": _hex_ids(n),
             "payload_sha256": "0" * 64, "answer": np.where(correct, expected, 1 - expected), "correct": correct,

@@ -6,6 +6,9 @@ Public API (keyword-only):
 - ``files.export_response(study=, kind=)`` -> the HTTP response for one kind (``files.KINDS``)
 - ``rows.response_rows / participant_rows / hypothesis_rows(study=)`` -> raw row tuples
 - ``streaming.csv_lines(columns=, rows=)`` -> CSV text blocks, formatted by column type
+- ``cursors.server_side_rows(queryset, chunk_size=)`` -> a values_list queryset's rows from a
+  server-side cursor, uuid/timestamptz as text (PostgreSQL; ``.iterator()`` elsewhere)
+- ``admin_actions.EXPORT_ACTIONS`` -> admin actions for StudyAdmin (one selected study)
 - ``codebook.codebook_rows / codebook_document / codebook_html(study=)``
 - ``manifest.manifest_build(study=)`` -> provenance dict
 - ``columns.export_columns(study=)`` -> the declarative column spec of every file

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 from django.db.models import TextChoices
@@ -60,14 +61,24 @@ def _choices(choices: type[TextChoices]) -> tuple[str, ...]:
 
 
 # -- value formatting, chosen by type ----------------------------------------------------------
+# Applied a column at a time (a block of rows transposed), so the common cases run at C speed.
+
+_BOOL01 = {True: 1, False: 0, None: None}  # 1 == True and 0 == False hash alike: 0/1 ints pass too
+_ODD = object()
+
 
 def _boolean(value: Any) -> int | None:
     return None if value is None else int(bool(value))
 
 
-def iso_utc(value: datetime | None) -> str | None:
-    if value is None:
-        return None
+def booleans01(values: Sequence) -> Iterable:
+    out = list(map(_BOOL01.get, values, repeat(_ODD)))
+    return out if _ODD not in out else [_boolean(v) for v in values]
+
+
+def iso_utc(value: datetime | str | None) -> str | None:
+    if value is None or isinstance(value, str):  # str: already ISO-8601 UTC (see cursors.py)
+        return value
     return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -79,12 +90,11 @@ def _number(value: Any) -> float | None:
 
 
 # csv.writer already writes None as "" and str() for ints, strings and UUIDs: those need nothing.
-FORMATTERS: dict[str, Callable[[Any], Any]] = {"boolean": _boolean, "datetime": iso_utc, "number": _number}
-
-
-def formatters(columns: Sequence[Column]) -> list[tuple[int, Callable[[Any], Any]]]:
-    """(index, formatter) for the columns whose values need converting before csv.writer."""
-    return [(i, FORMATTERS[c.type]) for i, c in enumerate(columns) if c.type in FORMATTERS]
+COLUMN_FORMATTERS: dict[str, Callable[[Sequence], Iterable]] = {
+    "boolean": booleans01,
+    "datetime": lambda values: map(iso_utc, values),
+    "number": lambda values: map(_number, values),
+}
 
 
 # -- responses.csv (long: one row per planned trial) --------------------------------------------
@@ -108,6 +118,8 @@ _TRIAL_SPEC = {
     "expected_answer": Column("expected_answer", "integer",
                               "Answer scored as correct (model output for prediction tasks, instructed option "
                               "for attention checks)."),
+    "n_options": Column("n_options", "integer", "Number of options the participant chose from (classes or "
+                        "candidate edits); sets the chance level."),
     "show_explanation": Column("show_explanation", "boolean", "Whether the trial showed the arm's aid."),
     "show_model_output": Column("show_model_output", "boolean", "Whether the trial showed the model's output."),
     "response": Column("response", "integer", "Participant's answer (class index or edit position); empty = "

@@ -1,21 +1,21 @@
 """Row sources of the exports (read side): raw values, in the order of the column specs.
 
 Each function yields tuples whose positions match ``columns.py``; formatting (0/1, ISO-8601, empty
-for missing) happens in the writer, by column type. The long response export reads through
-``QuerySet.iterator(chunk_size=...)``, which on PostgreSQL is a server-side cursor: memory stays
-constant whatever the number of trials. Per-participant lookups (exclusions, Likert answers) are
+for missing) happens in the writer, by column type. The long response export reads through a
+server-side cursor (``cursors.server_side_rows``: Django's chunked cursor, as
+``QuerySet.iterator(chunk_size=...)`` uses): memory stays constant whatever the number of trials. Per-participant lookups (exclusions, Likert answers) are
 O(participants), never O(trials).
 """
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 
 from django.db.models import Count, Q
 
 from studyapp.exports.columns import HYPOTHESIS_COLUMNS, PHASES, likert_column_name
+from studyapp.exports.cursors import server_side_rows
 from studyapp.models import AnalysisRun, Participant, QuestionnaireAnswer, Study, Trial
 from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
 
@@ -28,8 +28,8 @@ _PARTICIPANT = TRIAL_COLUMNS.index("participant")
 NOT_EVALUATED = ("", None)
 
 
-def exclusion_flags(*, study: Study) -> dict[uuid.UUID, tuple[str, int]] | None:
-    """public_id -> (rule names joined by ';', excluded 0/1); None when the rules cannot be evaluated."""
+def exclusion_flags(*, study: Study) -> dict[str, tuple[str, int]] | None:
+    """str(public_id) -> (rule names joined by ';', excluded 0/1); None when the rules cannot be evaluated."""
     from studyapp.services.errors import ServiceError
     from studyapp.services.exclusions import participant_exclusions
 
@@ -40,19 +40,26 @@ def exclusion_flags(*, study: Study) -> dict[uuid.UUID, tuple[str, int]] | None:
         # and the manifest says why.
         logger.warning("Exclusions of study %s not evaluated: %s", study.pk, exc)
         return None
-    return {pid: (";".join(rules), int(bool(rules))) for pid, rules in exclusions.items()}
+    return {str(pid): (";".join(rules), int(bool(rules))) for pid, rules in exclusions.items()}
 
 
 def response_rows(*, study: Study, chunk_size: int | None = None) -> Iterator[tuple]:
-    """One tuple per planned trial (RESPONSE_COLUMNS order), streamed from a server-side cursor."""
-    chunk_size = chunk_size or CHUNK_SIZE
+    """One tuple per planned trial (RESPONSE_COLUMNS order), streamed from a server-side cursor.
+
+    The exclusion flags are computed here, before streaming starts, so a failure is an error
+    response and not a CSV cut off after its header; the trial rows are only read while streaming.
+    """
     flags = exclusion_flags(study=study) or {}
-    rows = trials_long_queryset(study=study, answered_only=False).iterator(chunk_size=chunk_size)
+    return _response_rows(study=study, flags=flags, chunk_size=chunk_size or CHUNK_SIZE)
+
+
+def _response_rows(*, study: Study, flags: dict[str, tuple[str, int]], chunk_size: int) -> Iterator[tuple]:
+    rows = server_side_rows(trials_long_queryset(study=study, answered_only=False), chunk_size=chunk_size)
     current, extra = None, NOT_EVALUATED
     for row in rows:
         participant = row[_PARTICIPANT]
         if participant != current:  # rows come ordered by participant: one lookup per participant
-            current, extra = participant, flags.get(participant, NOT_EVALUATED)
+            current, extra = participant, flags.get(str(participant), NOT_EVALUATED)
         yield (*row, row[_TASK] == ATTENTION, *extra)
 
 
@@ -79,8 +86,12 @@ def participant_rows(*, study: Study, items: list[str] | None = None) -> Iterato
     items = likert_items(study=study) if items is None else items
     if len({likert_column_name(i) for i in items}) != len(items):
         raise ValueError("two questionnaire items map to the same column name")
-    flags = exclusion_flags(study=study)
+    flags = exclusion_flags(study=study)  # before streaming: see response_rows
     likert = _likert_answers(study=study)
+    return _participant_rows(study=study, items=items, flags=flags or {}, likert=likert)
+
+
+def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: dict) -> Iterator[tuple]:
     answered = Q(trials__response__isnull=False)
     scored = answered & ~Q(trials__task=ATTENTION) & Q(trials__response__correct__isnull=False)
     aggregates = {
@@ -104,7 +115,7 @@ def participant_rows(*, study: Study, items: list[str] | None = None) -> Iterato
         accuracy = {phase: _accuracy(p[f"c_{phase}"], p[f"n_{phase}"]) for phase in PHASES}
         pre, post = accuracy.get("pre_test"), accuracy.get("post_test")
         answers = likert.get(p["id"], {})
-        rules, excluded = (flags or {}).get(p["public_id"], NOT_EVALUATED)
+        rules, excluded = flags.get(str(p["public_id"]), NOT_EVALUATED)
         yield (
             study.slug, p["public_id"], p["arm__name"], p["arm__kind"], p["status"], p["source"], p["started_at"],
             p["consented_at"], p["completed_at"], p["last_seen_at"], duration, p["comprehension_attempts"],

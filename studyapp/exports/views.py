@@ -6,6 +6,7 @@ redirect to the admin login (Django views) or 403 (API; DRF's IsAdminUser + sess
 from __future__ import annotations
 
 from django.contrib.admin.views.decorators import staff_member_required
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -17,6 +18,7 @@ from rest_framework import serializers
 from rest_framework.permissions import IsAdminUser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from studyapp.exports.files import FILES, KINDS, export_response
@@ -77,9 +79,6 @@ class StudyListAPI(APIView):
         tags=["exports"],
     )
     def get(self, request: Request):
-        from django.db.models import Count
-        from rest_framework.response import Response
-
         studies = Study.objects.annotate(n_participants=Count("participants")).order_by("id")
         return Response(StudyExportSerializer(studies, many=True, context={"request": request}).data)
 
