@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import F, OuterRef, QuerySet, Subquery
+from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.db.models.functions import Coalesce
 
-from studyapp.models import ModelOutput, Study, Trial
+from studyapp.models import Study, Trial
 
 
 def study_get_by_public_id(*, public_id: uuid.UUID) -> Study | None:
@@ -26,14 +26,16 @@ TRIAL_COLUMNS = (
 def trials_long_queryset(*, study: Study, answered_only: bool = False) -> QuerySet:
     """Every trial of a study with its context and answer, as ``values()`` rows in TRIAL_COLUMNS.
 
-    One SQL query (joins + two correlated subqueries for the model's output), ordered by
-    participant then position, so callers can stream it with ``.iterator(chunk_size=...)``.
-    ``model_output`` is the model's prediction on what the trial showed: the edit when there is
-    one, else the stimulus.
+    One SQL query of joins, ordered by participant then position, so callers can stream it with
+    ``.iterator(chunk_size=...)``. ``model_output`` is the model's prediction on what the trial
+    showed: the edit when there is one, else the stimulus. The outputs are LEFT JOINs restricted
+    to the study's model (FilteredRelation), not correlated subqueries: PostgreSQL re-ran those
+    once per trial row when the output table was small.
     """
-    on_stimulus = ModelOutput.objects.filter(model_id=study.model_id, stimulus_id=OuterRef("stimulus_id"))
-    on_edit = ModelOutput.objects.filter(model_id=study.model_id, edit_id=OuterRef("edit_id"))
-    queryset = Trial.objects.filter(participant__study=study)
+    queryset = Trial.objects.filter(participant__study=study).annotate(
+        stimulus_output=FilteredRelation("stimulus__outputs", condition=Q(stimulus__outputs__model_id=study.model_id)),
+        edit_output=FilteredRelation("edit__outputs", condition=Q(edit__outputs__model_id=study.model_id)),
+    )
     if answered_only:
         queryset = queryset.filter(response__isnull=False)
     return (
@@ -47,8 +49,7 @@ def trials_long_queryset(*, study: Study, answered_only: bool = False) -> QueryS
             stimulus_index=F("stimulus__index"),
             edit_position=F("edit__position"),
             truth=F("stimulus__label"),
-            model_output=Coalesce(Subquery(on_edit.values("predicted")[:1]),
-                                  Subquery(on_stimulus.values("predicted")[:1])),
+            model_output=Coalesce(F("edit_output__predicted"), F("stimulus_output__predicted")),
             answer=F("response__answer"),
             correct=F("response__correct"),
             confidence=F("response__confidence"),

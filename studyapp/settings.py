@@ -136,6 +136,8 @@ MAX_UPLOAD_MB = env_int("MAX_UPLOAD_MB", 200, minimum=1, maximum=10_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 MODEL_ALLOW_TORCHSCRIPT = env_bool("MODEL_ALLOW_TORCHSCRIPT", False)
+# Largest number of trials the secondary mixed-effects model is fitted on during an analysis run.
+ANALYSIS_MIXED_MAX_TRIALS = env_int("ANALYSIS_MIXED_MAX_TRIALS", 100_000, minimum=0)
 EXPLAINER_DEVICE = env_choice("EXPLAINER_DEVICE", "auto", ("auto", "cpu", "cuda"))
 
 REST_FRAMEWORK = {

@@ -175,3 +175,12 @@ def test_the_admin_home_links_the_planner_and_the_uploads(admin_client):
     page = admin_client.get(reverse("admin:index")).content.decode()
     for name in ("report-planner", "admin:studyapp_dataset_add", "admin:studyapp_mlmodel_add"):
         assert f'href="{reverse(name)}"' in page
+
+
+def test_the_study_list_offers_the_export_actions_and_they_download(admin_client):
+    study = study_with_arms()
+    url = reverse("admin:studyapp_study_changelist")
+    page = admin_client.get(url).content.decode()
+    assert 'value="export_responses_csv"' in page and 'value="export_manifest_json"' in page
+    response = admin_client.post(url, {"action": "export_responses_csv", "_selected_action": [study.pk]})
+    assert response.status_code == 200 and study.slug in response["Content-Disposition"]

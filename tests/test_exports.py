@@ -23,7 +23,7 @@ from studyapp.exports.cursors import server_side_rows, timestamptz_as_iso
 from studyapp.exports.files import FILES, KINDS
 from studyapp.models import Participant, QuestionnaireAnswer, Study
 from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
-from studyapp.services.studies import canonical_json
+from explainers.canonical import canonical_json
 from tests.export_factories import EXCLUSION_RULES, exported_study
 
 pytestmark = pytest.mark.django_db

@@ -102,3 +102,15 @@ def test_the_embedded_default_uses_sqlite_and_runs_tasks_in_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={**clean, "DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "studyapp.settings"})
     assert result.stdout.split() == ["django.db.backends.sqlite3", "True"], result.stderr
+
+
+def test_the_web_process_starts_without_loading_pytorch(tmp_path):
+    # PyTorch costs ~250 MB per gunicorn worker; it is loaded only when a model is validated or run.
+    code = ("import os, sys, django; os.environ['DJANGO_SETTINGS_MODULE'] = 'studyapp.settings'; django.setup(); "
+            "from django.urls import resolve; resolve('/admin/'); import studyapp.urls; "
+            "print('torch' in sys.modules, 'captum' in sys.modules)")
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("DJANGO_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={**clean, "DATA_DIR": str(tmp_path)})
+    assert result.stdout.split() == ["False", "False"], result.stderr

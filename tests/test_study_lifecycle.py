@@ -9,7 +9,8 @@ from django.db import connection
 
 from studyapp.models import ModelOutput, Study
 from studyapp.services.errors import InvalidTransition, ServiceError
-from studyapp.services.studies import canonical_json, study_close, study_launch, study_prepare
+from explainers.canonical import canonical_json
+from studyapp.services.studies import study_close, study_launch, study_prepare
 from tests.factories import HypothesisFactory, StudyFactory, study_with_arms
 
 pytestmark = pytest.mark.django_db

@@ -11,13 +11,14 @@ that Captum hard-codes; they are validated so a stored configuration cannot clai
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from explainers.canonical import canonical_json, canonical_sha256  # noqa: F401 (re-exported)
 
 MODALITIES = ("image", "tabular")
 
@@ -343,11 +344,5 @@ def data_reference_overrides(method: str, X_train: np.ndarray, *, modality: str)
     return out
 
 
-def canonical_json(config: dict) -> str:
-    """Sorted keys, no whitespace, no NaN: the same configuration gives the same bytes."""
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
-
-
 def config_sha256(config: dict) -> str:
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+    return canonical_sha256(config)

@@ -5,7 +5,6 @@ import json
 from django import forms
 from django.conf import settings
 
-from explainers.architectures import ARCHITECTURES
 from studyapp.models import Dataset
 
 
@@ -41,9 +40,17 @@ class JSONListField(forms.CharField):
             raise forms.ValidationError(f"Every entry must be {kind}.") from None
 
 
+def _architecture_choices() -> list[tuple[str, str]]:
+    # Imported when the form is shown: explainers.architectures loads PyTorch, which the web
+    # process should not pay for at start-up.
+    from explainers.architectures import ARCHITECTURES
+
+    return [(a.name, f"{a.name}: {a.description}") for a in ARCHITECTURES.values()]
+
+
 class MLModelUploadForm(forms.Form):
     name = forms.CharField(max_length=120)
-    architecture = forms.ChoiceField(choices=[(a.name, f"{a.name}: {a.description}") for a in ARCHITECTURES.values()])
+    architecture = forms.ChoiceField(choices=_architecture_choices)
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.order_by("name"),
                                      help_text="The weights are checked against this dataset's shapes and classes.")
     weights_file = forms.FileField(help_text="A safetensors file of the model's state_dict(). Pickle files "

@@ -7,6 +7,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from studyapp.models import AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study
+from studyapp.exports.admin_actions import EXPORT_ACTIONS
 from studyapp.reports.admin_links import report_link
 from studyapp.services.studies import EDITABLE_STATES, study_close, study_launch, study_prepare
 
@@ -80,7 +81,7 @@ class StudyAdmin(admin.ModelAdmin):
     search_fields = ["title", "slug", "description"]
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
-    actions = ["prepare", "launch", "close"]
+    actions = ["prepare", "launch", "close", *EXPORT_ACTIONS]
     readonly_fields = ["state", "participant_link", "report", "public_id", "frozen_sha256", "launched_at", "closed_at",
                        "preparation_summary"]
     inlines = [ArmInline, HypothesisInline, DeviationInline]

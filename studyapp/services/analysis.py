@@ -43,6 +43,7 @@ from collections import defaultdict
 import numpy as np
 from statsmodels.stats.weightstats import DescrStatsW
 import pandas as pd
+from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
@@ -321,6 +322,12 @@ def _secondary(h: dict, trials: pd.DataFrame, *, comparator: str, seed: int) -> 
     kwargs = {"control": comparator, "phase": phase, "pre_phase": pre, "arms": [h["arm"]], "alternative": alt}
     if len(rows) < MIXED_MIN_TRIALS:
         out["mixed_logistic"] = _not_available(f"{len(rows)} trials, fewer than {MIXED_MIN_TRIALS}", "not_run")
+    elif len(rows) > settings.ANALYSIS_MIXED_MAX_TRIALS:
+        # The Laplace fit grows superlinearly (about 45 s at 200,000 trials here): past the limit it
+        # would hold the report request for minutes. The primary test does not depend on it.
+        out["mixed_logistic"] = _not_available(
+            f"{len(rows)} trials exceed ANALYSIS_MIXED_MAX_TRIALS={settings.ANALYSIS_MIXED_MAX_TRIALS}; "
+            "raise that setting to fit the mixed model on this study (it takes minutes)", "not_run")
     else:
         out["mixed_logistic"] = _guard(lambda: stats.crossed_mixed_logistic(rows, **kwargs)[h["arm"]].to_dict())
     out["gee"] = _guard(lambda: stats.gee_logistic(rows, **kwargs)[h["arm"]].to_dict())

@@ -1,17 +1,19 @@
-"""Registering and loading models: allowlisted architecture + safetensors weights, validated."""
+"""Registering and loading models: allowlisted architecture + safetensors weights, validated.
+
+PyTorch (through explainers.safe_loading) is imported inside the functions that need it, so that
+importing this module (the admin does) does not load it into every web process.
+"""
 from __future__ import annotations
 
 import functools
 import json
 
 import numpy as np
-import torch
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 
 from explainers.errors import ModelValidationError
-from explainers.safe_loading import load_model, sniff_format, weights_sha256
 from studyapp.models import Dataset, MLModel, Stimulus
 from studyapp.services.errors import ServiceError
 
@@ -46,6 +48,8 @@ def mlmodel_register(*, name: str, architecture: str, weights: bytes, dataset: D
     The bytes are only ever parsed as safetensors (or TorchScript when explicitly allowed):
     pickles are refused without being loaded.
     """
+    from explainers.safe_loading import load_model, sniff_format, weights_sha256
+
     input_shape = list(dataset.input_shape if input_shape is None else input_shape)
     class_names = list(dataset.class_names if class_names is None else class_names)
     problems = _validate_against_dataset(dataset=dataset, input_shape=input_shape, class_names=class_names)
@@ -72,7 +76,7 @@ def mlmodel_register(*, name: str, architecture: str, weights: bytes, dataset: D
     return record
 
 
-def _test_accuracy(*, model: torch.nn.Module, dataset: Dataset) -> dict:
+def _test_accuracy(*, model, dataset: Dataset) -> dict:
     """Held-out accuracy on the dataset's test split, recorded as the model's metrics."""
     from explainers.methods import predict
 
@@ -88,7 +92,9 @@ def _test_accuracy(*, model: torch.nn.Module, dataset: Dataset) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(weights_sha: str, path: str, architecture: str, input_shape: tuple, class_names: tuple,
-                 hyperparameters_json: str) -> torch.nn.Module:
+                 hyperparameters_json: str):
+    from explainers.safe_loading import load_model, weights_sha256
+
     with open(path, "rb") as handle:
         data = handle.read()
     if weights_sha256(data) != weights_sha:
@@ -99,7 +105,7 @@ def _load_cached(weights_sha: str, path: str, architecture: str, input_shape: tu
                       allow_torchscript=settings.MODEL_ALLOW_TORCHSCRIPT)
 
 
-def mlmodel_load(*, mlmodel: MLModel) -> torch.nn.Module:
+def mlmodel_load(*, mlmodel: MLModel):
     """The validated torch module for a registered model (cached per process by weight hash)."""
     return _load_cached(mlmodel.weights_sha256, mlmodel.weights.path, mlmodel.architecture,
                         tuple(mlmodel.input_shape), tuple(mlmodel.class_names),

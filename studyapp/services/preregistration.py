@@ -31,7 +31,6 @@ Missing hypothesis fields take the Hypothesis model's defaults.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 
@@ -41,7 +40,8 @@ from django.db.models import QuerySet
 from studyapp.models import Hypothesis, PreregistrationDeviation, Study
 from studyapp.services.errors import ServiceError
 from studyapp.services.exclusions import exclusion_rules_validate, study_exclusion_rules
-from studyapp.services.studies import canonical_json, study_plan_document
+from explainers.canonical import canonical_json, canonical_sha256
+from studyapp.services.studies import study_plan_document
 
 LAUNCHED_STATES = (Study.State.LIVE, Study.State.CLOSED)
 
@@ -216,7 +216,7 @@ def deviation_as_dict(deviation: PreregistrationDeviation) -> dict:
 
 
 def preregistration_sha256(plan: dict) -> str:
-    return hashlib.sha256(canonical_json(plan).encode("utf-8")).hexdigest()
+    return canonical_sha256(plan)
 
 
 def preregistration_verify(*, study: Study) -> bool:

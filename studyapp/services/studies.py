@@ -6,12 +6,11 @@ matches a row, the other gets a clear InvalidTransition.
 """
 from __future__ import annotations
 
-import hashlib
 
 from django.db import transaction
 from django.utils import timezone
 
-from explainers.methods import canonical_json
+from explainers.canonical import canonical_sha256
 from studyapp.models import Arm, Hypothesis, Study
 from studyapp.services.errors import InvalidTransition, ServiceError
 
@@ -133,9 +132,8 @@ def study_launch(*, study: Study) -> Study:
         if locked.state != State.READY:
             raise InvalidTransition(f"The study '{locked.title}' is {locked.state}; only a ready study can be launched.")
         plan = study_plan_document(study=locked)
-        text = canonical_json(plan)
         return _transition(study=locked, to=State.LIVE, extra={
-            "frozen_config": plan, "frozen_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "frozen_config": plan, "frozen_sha256": canonical_sha256(plan),
             "launched_at": timezone.now()})
 
 
