@@ -49,7 +49,7 @@ from django.utils import timezone
 
 from studyapp import analysis as stats
 from studyapp.models import AnalysisRun, Edit, Explanation, Participant, QuestionnaireAnswer, Study
-from studyapp.selectors import trials_long_frame
+from studyapp.selectors import ANALYSIS_COLUMNS, trials_long_frame
 from studyapp.services.errors import ServiceError
 from studyapp.services.exclusions import EXCLUSION_RULES, participant_exclusions
 from studyapp.services.preregistration import (
@@ -111,7 +111,7 @@ def _not_available(reason: str, status: str = "not_available") -> dict:
 
 def _trials(study: Study) -> pd.DataFrame:
     """Answered trials in the analysis package's column names; ``item_id`` = stimulus (+ edit)."""
-    frame = trials_long_frame(study=study, answered_only=True)
+    frame = trials_long_frame(study=study, answered_only=True, columns=ANALYSIS_COLUMNS)
     frame = frame.rename(columns={"participant": "participant_id", "response": "answer"})
     correct = frame["correct"].astype("float64")
     # A response stored without a verdict is scored against the expected answer, when there is one.
@@ -119,7 +119,8 @@ def _trials(study: Study) -> pd.DataFrame:
     correct[derivable] = (frame.loc[derivable, "answer"] == frame.loc[derivable, "expected_answer"]).astype(float)
     frame["correct"] = correct
     edit = frame["edit"].astype("object")
-    frame["item_id"] = frame["stimulus"].astype(str) + np.where(edit.notna(), ":" + edit.astype(str), "")
+    # Zero-padded so that sorting item ids (the bootstrap does) follows stimulus order, not "10" < "2".
+    frame["item_id"] = frame["stimulus"].map("{:012d}".format) + np.where(edit.notna(), ":" + edit.astype(str), "")
     return frame
 
 
