@@ -130,9 +130,13 @@ def _longest_runs(*, study: Study) -> dict[int, int]:
                 .exclude(task=Trial.Task.ATTENTION_CHECK)
                 .order_by("participant_id", "position").values_list("participant_id", "response__answer"))
     sql, params = queryset.query.sql_with_params()
+    chunks = []
     with connection.cursor() as cursor:  # plain ints: no per-value converters needed
         cursor.execute(sql, params)
-        rows = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 2)
+        # Fetched in blocks into int64 arrays (16 bytes a trial), never as one list of tuples.
+        while block := cursor.fetchmany(50_000):
+            chunks.append(np.array(block, dtype=np.int64))
+    rows = np.concatenate(chunks) if chunks else np.empty((0, 2), dtype=np.int64)
     if not len(rows):
         return {}
     pid, answer = rows[:, 0], rows[:, 1]
