@@ -34,8 +34,11 @@ ANALYSIS_COLUMNS = ("participant", "arm", "position", "phase", "task", "stimulus
 
 
 def trials_long_queryset(*, study: Study, answered_only: bool = False,
-                         columns: tuple[str, ...] = TRIAL_COLUMNS) -> QuerySet:
+                         columns: tuple[str, ...] = TRIAL_COLUMNS, order_key: bool = False) -> QuerySet:
     """Every trial of a study with its context and answer, as ``values_list`` rows of ``columns``.
+
+    ``order_key`` appends ``participant_id`` (the first sort key) to each row, for SQL that wraps
+    this query and must keep its order.
 
     One SQL query of joins, ordered by participant then position, so callers can stream it with
     ``.iterator(chunk_size=...)``. ``model_output`` is the model's prediction on what the trial
@@ -71,7 +74,7 @@ def trials_long_queryset(*, study: Study, answered_only: bool = False,
             idempotency_key=F("response__idempotency_key"),
         )
         .order_by("participant_id", "position")
-        .values_list(*(COLUMN_SOURCES[c] for c in columns))
+        .values_list(*(COLUMN_SOURCES[c] for c in columns), *(["participant_id"] if order_key else []))
     )
 
 

@@ -6,6 +6,7 @@ bytes. File names carry the study slug and the export name only (never arm names
 from __future__ import annotations
 
 import json
+from itertools import chain
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
@@ -14,8 +15,9 @@ from django.utils.http import content_disposition_header
 from studyapp.exports.codebook import codebook_document, codebook_html, codebook_rows
 from studyapp.exports.columns import (CODEBOOK_COLUMNS, HYPOTHESIS_COLUMNS, RESPONSE_COLUMNS, participant_columns)
 from studyapp.exports.manifest import manifest_build
-from studyapp.exports.rows import hypothesis_rows, likert_items, participant_rows, response_rows
-from studyapp.exports.streaming import csv_response
+from studyapp.exports import pg_lines
+from studyapp.exports.rows import exclusion_flags, hypothesis_rows, likert_items, participant_rows, response_rows
+from studyapp.exports.streaming import csv_header, csv_response, csv_text_response
 from studyapp.models import Study
 
 # kind -> file suffix. "codebook_json" and "codebook_html" are renderings of the same codebook.
@@ -42,8 +44,13 @@ def _attachment(response: HttpResponse, filename: str) -> HttpResponse:
 
 
 def responses_csv(*, study: Study) -> StreamingHttpResponse:
-    return csv_response(filename=export_filename(study=study, kind="responses"), columns=RESPONSE_COLUMNS,
-                        rows=response_rows(study=study))
+    filename = export_filename(study=study, kind="responses")
+    if pg_lines.available():
+        # PostgreSQL formats the lines (same bytes, about twice the rows per second).
+        flags = exclusion_flags(study=study)  # before streaming: a failure is an error, not a cut-off CSV
+        blocks = chain([csv_header(RESPONSE_COLUMNS)], pg_lines.response_lines(study=study, flags=flags))
+        return csv_text_response(filename=filename, blocks=blocks)
+    return csv_response(filename=filename, columns=RESPONSE_COLUMNS, rows=response_rows(study=study))
 
 
 def participants_csv(*, study: Study) -> StreamingHttpResponse:

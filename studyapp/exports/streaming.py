@@ -40,6 +40,10 @@ class Lines:
         return text
 
 
+def csv_header(columns: Sequence[Column]) -> str:
+    return csv.writer(Echo(), lineterminator="\n").writerow([c.name for c in columns])
+
+
 def csv_lines(*, columns: Sequence[Column], rows: Iterable[Sequence], block_rows: int | None = None) -> Iterator[str]:
     """Header then rows, formatted by column type, as CSV text blocks of ``block_rows`` rows.
 
@@ -49,7 +53,7 @@ def csv_lines(*, columns: Sequence[Column], rows: Iterable[Sequence], block_rows
     block_rows = block_rows or BLOCK_ROWS
     width = len(columns)
     convert = [(i, COLUMN_FORMATTERS[c.type]) for i, c in enumerate(columns) if c.type in COLUMN_FORMATTERS]
-    yield csv.writer(Echo(), lineterminator="\n").writerow([c.name for c in columns])
+    yield csv_header(columns)
     buffer = Lines()
     writer = csv.writer(buffer, lineterminator="\n")
     rows = iter(rows)
@@ -64,7 +68,12 @@ def csv_lines(*, columns: Sequence[Column], rows: Iterable[Sequence], block_rows
 
 
 def csv_response(*, filename: str, columns: Sequence[Column], rows: Iterable[Sequence]) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(csv_lines(columns=columns, rows=rows), content_type="text/csv; charset=utf-8")
+    return csv_text_response(filename=filename, blocks=csv_lines(columns=columns, rows=rows))
+
+
+def csv_text_response(*, filename: str, blocks: Iterable[str]) -> StreamingHttpResponse:
+    """A streamed CSV download of text blocks that are already CSV (header included)."""
+    response = StreamingHttpResponse(blocks, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=filename)
     # An export reflects the database at the time of the request; never serve a cached copy.
     response["Cache-Control"] = "no-store"
