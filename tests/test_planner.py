@@ -195,3 +195,17 @@ def test_simulation_limits_are_explained(staff_client):
     message = errors(response)
     assert "The number of simulated studies must be between 10 and 400 (you entered 5)." in message
     assert "The control arm's accuracy must lie strictly between 0 and 1 (you entered 60)." in message
+
+
+@pytest.mark.django_db
+def test_the_simulation_is_prefilled_from_a_study_as_configured(admin_client):
+    from tests.factories import HypothesisFactory, study_with_arms
+
+    study = study_with_arms(methods=("integrated_gradients", "saliency"))
+    study.target_per_arm = 44
+    study.save(update_fields=["target_per_arm"])
+    HypothesisFactory(study=study, arm=study.arms.get(name="saliency"), correction="hochberg", alpha=0.01)
+    page = admin_client.get(reverse("report-planner") + f"?study={study.pk}").content.decode()
+    assert "Prefilled from the study" in page and study.title in page
+    assert "integrated_gradients: 0.70, saliency: 0.70" in page
+    assert 'value="44"' in page and 'value="hochberg" selected' in page and 'value="0.01"' in page

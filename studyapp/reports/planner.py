@@ -99,3 +99,21 @@ def simulation_result(cleaned: dict) -> dict:
         "seed": result.params.get("seed"),
         "seconds": f"{seconds:.1f}",
     }
+
+
+def simulation_initial(*, study) -> dict:
+    """Simulation defaults for a study as configured: its arms (control first), planned n per arm,
+    trials per phase, and the correction and alpha of its primary hypotheses. The true accuracies
+    are placeholders for the researcher to set: the effect to detect is theirs to assume."""
+    arms = list(study.arms.order_by("position", "id"))
+    hypotheses = list(study.hypotheses.all())
+    others = [a for a in arms if a.kind != "control"]
+    initial = {"control_accuracy": 0.60, "n_per_arm": study.target_per_arm,
+               "arm_accuracies": ", ".join(f"{a.name}: 0.70" for a in others) or "explanation: 0.70"}
+    trials = (study.config or {}).get("trials_per_phase")
+    if isinstance(trials, int) and trials > 0:
+        initial["trials_per_phase"] = trials
+    if hypotheses:
+        initial["correction"] = hypotheses[0].correction
+        initial["alpha"] = hypotheses[0].alpha
+    return initial

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from studyapp.models import Study
 from studyapp.reports.context import report_context
 from studyapp.reports.forms import RunAnalysisForm, SampleSizeForm, SimulationForm
-from studyapp.reports.planner import sample_size_result, simulation_result
+from studyapp.reports.planner import sample_size_result, simulation_initial, simulation_result
 
 
 def _admin_context(request: HttpRequest, title: str) -> dict:
@@ -91,10 +91,13 @@ def planner(request: HttpRequest) -> HttpResponse:
     """Sample size (closed form) and calibration by simulation; GET, so results can be bookmarked."""
     calc = request.GET.get("calc")
     size_form = SampleSizeForm(request.GET if calc == "size" else None)
-    sim_form = SimulationForm(request.GET if calc == "simulate" else None, prefix="sim")
+    study = Study.objects.filter(pk=request.GET["study"]).first() if request.GET.get("study", "").isdigit() else None
+    sim_form = SimulationForm(request.GET if calc == "simulate" else None, prefix="sim",
+                              initial=simulation_initial(study=study) if study else None)
     size = _compute(size_form, sample_size_result, "No sample size could be computed") if calc == "size" else None
     simulation = (_compute(sim_form, simulation_result, "The simulation could not be run")
                   if calc == "simulate" else None)
     context = {**_admin_context(request, "Study planner"), "size_form": size_form, "sim_form": sim_form,
+               "study": study,
                "size": size, "simulation": simulation}
     return render(request, "reports/planner.html", context)
