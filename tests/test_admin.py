@@ -184,3 +184,39 @@ def test_the_study_list_offers_the_export_actions_and_they_download(admin_client
     assert 'value="export_responses_csv"' in page and 'value="export_manifest_json"' in page
     response = admin_client.post(url, {"action": "export_responses_csv", "_selected_action": [study.pk]})
     assert response.status_code == 200 and study.slug in response["Content-Disposition"]
+
+
+def test_a_deviation_recorded_in_the_admin_is_dated_and_leaves_the_frozen_plan_alone(admin_client):
+    from studyapp.models import PreregistrationDeviation
+    from studyapp.services.studies import study_launch
+
+    study = study_with_arms()
+    HypothesisFactory(study=study, arm=study.arms.get(kind="explanation"), label="H1", planned_n_per_arm=30)
+    Study.objects.filter(pk=study.pk).update(state="ready")
+    study = study_launch(study=study)
+    frozen, digest = study.frozen_config, study.frozen_sha256
+    change = admin_client.get(reverse("admin:studyapp_study_change", args=[study.pk])).content.decode()
+    url = reverse("admin:studyapp_study_deviation", args=[study.pk])
+    assert url in change
+
+    missing_reason = admin_client.post(url, {"target": "H1", "field": "planned_n_per_arm", "value": "45", "reason": ""})
+    assert "This field is required" in missing_reason.content.decode()
+    response = admin_client.post(url, {"target": "H1", "field": "planned_n_per_arm", "value": "45",
+                                       "reason": "Recruitment was slower than planned."})
+    assert response.status_code == 302
+    deviation = PreregistrationDeviation.objects.get(study=study)
+    assert (deviation.hypothesis_label, deviation.field, deviation.before, deviation.after) == (
+        "H1", "planned_n_per_arm", 30, 45)
+    assert deviation.recorded_at is not None and deviation.recorded_by == "admin"
+    study.refresh_from_db()
+    assert study.frozen_config == frozen and study.frozen_sha256 == digest
+
+
+def test_a_deviation_before_launch_is_refused_with_a_reason(admin_client):
+    study = study_with_arms()
+    page = admin_client.post(reverse("admin:studyapp_study_deviation", args=[study.pk]),
+                             {"target": "", "field": "target_per_arm", "value": "50", "reason": "why not"})
+    assert page.status_code == 200
+    from studyapp.models import PreregistrationDeviation
+    assert not PreregistrationDeviation.objects.exists()
+    assert "launch" in page.content.decode().lower()

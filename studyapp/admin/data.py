@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
-from django.http import FileResponse, Http404, HttpRequest, HttpResponseRedirect
-from django.template.response import TemplateResponse
+from django.contrib import admin
+from django.http import FileResponse, Http404, HttpRequest
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from studyapp.admin.form_view import form_view
 from studyapp.admin.forms import DatasetImportForm, MLModelUploadForm
 from studyapp.models import Dataset, MLModel, Stimulus
 from studyapp.services.datasets import stimulus_array
@@ -21,24 +20,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
-
-
-def _form_view(model_admin: admin.ModelAdmin, request: HttpRequest, *, form_class, title: str, submit) -> TemplateResponse:
-    """Render an upload form; on valid POST call ``submit(cleaned_data)`` (a service)."""
-    form = form_class(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            obj = submit(form.cleaned_data)
-        except ValidationError as exc:
-            for message in exc.messages:
-                form.add_error(None, message)
-        else:
-            model_admin.message_user(request, f"{obj} was created.", messages.SUCCESS)
-            meta = obj._meta
-            return HttpResponseRedirect(reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk]))
-    context = {**model_admin.admin_site.each_context(request), "title": title, "form": form,
-               "opts": model_admin.model._meta}
-    return TemplateResponse(request, "admin/studyapp/upload_form.html", context)
 
 
 @admin.register(Dataset)
@@ -63,7 +44,7 @@ class DatasetAdmin(ReadOnlyAdmin):
                 name=data["name"], csv_file=data["data_file"], label_column=data["label_column"] or "label",
                 descriptions=data["descriptions_file"], description=data["description"])
 
-        return _form_view(self, request, form_class=DatasetImportForm, title="Import a dataset", submit=submit)
+        return form_view(self, request, form_class=DatasetImportForm, title="Import a dataset", submit=submit)
 
 
 @admin.register(Stimulus)
@@ -135,4 +116,4 @@ class MLModelAdmin(ReadOnlyAdmin):
                                     dataset=data["dataset"], input_shape=data["input_shape"],
                                     class_names=data["class_names"], hyperparameters=data["hyperparameters"] or {})
 
-        return _form_view(self, request, form_class=MLModelUploadForm, title="Upload a model", submit=submit)
+        return form_view(self, request, form_class=MLModelUploadForm, title="Upload a model", submit=submit)

@@ -82,3 +82,19 @@ class DatasetImportForm(forms.Form):
     def clean_descriptions_file(self) -> bytes | None:
         upload = self.cleaned_data.get("descriptions_file")
         return _read_upload(upload, label="descriptions file") if upload else None
+
+
+class DeviationForm(forms.Form):
+    """A dated, explained change to the plan of a launched study (the frozen plan never changes)."""
+
+    target = forms.ChoiceField(label="Concerns", help_text="The whole study, or one pre-registered hypothesis.")
+    field = forms.CharField(max_length=64, help_text="e.g. planned_n_per_arm, alpha, exclusion_rules, target_per_arm.")
+    value = forms.JSONField(help_text='The new value as JSON, e.g. 60, 0.01, "holm" or {"max_failed_attention_checks": 2}.')
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}),
+                             help_text="Why the plan changes; shown with the date in the report and the exports.")
+
+    def __init__(self, *args, hypothesis_labels: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["target"].choices = [("", "The study")] + [(label, f"Hypothesis {label}")
+                                                               for label in hypothesis_labels]
+        self.fields["target"].required = False

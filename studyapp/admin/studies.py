@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+from functools import partial
+
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
-from django.urls import reverse
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from studyapp.admin.form_view import form_view
+from studyapp.admin.forms import DeviationForm
 from studyapp.models import AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
 from studyapp.reports.admin_links import report_link
@@ -83,7 +89,7 @@ class StudyAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["title"]}
     actions = ["prepare", "launch", "close", *EXPORT_ACTIONS]
     readonly_fields = ["state", "participant_link", "report", "public_id", "frozen_sha256", "launched_at", "closed_at",
-                       "preparation_summary"]
+                       "preparation_summary", "record_deviation"]
     inlines = [ArmInline, HypothesisInline, DeviationInline]
     fieldsets = [
         (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report"]}),
@@ -91,7 +97,7 @@ class StudyAdmin(admin.ModelAdmin):
         ("Participant texts", {"fields": ["consent_text", "instructions", "debrief_text"]}),
         ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
         ("Pre-registration and provenance", {"fields": ["frozen_sha256", "launched_at", "closed_at",
-                                                        "preparation_summary", "public_id"]}),
+                                                        "record_deviation", "preparation_summary", "public_id"]}),
     ]
 
     def get_queryset(self, request):
@@ -121,6 +127,37 @@ class StudyAdmin(admin.ModelAdmin):
     @admin.display(description="completed", ordering="_completed")
     def n_completed(self, obj) -> int:
         return obj._completed
+
+    def get_urls(self):
+        extra = [path("<int:pk>/deviation/", self.admin_site.admin_view(self.deviation_view),
+                      name="studyapp_study_deviation")]
+        return extra + super().get_urls()
+
+    def deviation_view(self, request: HttpRequest, pk: int):
+        """Record a deviation from the frozen plan (studyapp.services.preregistration)."""
+        from studyapp.services.preregistration import hypothesis_update_after_launch, study_update_after_launch
+
+        study = get_object_or_404(Study, pk=pk)
+        if not self.has_change_permission(request, None):
+            raise PermissionDenied
+        labels = list(study.hypotheses.order_by("label").values_list("label", flat=True))
+
+        def submit(data):
+            kwargs = {"field": data["field"], "value": data["value"], "reason": data["reason"], "user": request.user}
+            if data["target"]:
+                return hypothesis_update_after_launch(hypothesis=study.hypotheses.get(label=data["target"]), **kwargs)
+            return study_update_after_launch(study=study, **kwargs)
+
+        return form_view(self, request, submit_label="Record the deviation", form_class=partial(DeviationForm, hypothesis_labels=labels),
+                          title=f"Record a deviation from the plan of {study}", submit=submit,
+                          done_url=reverse("admin:studyapp_study_change", args=[study.pk]))
+
+    @admin.display(description="deviations")
+    def record_deviation(self, obj) -> str:
+        if obj is None or obj.pk is None or obj.state not in (Study.State.LIVE, Study.State.CLOSED):
+            return "Deviations can be recorded once the study is launched."
+        return format_html('<a href="{}">Record a dated deviation from the frozen plan</a>',
+                           reverse("admin:studyapp_study_deviation", args=[obj.pk]))
 
     @admin.display(description="report")
     def report(self, obj) -> str:
