@@ -13,11 +13,13 @@ doubled).
 """
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator, Sequence
 
 from django.db import connections
 
 from studyapp.exports.columns import RESPONSE_COLUMNS, Column
+from studyapp.exports.streaming import Echo
 from studyapp.models import Study, Trial
 from studyapp.selectors import COLUMN_SOURCES, TRIAL_COLUMNS, trials_long_queryset
 
@@ -62,17 +64,9 @@ def _line_sql(columns: Sequence[Column]) -> str:
 
 
 def _flag_cells(flags: dict[str, tuple[str, int]], pid: str) -> str:
+    """",rules,excluded" for one participant, quoted by csv.writer like every other cell."""
     rules, excluded = flags.get(pid, ("", None))
-    return "," + _csv_text(rules) + "," + ("" if excluded is None else str(excluded))
-
-
-CSV_SPECIAL = (",", '"', "\r", "\n")  # what makes csv.writer (QUOTE_MINIMAL) quote a cell
-
-
-def _csv_text(value: str) -> str:
-    if any(char in value for char in CSV_SPECIAL):
-        return '"' + value.replace('"', '""') + '"'
-    return value
+    return "," + csv.writer(Echo(), lineterminator="").writerow([rules, excluded])
 
 
 def response_lines(*, study: Study, flags: dict[str, tuple[str, int]] | None) -> Iterator[str]:

@@ -17,7 +17,7 @@ from django.db import transaction
 from explainers.safe_loading import state_dict_to_bytes
 from explainers.training import train_classifier
 from studyapp.models import Arm, Dataset, Hypothesis, MLModel, Stimulus, Study
-from studyapp.services.datasets import stimulus_array
+from studyapp.services.datasets import stimuli_arrays
 from studyapp.services.mlmodels import mlmodel_register
 from studyapp.services.studies import study_launch, study_prepare
 
@@ -73,7 +73,7 @@ class DemoResult:
 
 def _split_arrays(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
     rows = list(Stimulus.objects.filter(dataset=dataset, split=split).order_by("index").only("data", "label"))
-    return np.stack([stimulus_array(s) for s in rows]), np.array([s.label for s in rows], dtype=np.int64)
+    return stimuli_arrays(rows, input_shape=dataset.input_shape)
 
 
 def demo_model(*, spec: DemoSpec, dataset: Dataset, result: DemoResult) -> MLModel:

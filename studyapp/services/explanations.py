@@ -28,7 +28,7 @@ from explainers.demo_data import train_test_split_indices
 from explainers.methods import METHODS, data_reference_overrides, explain, resolve_config
 from explainers.methods import config_sha256 as method_config_sha256
 from studyapp.models import Arm, Explanation, ModelOutput, Stimulus, Study
-from studyapp.services.datasets import array_to_npy_bytes, stimulus_array
+from studyapp.services.datasets import array_to_npy_bytes, stimuli_arrays
 
 WRITE_CHUNK = 128
 EXEMPLARS_K = 3
@@ -101,16 +101,12 @@ class PreparationContext:
     def build(cls, *, study: Study, model) -> PreparationContext:
         train = list(Stimulus.objects.filter(dataset=study.dataset, split=Stimulus.Split.TRAIN)
                      .order_by("index").only("data", "label"))
-        stimuli = list(study_stimulus_pool(study=study).only("data"))
+        stimuli = list(study_stimulus_pool(study=study).only("data", "label"))
         predicted = dict(ModelOutput.objects.filter(model=study.model, stimulus__in=stimuli)
                          .values_list("stimulus_id", "predicted"))
-        def stack(items: list[Stimulus]) -> np.ndarray:
-            empty = np.empty((0, *study.dataset.input_shape), dtype=np.float32)
-            return np.stack([stimulus_array(s) for s in items]) if items else empty
-
-        return cls(study=study, model=model, X_train=stack(train),
-                   y_train=np.array([s.label for s in train], dtype=np.int64),
-                   stimuli=stimuli, inputs=stack(stimuli),
+        X_train, y_train = stimuli_arrays(train, input_shape=study.dataset.input_shape)
+        inputs, _ = stimuli_arrays(stimuli, input_shape=study.dataset.input_shape)
+        return cls(study=study, model=model, X_train=X_train, y_train=y_train, stimuli=stimuli, inputs=inputs,
                    targets=np.array([predicted[s.pk] for s in stimuli], dtype=np.int64))
 
     @property

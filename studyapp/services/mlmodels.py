@@ -80,13 +80,13 @@ def _test_accuracy(*, model, dataset: Dataset) -> dict:
     """Held-out accuracy on the dataset's test split, recorded as the model's metrics."""
     from explainers.methods import predict
 
-    from studyapp.services.datasets import stimulus_array
+    from studyapp.services.datasets import stimuli_arrays
 
     rows = list(Stimulus.objects.filter(dataset=dataset, split=Stimulus.Split.TEST).only("data", "label"))
     if not rows:
         return {}
-    predicted, _ = predict(model, np.stack([stimulus_array(s) for s in rows]), device="cpu")
-    labels = np.array([s.label for s in rows])
+    inputs, labels = stimuli_arrays(rows, input_shape=dataset.input_shape)
+    predicted, _ = predict(model, inputs, device="cpu")
     return {"test_accuracy": float((np.asarray(predicted) == labels).mean()), "test_n": len(rows)}
 
 

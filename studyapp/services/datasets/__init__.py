@@ -34,7 +34,7 @@ from studyapp.services.datasets.common import (BULK_BATCH, EXAMPLES, MAX_ARCHIVE
                                                MAX_DECODED_BYTES, MAX_ENTRY_BYTES, MAX_IMAGE_PIXELS,
                                                MAX_UNCOMPRESSED_FACTOR, RATIO_CHECK_MIN_BYTES, SPLIT_SEED,
                                                TEST_FRACTION, DatasetValidationError, array_to_npy_bytes,
-                                               stimulus_array)
+                                               stimuli_arrays, stimulus_array)
 from studyapp.services.datasets.images import dataset_import_images
 from studyapp.services.datasets.tabular import dataset_import_tabular
 
@@ -56,5 +56,6 @@ __all__ = [
     "dataset_import_builtin",
     "dataset_import_images",
     "dataset_import_tabular",
+    "stimuli_arrays",
     "stimulus_array",
 ]

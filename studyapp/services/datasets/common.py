@@ -53,6 +53,14 @@ def stimulus_array(stimulus: Stimulus) -> np.ndarray:
     return np.load(io.BytesIO(bytes(stimulus.data)), allow_pickle=False)
 
 
+def stimuli_arrays(stimuli: list[Stimulus], *, input_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked model inputs (N, *input_shape) and labels (N,) of ``stimuli``; empty arrays for none."""
+    if not stimuli:
+        return np.empty((0, *input_shape), dtype=np.float32), np.empty((0,), dtype=np.int64)
+    return (np.stack([stimulus_array(s) for s in stimuli]),
+            np.array([s.label for s in stimuli], dtype=np.int64))
+
+
 # --------------------------------------------------------------------------- message helpers
 
 def examples(items: list, limit: int = EXAMPLES, *, sep: str = ", ") -> str:
