@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from explainers.architectures import build_model  # noqa: E402
 from explainers.methods import explain  # noqa: E402
-from explainers.methods.models import default_max_batch  # noqa: E402
+from explainers.methods.models import (default_max_batch, in_attribution_layout,  # noqa: E402
+                                       memory_format)
 from explainers.resnet import ResNet18Like  # noqa: E402
 
 METHODS = ("integrated_gradients", "saliency", "smoothgrad", "gradcam", "deeplift",
@@ -124,10 +125,12 @@ def best_of(repeats: int, fn) -> float:
 
 def raw_rows_per_s(model: nn.Module, shape: tuple[int, ...], rows: int, device: torch.device,
                    repeats: int) -> float:
-    """Plain forward + backward-to-input throughput, frozen weights: the ceiling for any
-    gradient method (IG-k can reach at most this / k stimuli per second)."""
+    """Plain forward + backward-to-input throughput, frozen weights, in the layout explain()
+    uses: the ceiling for any gradient method (IG-k reaches at most this / k stimuli per s)."""
     net = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-    x = torch.rand(rows, *shape, device=device, requires_grad=True)
+    x = torch.rand(rows, *shape, device=device)
+    net = in_attribution_layout(net, x)  # as explain() runs it
+    x = x.contiguous(memory_format=memory_format(x)).requires_grad_(True)
 
     def once() -> float:
         start = time.perf_counter()

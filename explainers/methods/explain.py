@@ -14,7 +14,8 @@ from torch import nn
 from . import runners
 from .config import EXECUTION_KEY, METHODS, config_sha256, resolve_config
 from .models import (as_float_tensor, check_targets, default_max_batch, gradcam_layer_name,
-                     inspect_model, predict_tensor, private_copy, resolve_device)
+                     in_attribution_layout, inspect_model, memory_format, predict_tensor,
+                     private_copy, resolve_device)
 
 
 @dataclass
@@ -121,6 +122,7 @@ def explain(model: nn.Module, inputs: np.ndarray | torch.Tensor, *, method: str,
     x = as_float_tensor(inputs)
     net = private_copy(model, dev)
     info = inspect_model(net, x)
+    net = in_attribution_layout(net, x)
     cfg = resolve_config(method, config, modality=info.modality)
     shape = tuple(x.shape[1:])
     mask, n_features = _feature_mask(cfg, shape, dev)
@@ -136,7 +138,8 @@ def explain(model: nn.Module, inputs: np.ndarray | torch.Tensor, *, method: str,
         attributions, delta = runners.run(method, ctx, x, t, cfg, batching, dev)
     cfg[EXECUTION_KEY] = {
         "seed": int(seed), "device": dev.type, "max_batch": ctx.max_batch, "batching": batching,
-        "dtype": "float32", "torch": torch.__version__, "captum": captum.__version__,
+        "dtype": "float32", "memory_format": str(memory_format(x)).removeprefix("torch."),
+        "torch": torch.__version__, "captum": captum.__version__,
         # On CUDA: TF32 (on by default for cuDNN convolutions) lowers precision, and bitwise
         # repeatability needs cudnn.deterministic. Recorded, not changed: they are process-wide.
         "cuda_flags": ({"cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),

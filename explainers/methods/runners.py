@@ -23,6 +23,8 @@ from captum.attr import (DeepLift, FeatureAblation, GuidedBackprop, InputXGradie
                          Occlusion, Saliency)
 from torch import nn
 
+from .models import memory_format
+
 
 @dataclass
 class RunContext:
@@ -247,8 +249,9 @@ def run(method: str, ctx: RunContext, x: torch.Tensor, targets: torch.Tensor, cf
     needs_grad = method not in PERTURBATION_METHODS
     step = batching["stimuli_per_call"]
     attrs, deltas = [], []
+    layout = memory_format(x)  # the layout explain() put the model in
     for i in range(0, x.shape[0], step):
-        xc = x[i:i + step].to(device)
+        xc = x[i:i + step].to(device, memory_format=layout)
         if needs_grad:  # set here so Captum does not warn that it did it for us
             xc.requires_grad_(True)
         tc = targets[i:i + step].to(device)
@@ -257,7 +260,7 @@ def run(method: str, ctx: RunContext, x: torch.Tensor, targets: torch.Tensor, cf
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
             warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
             attr, delta = fn(ctx, xc, tc, cfg, batching)
-        attrs.append(attr.detach().float().cpu())
+        attrs.append(attr.detach().float().cpu().contiguous())
         if delta is not None:
             deltas.append(delta.detach().float().cpu().reshape(-1))
     out = torch.cat(attrs).numpy().astype(np.float32)

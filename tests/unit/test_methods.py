@@ -236,9 +236,9 @@ def test_batched_integrated_gradients_equal_one_stimulus_at_a_time(digits):
     assert chunked.config["execution"]["batching"] == {"stimuli_per_call": 1, "internal_batch_size": 20}
 
 
-def test_integrated_gradients_equal_captums_own_per_row_gradients(digits):
-    # explain() takes gradients of the summed outputs (one autograd root); Captum's default
-    # takes one root per row. They must agree.
+def test_integrated_gradients_equal_captums_own_per_row_gradients_in_the_usual_layout(digits):
+    # explain() takes gradients of the summed outputs (one autograd root) and runs images in
+    # channels-last layout; Captum's default takes one root per row of NCHW tensors. They agree.
     from captum.attr import IntegratedGradients
     model, x = digits
     res = explain(model, x, method="integrated_gradients")
@@ -247,6 +247,8 @@ def test_integrated_gradients_equal_captums_own_per_row_gradients(digits):
         xt, baselines=torch.zeros_like(xt), target=torch.as_tensor(res.targets), n_steps=50,
         method="gausslegendre")
     np.testing.assert_allclose(res.attributions, expected.detach().numpy(), rtol=1e-4, atol=1e-6)
+    assert res.config["execution"]["memory_format"] == "channels_last"
+    assert res.attributions.flags.c_contiguous  # callers index it as (N, C, H, W)
 
 
 def test_perturbation_methods_give_the_same_result_in_big_or_small_batches(digits):
@@ -264,6 +266,7 @@ def test_the_callers_model_is_not_modified(digits):
         explain(model, x[:2], method=method)
     assert model.training
     assert all(p.requires_grad for p in model.parameters())
+    assert all(p.is_contiguous() for p in model.parameters())  # layout changed on the copy only
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
     model.eval()
