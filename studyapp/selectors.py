@@ -8,7 +8,8 @@ import numpy as np
 from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.db.models.functions import Coalesce
 
-from studyapp.models import Study, Trial
+from explainers.canonical import canonical_sha256
+from studyapp.models import Edit, Study, Trial
 
 
 def study_get_by_public_id(*, public_id: uuid.UUID) -> Study | None:
@@ -30,7 +31,7 @@ COLUMN_SOURCES = {
 TRIAL_COLUMNS = tuple(COLUMN_SOURCES)
 # What the analysis reads: no timestamps or keys, which are costly to fetch a million times.
 ANALYSIS_COLUMNS = ("participant", "arm", "position", "phase", "task", "stimulus", "edit", "truth", "model_output",
-                    "expected_answer", "response", "correct", "confidence")
+                    "expected_answer", "n_options", "response", "correct", "confidence")
 
 
 def trials_long_queryset(*, study: Study, answered_only: bool = False,
@@ -100,3 +101,25 @@ def trials_long_frame(*, study: Study, answered_only: bool = True, columns: tupl
         # SQLite returns booleans as 0/1 integers; keep the dtype the same on both databases.
         frame["correct"] = frame["correct"].map(lambda value: None if value is None else bool(value))
     return frame
+
+
+# ---------------------------------------------------------------- edits
+# Here, not in services.edits, so that the analysis can count a study's edits without PyTorch.
+
+DEFAULT_EDITS = {"image": {"grid": [4, 4], "fill": "mean"}, "tabular": {"quantiles": [0.1, 0.5, 0.9]}}
+
+
+def edit_settings(*, study) -> dict:
+    """The study's edit settings (config["edits"]) over the defaults for its modality."""
+    modality = study.dataset.modality
+    return {**DEFAULT_EDITS[modality], **(study.config or {}).get("edits", {})}
+
+
+def edit_settings_key(*, study) -> str:
+    """The key of the study's edits: SHA-256 of its canonical edit settings."""
+    return canonical_sha256(edit_settings(study=study))
+
+
+def study_edits(*, study, stimuli):
+    """The study's candidate edits of ``stimuli`` (those made under its settings)."""
+    return Edit.objects.filter(stimulus__in=stimuli, settings_sha256=edit_settings_key(study=study))

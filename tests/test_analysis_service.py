@@ -1,15 +1,21 @@
 """study_analyze: the frozen plan on the database gives the numbers of studyapp.analysis called directly."""
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+
 import numpy as np
 import pytest
 
 from studyapp import analysis as stats
-from studyapp.models import AnalysisRun, Explanation, Participant, QuestionnaireAnswer, Study
+from studyapp.models import (AnalysisRun, Edit, Explanation, Participant, QuestionnaireAnswer, Response, Study,
+                             Trial)
+from studyapp.selectors import edit_settings_key, study_edits
 from studyapp.services.analysis import study_analyze
 from studyapp.services.errors import ServiceError
 from studyapp.services.preregistration import hypothesis_update_after_launch
 from tests.analysis_factories import (
+    T0,
     add_participant,
     as_analysis_frame,
     launch,
@@ -368,3 +374,33 @@ def test_a_malformed_exploratory_request_is_refused_before_anything_is_stored():
     with pytest.raises(ServiceError, match="seed must be a whole number"):
         study_analyze(study=study, seed=-1)
     assert not AnalysisRun.objects.exists()
+
+
+def _counterfactual_participant(study, arm, stimuli, edits, n_options):
+    """A completed participant who chose, on each stimulus, the edit at position 0 (correct)."""
+    participant = Participant.objects.create(study=study, arm=study.arms.get(name=arm), status="completed",
+                                             consented_at=T0, started_at=T0, completed_at=T0 + dt.timedelta(minutes=10))
+    trials = Trial.objects.bulk_create([
+        Trial(participant=participant, position=i, phase="test", task="counterfactual_choose", stimulus=s,
+              edit=edits[s.pk], expected_answer=0, n_options=n_options) for i, s in enumerate(stimuli)])
+    Response.objects.bulk_create([
+        Response(trial=t, idempotency_key=uuid.uuid4(), payload_sha256="0" * 64, answer=0, correct=True,
+                 client_rt_ms=1500)
+        for t in trials])
+
+
+def test_counterfactual_chance_is_one_over_the_options_each_trial_offered():
+    study = study_with_items(arms=ARMS[:2], n_items=4)
+    stimuli = list(study.dataset.stimuli.order_by("index"))
+    # Three candidate edits per stimulus under this study's settings, five under other settings.
+    for key, count in ((edit_settings_key(study=study), 3), ("f" * 64, 5)):
+        Edit.objects.bulk_create([Edit(stimulus=s, settings_sha256=key, position=j, kind="feature_quantile",
+                                       data=npy_bytes([0.0, 0.0, 0.0])) for s in stimuli for j in range(count)])
+    first = {e.stimulus_id: e for e in study_edits(study=study, stimuli=stimuli).filter(position=0)}
+    study = launch(study)
+    _counterfactual_participant(study, "control", stimuli, first, n_options=4)  # recorded: 1/4
+    _counterfactual_participant(study, "explained", stimuli, first, n_options=None)  # 1/3 edits
+
+    run = study_analyze(study=study)
+
+    assert run.results["settings"]["counterfactual_chance"] == pytest.approx((1 / 4 + 1 / 3) / 2)

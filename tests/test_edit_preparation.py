@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from studyapp.models import Edit, ModelOutput, Study
+from studyapp.selectors import study_edits
 from studyapp.services.datasets import stimulus_array
 from studyapp.services.preparation import study_run_preparation
-from tests.factories import image_study_with_arms, study_with_arms
+from tests.factories import ArmFactory, StudyFactory, image_study_with_arms, study_with_arms
 
 pytestmark = pytest.mark.django_db
 
@@ -44,3 +45,24 @@ def test_a_second_preparation_reuses_the_edits_and_adds_nothing(prepare):
     Study.objects.filter(pk=study.pk).update(state="preparing")
     study_run_preparation(study_id=study.pk)
     assert (Edit.objects.count(), ModelOutput.objects.count()) == counts
+
+
+def _study_on(model, **fields) -> Study:
+    study = StudyFactory(model=model, **fields)
+    ArmFactory(study=study, name="control", kind="control", position=0)
+    ArmFactory(study=study, name="edges", kind="baseline", method="sobel_edges", position=1)
+    return study
+
+
+def test_two_studies_with_different_edit_settings_each_get_their_own_edits(prepare):
+    first = prepare(image_study_with_arms(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}]))
+    second = prepare(_study_on(first.model, config={"edits": {"grid": [2, 2]}}))
+    same = prepare(_study_on(first.model))  # the default 4x4 grid, as in the first study
+
+    stimuli = list(first.dataset.stimuli.filter(split="test"))
+    assert study_edits(study=first, stimuli=stimuli).count() == 8 * 16
+    coarse = study_edits(study=second, stimuli=stimuli)
+    assert coarse.count() == 8 * 4 and all(e.params["box"][2:] == [4, 4] for e in coarse)
+    assert second.preparation["edits"]["settings"]["grid"] == [2, 2]
+    assert same.preparation["edits"]["created"] == 0  # same settings: the first study's edits serve
+    assert Edit.objects.count() == 8 * 16 + 8 * 4

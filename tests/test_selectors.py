@@ -19,7 +19,7 @@ def test_each_trial_row_carries_truth_model_output_and_answer_in_one_query():
     participant = ParticipantFactory(arm=study.arms.get(name="control"))
     stimuli = list(study.dataset.stimuli.order_by("index")[:2])
     ModelOutput.objects.create(model=study.model, stimulus=stimuli[0], predicted=1, probabilities=[0.2, 0.8])
-    edit = Edit.objects.create(stimulus=stimuli[1], position=0, kind="feature_quantile", data=npy_bytes([0, 0, 0]))
+    edit = Edit.objects.create(stimulus=stimuli[1], settings_sha256="0" * 64, position=0, kind="feature_quantile", data=npy_bytes([0, 0, 0]))
     ModelOutput.objects.create(model=study.model, stimulus=stimuli[1], predicted=0, probabilities=[0.9, 0.1])
     ModelOutput.objects.create(model=study.model, edit=edit, predicted=1, probabilities=[0.3, 0.7])
     answered = TrialFactory(participant=participant, position=0, stimulus=stimuli[0], expected_answer=1)

@@ -137,6 +137,10 @@ class Edit(models.Model):
     Kind = EditKind
 
     stimulus = models.ForeignKey(Stimulus, on_delete=models.CASCADE, related_name="edits")
+    # Edits are shared by the studies that ask for the same edits of a stimulus: keyed by the
+    # settings that made them, so a study with another grid or other quantiles gets its own.
+    settings_sha256 = models.CharField(
+        max_length=64, help_text="SHA-256 of the canonical edit settings that made this edit.")
     position = models.PositiveSmallIntegerField(help_text="Order among this stimulus' candidate edits.")
     kind = models.CharField(max_length=24, choices=Kind.choices)
     params = models.JSONField(default=dict)
@@ -145,7 +149,8 @@ class Edit(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["stimulus", "position"], name="edit_unique_position"),
+            models.UniqueConstraint(fields=["stimulus", "settings_sha256", "position"],
+                                    name="edit_unique_position"),
             choices_check("kind", EditKind, "edit_kind_valid"),
         ]
 

@@ -48,8 +48,8 @@ from django.db.models import Count
 from django.utils import timezone
 
 from studyapp import analysis as stats
-from studyapp.models import AnalysisRun, Edit, Explanation, Participant, QuestionnaireAnswer, Study
-from studyapp.selectors import ANALYSIS_COLUMNS, trials_long_frame
+from studyapp.models import AnalysisRun, Explanation, Participant, QuestionnaireAnswer, Study
+from studyapp.selectors import ANALYSIS_COLUMNS, study_edits, trials_long_frame
 from studyapp.services.errors import ServiceError
 from studyapp.services.exclusions import EXCLUSION_RULES, participant_exclusions
 from studyapp.services.preregistration import (
@@ -373,15 +373,26 @@ def _chance_and_descriptives(trials: pd.DataFrame, arms: list[str], *, num_class
 
 
 def _counterfactual_chance(trials: pd.DataFrame, study: Study, num_classes: int) -> float | None:
+    """Mean chance level of the counterfactual trials: 1 / the options each one offered.
+
+    A trial records how many options it offered (``n_options``). For trials without it, choosing
+    among edits falls back to the number of the study's candidate edits of that stimulus, and
+    predicting an edit's output to the number of classes.
+    """
     rows = trials.loc[trials["task"].isin(COUNTERFACTUAL_TASKS)]
     if rows.empty:
         return None
-    n_edits = dict(Edit.objects.filter(stimulus__dataset_id=study.dataset_id).values("stimulus_id")
-                   .annotate(n=Count("pk")).values_list("stimulus_id", "n"))
-    per_trial = np.where(rows["task"] == "counterfactual_choose",
-                         1.0 / rows["stimulus"].map(lambda s: max(n_edits.get(s, 1), 1)).to_numpy(dtype="float64"),
-                         1.0 / num_classes)
-    return float(per_trial.mean())
+    options = rows["n_options"].astype("float64")
+    missing = options.isna()
+    if missing.any():
+        fallback = pd.Series(float(num_classes), index=rows.index)
+        choose = missing & (rows["task"] == "counterfactual_choose")
+        if choose.any():
+            n_edits = dict(study_edits(study=study, stimuli=rows.loc[choose, "stimulus"].unique().tolist())
+                           .values("stimulus_id").annotate(n=Count("pk")).values_list("stimulus_id", "n"))
+            fallback[choose] = rows.loc[choose, "stimulus"].map(lambda s: max(n_edits.get(s, 1), 1))
+        options[missing] = fallback[missing]
+    return float((1.0 / options.clip(lower=1)).mean())
 
 
 def _explanation_observer(study: Study, arm: dict, items: pd.DataFrame, seed: int) -> dict:

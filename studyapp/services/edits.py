@@ -1,8 +1,10 @@
 """Counterfactual edits of the study's stimuli and the model's output on each.
 
-Edits belong to a stimulus (the same occluded cell is the same edit whichever model looks at it);
-outputs belong to a (model, edit) pair. Both are unique in the database, so preparation creates
-only what is missing: edits for stimuli that have none, outputs for edits this model has not seen.
+Edits belong to a stimulus and the settings that made them (the same occluded cell of the same
+grid is the same edit whichever model or study looks at it; another grid is another set of
+edits); outputs belong to a (model, edit) pair. Both are unique in the database, so preparation
+creates only what is missing: edits for stimuli that have none under the study's settings,
+outputs for edits this model has not seen.
 Whether an edit changes the prediction is derived (edit output vs stimulus output), not stored.
 """
 from __future__ import annotations
@@ -15,16 +17,10 @@ from explainers import rendering
 from explainers.edits import feature_quantile_edits, grid_occlusion_edits
 from explainers.methods import predict
 from studyapp.models import Edit, ModelOutput
+from studyapp.selectors import edit_settings, edit_settings_key, study_edits
 from studyapp.services.datasets import array_to_npy_bytes, stimulus_array
 
-DEFAULT_EDITS = {"image": {"grid": [4, 4], "fill": "mean"}, "tabular": {"quantiles": [0.1, 0.5, 0.9]}}
 KIND = {"occlusion": Edit.Kind.OCCLUDE_CELL, "feature_quantile": Edit.Kind.FEATURE_QUANTILE}
-
-
-def edit_settings(*, study) -> dict:
-    """The study's edit settings (config["edits"]) over the defaults for its modality."""
-    modality = study.dataset.modality
-    return {**DEFAULT_EDITS[modality], **(study.config or {}).get("edits", {})}
 
 
 def _edit_batch(ctx, indices: list[int], options: dict):
@@ -36,8 +32,10 @@ def _edit_batch(ctx, indices: list[int], options: dict):
 
 
 def edits_create(*, ctx) -> int:
-    """Candidate edits for every pool stimulus that has none yet (with a display PNG for images)."""
-    have = set(Edit.objects.filter(stimulus__in=ctx.stimuli).values_list("stimulus_id", flat=True).distinct())
+    """Candidate edits for every pool stimulus that has none yet under the study's settings (with a
+    display PNG for images)."""
+    key = edit_settings_key(study=ctx.study)
+    have = set(study_edits(study=ctx.study, stimuli=ctx.stimuli).values_list("stimulus_id", flat=True).distinct())
     missing = [i for i, s in enumerate(ctx.stimuli) if s.pk not in have]
     if not missing:
         return 0
@@ -46,8 +44,8 @@ def edits_create(*, ctx) -> int:
     for row, i in enumerate(missing):
         for j in range(int(batch.counts[row])):
             params = {**batch.params[row][j], "config": batch.config}
-            edit = Edit(stimulus_id=ctx.stimuli[i].pk, position=j, kind=KIND[batch.kind], params=params,
-                        data=array_to_npy_bytes(batch.edited[row, j]))
+            edit = Edit(stimulus_id=ctx.stimuli[i].pk, settings_sha256=key, position=j,
+                        kind=KIND[batch.kind], params=params, data=array_to_npy_bytes(batch.edited[row, j]))
             if ctx.modality == "image":
                 png = rendering.render_edit(ctx.inputs[i], box=tuple(params["box"]), occlude=True,
                                             fill_value=float(np.clip(params["fill_value"], 0.0, 1.0)))
@@ -59,8 +57,8 @@ def edits_create(*, ctx) -> int:
 
 
 def edit_outputs_compute(*, ctx, device: str | None = None) -> int:
-    """The model's output on every edit of the pool that it has not been run on yet."""
-    edits = list(Edit.objects.filter(stimulus__in=ctx.stimuli)
+    """The model's output on every edit of the study that it has not been run on yet."""
+    edits = list(study_edits(study=ctx.study, stimuli=ctx.stimuli)
                  .exclude(outputs__model=ctx.study.model).only("data"))
     if not edits:
         return 0

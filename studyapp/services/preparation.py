@@ -13,8 +13,9 @@ from django.db import transaction
 
 from explainers.sanity import sanity_check
 from studyapp.models import Arm, ModelOutput, Stimulus, Study
+from studyapp.selectors import edit_settings, edit_settings_key
 from studyapp.services.datasets import stimulus_array
-from studyapp.services.edits import edit_outputs_compute, edit_settings, edits_create
+from studyapp.services.edits import edit_outputs_compute, edits_create
 from studyapp.services.explanations import PreparationContext, arm_compute_explanations, explainer_device
 from studyapp.services.mlmodels import mlmodel_load
 from studyapp.services.studies import study_back_to_draft, study_mark_ready
@@ -81,8 +82,9 @@ def study_run_preparation(*, study_id: int) -> dict:
             _progress(study, step=f"arm '{arm.name}'")
             explanations[arm.name] = arm_compute_explanations(arm=arm, ctx=ctx)
         _progress(study, step="counterfactual edits")
-        edits = {"created": edits_create(ctx=ctx), "outputs_created": edit_outputs_compute(
-            ctx=ctx, device=explainer_device()), "settings": edit_settings(study=study)}
+        edits = {"created": edits_create(ctx=ctx),
+                 "outputs_created": edit_outputs_compute(ctx=ctx, device=explainer_device()),
+                 "settings": edit_settings(study=study), "settings_sha256": edit_settings_key(study=study)}
         _progress(study, step="sanity checks")
         sanity = sanity_checks_run(ctx=ctx, arms=arms) if len(ctx.stimuli) >= MIN_SANITY_STIMULI else {}
     except Exception as exc:
