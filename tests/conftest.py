@@ -87,3 +87,11 @@ def prepare(django_capture_on_commit_callbacks):
         return study
 
     return _prepare
+
+
+@pytest.fixture
+def staff_client(client, django_user_model):
+    """The test client, logged in as a staff user named "analyst" (not a superuser)."""
+    client.force_login(django_user_model.objects.create_user(username="analyst", password="pw-123456789",
+                                                             is_staff=True))
+    return client

@@ -133,3 +133,24 @@ def test_stimulus_indices_are_unique_per_dataset():
 
 def test_a_model_must_carry_a_hex_sha256():
     assert rejected(lambda: MLModelFactory(weights_sha256="not-a-hash"))
+
+
+def test_an_analysis_job_cannot_finish_without_its_run_or_its_reason():
+    job = m.AnalysisJob.objects.create(study=StudyFactory())
+    now = job.created_at
+    assert rejected(lambda: m.AnalysisJob.objects.filter(pk=job.pk).update(status="done", finished_at=now))
+    assert rejected(lambda: m.AnalysisJob.objects.filter(pk=job.pk).update(status="failed", finished_at=now))
+    assert rejected(lambda: m.AnalysisJob.objects.filter(pk=job.pk).update(status="lost"))
+    assert not rejected(lambda: m.AnalysisJob.objects.filter(pk=job.pk).update(
+        status="failed", finished_at=now, error="The plan no longer matches its hash."))
+
+
+def test_edits_of_one_stimulus_are_unique_per_settings_and_position():
+    stimulus = StimulusFactory()
+
+    def edit(key):
+        return lambda: m.Edit.objects.create(stimulus=stimulus, settings_sha256=key, position=0,
+                                             kind="feature_quantile", data=npy_bytes([0.0]))
+    edit("a" * 64)()
+    assert not rejected(edit("b" * 64))  # other settings: another edit at position 0
+    assert rejected(edit("a" * 64))

@@ -31,13 +31,6 @@ pytestmark = pytest.mark.django_db
 CSV_KINDS = ("responses", "participants", "hypotheses", "codebook")
 
 
-@pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_user(username="analyst", password="pw-123456789", is_staff=True)
-    client.force_login(user)
-    return client
-
-
 def _url(study: Study, kind: str) -> str:
     return reverse(f"export-{kind.replace('_', '-')}", kwargs={"pk": study.pk})
 

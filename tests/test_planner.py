@@ -5,7 +5,6 @@ import html as html_lib
 import re
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from studyapp.analysis import calibrate, sample_size_two_proportions
@@ -20,13 +19,6 @@ SIMULATE = {"calc": "simulate", "sim-control_accuracy": "0.6", "sim-arm_accuraci
             "sim-n_per_arm": "12", "sim-trials_per_phase": "10", "sim-design": "pre_post",
             "sim-alternative": "greater", "sim-correction": "holm", "sim-alpha": "0.05", "sim-n_studies": "20",
             "sim-participant_sd": "0.5", "sim-item_sd": "0.5", "sim-seed": "3"}
-
-
-@pytest.fixture
-def staff_client(django_user_model) -> Client:
-    client = Client()
-    client.force_login(django_user_model.objects.create_user(username="planner", password="pw", is_staff=True))
-    return client
 
 
 def result_text(response, anchor: str) -> str:

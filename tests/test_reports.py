@@ -163,13 +163,6 @@ def results_for(arms=("control", "explained", "placebo"), *, kind="confirmatory"
 
 
 @pytest.fixture
-def staff_client(django_user_model) -> Client:
-    client = Client()
-    client.force_login(django_user_model.objects.create_user(username="analyst", password="pw", is_staff=True))
-    return client
-
-
-@pytest.fixture
 def launched_study() -> m.Study:
     return launch(study_with_items(arms=("control", "explained", "placebo")))
 
@@ -449,7 +442,7 @@ def test_run_analysis_on_a_study_never_launched_explains_why_and_stores_nothing(
     assert not m.AnalysisRun.objects.exists()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # real commits: embedded mode runs the job on commit, in the request
 def test_run_analysis_stores_a_confirmatory_run_and_the_report_shows_its_decisions(staff_client):
     from studyapp.analysis import simulate_study
     from tests.analysis_factories import write_simulated_trials
@@ -464,6 +457,7 @@ def test_run_analysis_stores_a_confirmatory_run_and_the_report_shows_its_decisio
     write_simulated_trials(study, trials)
     response = staff_client.post(reverse("report-study-analyze", kwargs={"pk": study.pk}), {"seed": 5})
     run = m.AnalysisRun.objects.get(study=study)
+    assert m.AnalysisJob.objects.get(study=study).run == run
     assert response.status_code == 302 and response["Location"].endswith(f"#run-{run.pk}")
     assert run.kind == "confirmatory" and run.seed == 5
     html = staff_client.get(report_url(study)).content.decode()
@@ -486,7 +480,7 @@ def test_report_link_is_an_escaped_anchor_to_the_report_page():
     assert "<script>" not in link
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_pilot_analysis_of_a_study_not_launched_is_stored_and_shown_as_exploratory(staff_client):
     study = study_with_items()
     page = staff_client.get(report_url(study)).content.decode()

@@ -66,3 +66,22 @@ def test_preparing_a_study_runs_on_the_worker_and_makes_it_ready(celery_worker, 
     assert ModelOutput.objects.filter(model=study.model, stimulus__isnull=False).count() == 10
     assert study.preparation["status"] == "done"
     assert "prepare_study" in (tmp_path / "worker.log").read_text()  # it ran there, not in this process
+
+
+def test_a_requested_analysis_runs_on_the_worker_and_stores_one_run(celery_worker, tmp_path):
+    from studyapp.models import AnalysisJob, AnalysisRun
+    from studyapp.services.analysis_jobs import analysis_job_request
+    from tests.analysis_factories import add_participant, launch, study_with_items
+
+    study = launch(study_with_items(arms=("control", "explained")))
+    for arm, answers in (("control", [1, 0, 0, 1]), ("explained", [1, 1, 0, 1])):
+        add_participant(study, arm, answers=answers)
+    job = analysis_job_request(study=study, seed=4, spec=None)  # commits, then enqueues on commit
+    deadline = time.monotonic() + 90
+    while job.status in ("queued", "running"):
+        assert time.monotonic() < deadline, "job stayed " + job.status + ":\n" + (tmp_path / "worker.log").read_text()
+        time.sleep(0.3)
+        job.refresh_from_db()
+    assert job.status == AnalysisJob.Status.DONE, job.error
+    assert AnalysisRun.objects.filter(study=study).get() == job.run and job.run.seed == 4
+    assert "analyze_study" in (tmp_path / "worker.log").read_text()  # it ran there, not in this process

@@ -16,5 +16,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_routes = {
     # Preparation runs the model and the explainers: the GPU worker takes it when there is one.
     "worker.tasks.prepare_study": {"queue": "gpu"},
+    # The statistics need no GPU.
+    "worker.tasks.analyze_study": {"queue": "cpu"},
 }
 app.autodiscover_tasks(["worker"])

@@ -10,3 +10,11 @@ def prepare_study(study_id: int) -> dict:
     from studyapp.services.preparation import study_run_preparation
 
     return study_run_preparation(study_id=study_id)
+
+
+@shared_task(name="worker.tasks.analyze_study", autoretry_for=(ConnectionError,), retry_backoff=True,
+             max_retries=5)
+def analyze_study(job_id: int) -> str:
+    from studyapp.services.analysis_jobs import analysis_job_run
+
+    return analysis_job_run(job_id=job_id)

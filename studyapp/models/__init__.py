@@ -6,9 +6,10 @@ of writing twice).
 """
 from studyapp.models.data import Dataset, Edit, MLModel, ModelOutput, Stimulus
 from studyapp.models.participation import Participant, QuestionnaireAnswer, Response, Trial
-from studyapp.models.study import AnalysisRun, Arm, Explanation, Hypothesis, PreregistrationDeviation, Study
+from studyapp.models.study import (AnalysisJob, AnalysisRun, Arm, Explanation, Hypothesis, PreregistrationDeviation,
+                                   Study)
 
 __all__ = [
-    "AnalysisRun", "Arm", "Dataset", "Edit", "Explanation", "Hypothesis", "MLModel", "ModelOutput",
+    "AnalysisJob", "AnalysisRun", "Arm", "Dataset", "Edit", "Explanation", "Hypothesis", "MLModel", "ModelOutput",
     "Participant", "PreregistrationDeviation", "QuestionnaireAnswer", "Response", "Stimulus", "Study", "Trial",
 ]

@@ -281,3 +281,39 @@ class AnalysisRun(models.Model):
 
     class Meta:
         constraints = [choices_check("kind", AnalysisRunKind, "analysisrun_kind_valid")]
+
+
+class AnalysisJobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class AnalysisJob(models.Model):
+    """A requested analysis, run by a worker: at a million responses it takes tens of seconds,
+    longer than a web request should wait (and a timed-out request would lose it)."""
+
+    Status = AnalysisJobStatus
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="analysis_jobs")
+    seed = models.PositiveIntegerField(default=0)
+    spec = models.JSONField(null=True, blank=True, help_text="The exploratory request; empty = the frozen plan.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    run = models.OneToOneField(AnalysisRun, null=True, blank=True, on_delete=models.CASCADE, related_name="job")
+    requested_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "-created_at"]
+        constraints = [
+            choices_check("status", AnalysisJobStatus, "analysisjob_status_valid"),
+            # A finished job says what came of it: its run, or why there is none.
+            models.CheckConstraint(condition=~Q(status="done") | Q(run__isnull=False, finished_at__isnull=False),
+                                   name="analysisjob_done_has_run"),
+            models.CheckConstraint(condition=~Q(status="failed") | (~Q(error="") & Q(finished_at__isnull=False)),
+                                   name="analysisjob_failed_has_error"),
+        ]

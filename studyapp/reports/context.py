@@ -26,7 +26,7 @@ from typing import Any
 
 from django.utils.safestring import mark_safe
 
-from studyapp.models import AnalysisRun, Hypothesis, Participant, PreregistrationDeviation, QuestionnaireAnswer, Study
+from studyapp.models import AnalysisJob, AnalysisRun, Hypothesis, Participant, PreregistrationDeviation, QuestionnaireAnswer, Study
 from studyapp.reports import plots
 from studyapp.services.exclusions import EXCLUSION_RULES
 
@@ -479,6 +479,16 @@ def _runs(study: Study) -> tuple[AnalysisRun | None, list[AnalysisRun], int]:
                        [:MAX_EXPLORATORY_RUNS])
     earlier = max(confirmatory.count() - 1, 0)
     return latest, exploratory, earlier
+
+
+def jobs_section(study: Study, *, failed_shown: int = 5) -> dict[str, Any]:
+    """Analysis requests still queued or running, and the latest failed ones with their reason
+    (the staff page only: the downloadable report is a record of results)."""
+    jobs = AnalysisJob.objects.filter(study=study)
+    active = list(jobs.filter(status__in=[AnalysisJob.Status.QUEUED, AnalysisJob.Status.RUNNING])
+                  .order_by("created_at", "id"))
+    failed = list(jobs.filter(status=AnalysisJob.Status.FAILED).order_by("-finished_at", "-id")[:failed_shown])
+    return {"active": active, "failed": failed}
 
 
 def report_context(*, study: Study) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Thin: authorize (``staff_member_required``: anonymous and non-staff users go to the admin login),
 parse, call the context builder or the service. "Run analysis" is a POST (CSRF-protected by the
-middleware) followed by a redirect, so a reload never runs the analysis twice.
+middleware) that queues an analysis job for the worker, followed by a redirect, so a reload
+never runs the analysis twice.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from studyapp.models import Study
-from studyapp.reports.context import report_context
+from studyapp.reports.context import jobs_section, report_context
 from studyapp.reports.forms import RunAnalysisForm, SampleSizeForm, SimulationForm
 from studyapp.reports.planner import sample_size_result, simulation_initial, simulation_result
+from studyapp.services.analysis_jobs import analysis_job_request
 
 
 def _admin_context(request: HttpRequest, title: str) -> dict:
@@ -32,7 +34,7 @@ def _admin_context(request: HttpRequest, title: str) -> dict:
 def study_report(request: HttpRequest, pk: int) -> HttpResponse:
     study = get_object_or_404(Study, pk=pk)
     context = {**_admin_context(request, f"Report: {study.title}"), **report_context(study=study),
-               "run_form": RunAnalysisForm(initial={"seed": study.seed}),
+               "run_form": RunAnalysisForm(initial={"seed": study.seed}), "jobs": jobs_section(study),
                "launched": study.frozen_config is not None,
                "has_deviations": study.deviations.exists()}
     return render(request, "reports/study_report.html", context)
@@ -42,8 +44,6 @@ def study_report(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @staff_member_required
 def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
-    from studyapp.services.analysis import study_analyze  # imported late: it pulls in the statistics stack
-
     study = get_object_or_404(Study, pk=pk)
     url = reverse("report-study", kwargs={"pk": study.pk})
     form = RunAnalysisForm(request.POST)
@@ -52,13 +52,22 @@ def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
             str(e) for errors in form.errors.values() for e in errors))
         return HttpResponseRedirect(url)
     try:
-        run = study_analyze(study=study, seed=form.cleaned_data["seed"], exploratory_spec=form.spec())
+        job = analysis_job_request(study=study, seed=form.cleaned_data["seed"], spec=form.spec(),
+                                   requested_by=request.user.get_username())
     except ValidationError as exc:  # ServiceError: a message for the researcher
         messages.error(request, "The analysis was not run: " + " ".join(exc.messages))
         return HttpResponseRedirect(url)
-    label = "Exploratory" if run.kind == "exploratory" else "Confirmatory"
-    messages.success(request, f"{label} analysis #{run.pk} stored (seed {run.seed}).")
-    return HttpResponseRedirect(f"{url}#run-{run.pk}")
+    job.refresh_from_db()  # without a broker it has already run, in this request
+    if job.status == job.Status.DONE:
+        label = "Exploratory" if job.run.kind == "exploratory" else "Confirmatory"
+        messages.success(request, f"{label} analysis #{job.run.pk} stored (seed {job.run.seed}).")
+        return HttpResponseRedirect(f"{url}#run-{job.run.pk}")
+    if job.status == job.Status.FAILED:
+        messages.error(request, f"The analysis was not run: {job.error}")
+        return HttpResponseRedirect(url)
+    messages.info(request, f"Analysis request #{job.pk} is queued for the worker; this page shows the run when "
+                           "it is stored (reload it).")
+    return HttpResponseRedirect(f"{url}#analysis-jobs")
 
 
 @never_cache

@@ -53,12 +53,11 @@ from studyapp.selectors import ANALYSIS_COLUMNS, study_edits, trials_long_frame
 from studyapp.services.errors import ServiceError
 from studyapp.services.exclusions import EXCLUSION_RULES, participant_exclusions
 from studyapp.services.preregistration import (
-    analysis_request_classify,
+    analysis_request_check,
     analysis_request_resolve,
     deviation_as_dict,
     hypothesis_value_problems,
     preregistration_drift,
-    preregistration_verify,
     study_deviations,
 )
 from studyapp.services.studies import study_plan_document
@@ -581,16 +580,7 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
     of its hypotheses. An exploratory request may run before launch (pilot data).
     """
     study = Study.objects.select_related("model", "dataset").get(pk=study.pk)
-    if exploratory_spec is None and study.frozen_config is None:
-        raise ServiceError(f"The study '{study.title}' was never launched, so it has no frozen plan: a confirmatory "
-                           "analysis is impossible. Run an exploratory analysis (pass exploratory_spec) instead.")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ServiceError(f"The seed must be a whole number >= 0, got {seed!r}.")
-    kind, exploratory_reasons = analysis_request_classify(study=study, spec=exploratory_spec)
-    verified = preregistration_verify(study=study)
-    if kind == "confirmatory" and not verified:
-        raise ServiceError(f"The frozen plan of '{study.title}' no longer matches the SHA-256 recorded at launch; "
-                           "no confirmatory analysis can be run on it.")
+    kind, exploratory_reasons, verified = analysis_request_check(study=study, seed=seed, spec=exploratory_spec)
     hypotheses, rules = analysis_request_resolve(study=study, spec=exploratory_spec)
     data = _load(study, rules)
     if kind == "exploratory":

@@ -373,5 +373,22 @@ def analysis_request_classify(*, study: Study, spec: dict | None) -> tuple[str, 
     return ("exploratory" if reasons else "confirmatory"), reasons
 
 
+def analysis_request_check(*, study: Study, seed, spec: dict | None) -> tuple[str, list[str], bool]:
+    """Refuse, with a message for the researcher, a request that cannot run; else return
+    (kind, reasons it is exploratory, whether the frozen plan matches its hash). Cheap (no
+    trial is read): the report page checks a request before it queues it."""
+    if spec is None and study.frozen_config is None:
+        raise ServiceError(f"The study '{study.title}' was never launched, so it has no frozen plan: a confirmatory "
+                           "analysis is impossible. Run an exploratory analysis (pass exploratory_spec) instead.")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ServiceError(f"The seed must be a whole number >= 0, got {seed!r}.")
+    kind, reasons = analysis_request_classify(study=study, spec=spec)
+    verified = preregistration_verify(study=study)
+    if kind == "confirmatory" and not verified:
+        raise ServiceError(f"The frozen plan of '{study.title}' no longer matches the SHA-256 recorded at launch; "
+                           "no confirmatory analysis can be run on it.")
+    return kind, reasons, verified
+
+
 def analysis_request_kind(*, study: Study, spec: dict | None) -> str:
     return analysis_request_classify(study=study, spec=spec)[0]
