@@ -12,8 +12,9 @@ def prepare_study(study_id: int) -> dict:
     return study_run_preparation(study_id=study_id)
 
 
-@shared_task(name="worker.tasks.analyze_study", autoretry_for=(ConnectionError,), retry_backoff=True,
-             max_retries=5)
+# No autoretry: analysis_job_run records every failure on the job, and a failed job is never
+# claimed again, so a retry could only ever find it finished.
+@shared_task(name="worker.tasks.analyze_study")
 def analyze_study(job_id: int) -> str:
     from studyapp.services.analysis_jobs import analysis_job_run
 

@@ -382,15 +382,12 @@ def _counterfactual_chance(trials: pd.DataFrame, study: Study, num_classes: int)
     if rows.empty:
         return None
     options = rows["n_options"].astype("float64")
-    missing = options.isna()
-    if missing.any():
-        fallback = pd.Series(float(num_classes), index=rows.index)
-        choose = missing & (rows["task"] == "counterfactual_choose")
-        if choose.any():
-            n_edits = dict(study_edits(study=study, stimuli=rows.loc[choose, "stimulus"].unique().tolist())
-                           .values("stimulus_id").annotate(n=Count("pk")).values_list("stimulus_id", "n"))
-            fallback[choose] = rows.loc[choose, "stimulus"].map(lambda s: max(n_edits.get(s, 1), 1))
-        options[missing] = fallback[missing]
+    choose = options.isna() & (rows["task"] == "counterfactual_choose")
+    if choose.any():
+        n_edits = dict(study_edits(study=study, stimuli=rows.loc[choose, "stimulus"].unique().tolist())
+                       .values("stimulus_id").annotate(n=Count("pk")).values_list("stimulus_id", "n"))
+        options[choose] = rows.loc[choose, "stimulus"].map(lambda s: max(n_edits.get(s, 1), 1))
+    options = options.fillna(float(num_classes))  # predicting an edit's output: one of the classes
     return float((1.0 / options.clip(lower=1)).mean())
 
 
