@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 
 from studyapp.models import Study
+from studyapp.api.authentication import session_remember
+from studyapp.api.participation import participant_session_for
 from studyapp.selectors import study_get_by_public_id
+from studyapp.selectors.participation import study_design
+from studyapp.services.participants import ParticipationError, external_ids_from, participant_enroll
 
 
 @require_GET
@@ -29,16 +33,60 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok", "database": "ok"})
 
 
+PAGES = {
+    "closed": ("participant/closed.html", 410),
+    "full": ("participant/full.html", 200),
+    "not_open": ("participant/not_open.html", 200),
+    "already_taken_part": ("participant/already_taken_part.html", 200),
+}
+
+
+def _polite(request: HttpRequest, study: Study, reason: str) -> HttpResponse:
+    template, status = PAGES.get(reason, PAGES["not_open"])
+    return render(request, template, {"study": study}, status=status)
+
+
 @never_cache
-@require_GET
+@require_http_methods(["GET", "POST"])
 def study_landing(request: HttpRequest, public_id) -> HttpResponse:
-    """The participant link. Only a live study accepts participants; staff may preview others."""
+    """The participant link. GET shows welcome and consent and creates nothing (link scanners and
+    previews follow links); POST "I agree" enrolls, "I decline" ends. Staff may preview any state."""
     study = study_get_by_public_id(public_id=public_id)
     if study is None:
         raise Http404("No such study.")
+    staff = request.user.is_authenticated and request.user.is_staff
     preview = study.state != Study.State.LIVE
-    if preview and not (request.user.is_authenticated and request.user.is_staff):
-        if study.state == Study.State.CLOSED:
-            return render(request, "participant/closed.html", {"study": study}, status=410)
-        raise Http404("No such study.")
-    return render(request, "participant/landing.html", {"study": study, "preview": preview})
+    if request.method == "GET":
+        if preview and not staff:
+            if study.state == Study.State.CLOSED:
+                return _polite(request, study, "closed")
+            raise Http404("No such study.")
+        enrolled = participant_session_for(request, study) is not None
+        return render(request, "participant/landing.html",
+                      {"study": study, "preview": preview, "enrolled": enrolled, "query": request.GET.urlencode()})
+    if request.POST.get("choice") != "agree":
+        return render(request, "participant/declined.html", {"study": study})
+    if preview:  # staff previews never create participants, and nobody joins a study that is not live
+        return _polite(request, study, "closed" if study.state == Study.State.CLOSED else "not_open")
+    if participant_session_for(request, study) is None:
+        try:
+            design = study_design(study=study)
+            external = external_ids_from(request.GET.dict(), design=design)
+            participant, _ = participant_enroll(study=study, external=external)
+        except ParticipationError as exc:
+            return _polite(request, study, exc.reason)
+        except ValueError:
+            return _polite(request, study, "not_open")
+        session_remember(request, study.public_id, participant)
+    return redirect("study-session", public_id=study.public_id)
+
+
+@never_cache
+@require_GET
+def study_session(request: HttpRequest, public_id) -> HttpResponse:
+    """The participant's session page (the steps render from the participant API)."""
+    study = study_get_by_public_id(public_id=public_id)
+    participant = participant_session_for(request, study) if study is not None else None
+    if participant is None:
+        raise Http404("No session for this study in this browser.")
+    return render(request, "participant/session.html", {"study": study, "participant": participant})

@@ -13,6 +13,11 @@ from explainers.safe_loading import state_dict_to_bytes, weights_sha256
 from studyapp import models as m
 
 CLASS_NAMES = ["negative", "positive"]
+# A small valid design (studyapp.design): 2 learning items with the model's output and the aid,
+# 3 test items, one attention check; no reading delay so tests can walk through it.
+SMALL_DESIGN = {"blocks": [{"phase": "learning", "n_items": 2, "show_model_output": True, "show_aid": True},
+                           {"phase": "test", "n_items": 3}],
+                "attention_checks": {"count": 1}, "min_instruction_seconds": 0}
 N_FEATURES = 3
 
 
@@ -73,6 +78,7 @@ class StudyFactory(factory.django.DjangoModelFactory):
     model = factory.SubFactory(MLModelFactory)
     dataset = factory.SelfAttribute("model.dataset")
     consent_text = "Please take part."
+    config = factory.LazyFunction(lambda: {**SMALL_DESIGN})
     debrief_text = "Some explanations you saw were altered on purpose."
 
 

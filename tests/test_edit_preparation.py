@@ -1,4 +1,4 @@
-"""Preparation creates counterfactual edits of the pool stimuli and the model's output on each."""
+"""Preparation creates counterfactual edits of the candidate stimuli and the model's output on each."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,10 +11,18 @@ from studyapp.services.preparation import study_run_preparation
 from tests.factories import ArmFactory, StudyFactory, image_study_with_arms, study_with_arms
 
 pytestmark = pytest.mark.django_db
+# One counterfactual item: every test stimulus of these small pools is a candidate, so all get edits.
+CF = {"blocks": [{"phase": "test", "task": "counterfactual_predict", "n_items": 1}], "min_instruction_seconds": 0}
+
+
+def with_cf(study: Study, **config) -> Study:
+    Study.objects.filter(pk=study.pk).update(config={**CF, **config})
+    study.refresh_from_db()
+    return study
 
 
 def test_tabular_edits_move_exactly_one_feature_and_have_the_models_output(prepare):
-    study = prepare(study_with_arms())
+    study = prepare(with_cf(study_with_arms()))
     edits = Edit.objects.filter(stimulus__dataset=study.dataset).select_related("stimulus")
     assert edits.exists() and set(edits.values_list("stimulus__split", flat=True)) == {"test"}
     for edit in edits:
@@ -27,7 +35,7 @@ def test_tabular_edits_move_exactly_one_feature_and_have_the_models_output(prepa
 
 
 def test_image_edits_occlude_one_cell_and_are_rendered(prepare):
-    study = prepare(image_study_with_arms(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}]))
+    study = prepare(with_cf(image_study_with_arms(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}])))
     edits = Edit.objects.filter(stimulus__dataset=study.dataset).select_related("stimulus")
     assert edits.count() == 8 * 16  # 8 pool stimuli, a 4x4 grid each
     for edit in edits[:20]:
@@ -40,7 +48,7 @@ def test_image_edits_occlude_one_cell_and_are_rendered(prepare):
 
 
 def test_a_second_preparation_reuses_the_edits_and_adds_nothing(prepare):
-    study = prepare(study_with_arms())
+    study = prepare(with_cf(study_with_arms()))
     counts = (Edit.objects.count(), ModelOutput.objects.count())
     Study.objects.filter(pk=study.pk).update(state="preparing")
     study_run_preparation(study_id=study.pk)
@@ -55,9 +63,9 @@ def _study_on(model, **fields) -> Study:
 
 
 def test_two_studies_with_different_edit_settings_each_get_their_own_edits(prepare):
-    first = prepare(image_study_with_arms(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}]))
-    second = prepare(_study_on(first.model, config={"edits": {"grid": [2, 2]}}))
-    same = prepare(_study_on(first.model))  # the default 4x4 grid, as in the first study
+    first = prepare(with_cf(image_study_with_arms(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}])))
+    second = prepare(_study_on(first.model, config={**CF, "edits": {"grid": [2, 2]}}))
+    same = prepare(_study_on(first.model, config=CF))  # the default 4x4 grid, as in the first study
 
     stimuli = list(first.dataset.stimuli.filter(split="test"))
     assert study_edits(study=first, stimuli=stimuli).count() == 8 * 16

@@ -16,13 +16,15 @@ from tests.factories import ArmFactory, image_study_with_arms, study_with_arms
 pytestmark = pytest.mark.django_db
 
 
-def test_each_test_stimulus_gets_one_explanation_per_arm_with_its_full_config(prepare):
+def test_each_sampled_item_gets_one_explanation_per_arm_with_its_full_config(prepare):
     study = prepare(study_with_arms(methods=("integrated_gradients", "saliency")))
     assert study.state == Study.State.READY
     test_ids = set(study.dataset.stimuli.filter(split="test").values_list("pk", flat=True))
+    sampled = set(study.items.values_list("stimulus_id", flat=True))
+    assert len(sampled) == 5 and sampled <= test_ids  # 2 learning + 3 test items, never training items
     for arm in study.arms.filter(kind="explanation"):
         rows = Explanation.objects.filter(arm=arm)
-        assert set(rows.values_list("stimulus_id", flat=True)) == test_ids  # never training items
+        assert set(rows.values_list("stimulus_id", flat=True)) == sampled  # only the study's items
         first = rows.first()
         # Every parameter is explicit; the tabular baseline is the training mean, recorded with its values.
         if arm.method == "integrated_gradients":
@@ -81,7 +83,7 @@ def test_an_arm_that_cannot_be_computed_is_refused_before_any_work(arm_kwargs, m
 def test_the_control_arm_gets_no_explanations(prepare):
     study = prepare(study_with_arms())
     assert not Explanation.objects.filter(arm__kind=Arm.Kind.CONTROL).exists()
-    assert study.preparation["explanations_created"] == {"integrated_gradients": 6}
+    assert study.preparation["explanations_created"] == {"integrated_gradients": 5}
 
 
 def maps_of(arm_name: str) -> dict[int, np.ndarray]:
@@ -134,7 +136,7 @@ def test_baseline_and_ood_arms_are_prepared_on_images(prepare):
     for e in Explanation.objects.filter(arm__name="ood"):
         score, threshold, flagged = np.load(io.BytesIO(bytes(e.attributions)), allow_pickle=False)
         assert flagged == float(score > threshold) and not e.image
-    assert Explanation.objects.filter(arm__name="edges").count() == 8
+    assert Explanation.objects.filter(arm__name="edges").count() == 5  # the sampled items
 
 
 def test_a_study_with_manipulated_explanations_needs_a_debrief():

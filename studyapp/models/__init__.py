@@ -7,9 +7,9 @@ of writing twice).
 from studyapp.models.data import Dataset, Edit, MLModel, ModelOutput, Stimulus
 from studyapp.models.participation import Participant, QuestionnaireAnswer, Response, Trial
 from studyapp.models.study import (AnalysisJob, AnalysisRun, Arm, Explanation, Hypothesis, PreregistrationDeviation,
-                                   Study)
+                                   Study, StudyItem)
 
 __all__ = [
     "AnalysisJob", "AnalysisRun", "Arm", "Dataset", "Edit", "Explanation", "Hypothesis", "MLModel", "ModelOutput",
-    "Participant", "PreregistrationDeviation", "QuestionnaireAnswer", "Response", "Stimulus", "Study", "Trial",
+    "Participant", "PreregistrationDeviation", "QuestionnaireAnswer", "Response", "Stimulus", "Study", "StudyItem", "Trial",
 ]

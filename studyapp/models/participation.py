@@ -26,6 +26,19 @@ class ParticipantSource(models.TextChoices):
     DIRECT = "direct", "Direct link"
     PROLIFIC = "prolific", "Prolific"
     SONA = "sona", "SONA"
+    GENERIC = "generic", "Other (id in a URL parameter)"
+
+
+class ParticipantStep(models.TextChoices):
+    """Where the participant is in the session; moves forward only (conditional updates)."""
+
+    INSTRUCTIONS = "instructions", "Instructions"
+    COMPREHENSION = "comprehension", "Comprehension quiz"
+    TRIALS = "trials", "Trials"
+    QUESTIONNAIRE = "questionnaire", "Questionnaire"
+    DEMOGRAPHICS = "demographics", "Demographics"
+    DEBRIEF = "debrief", "Debrief"
+    DONE = "done", "Done"
 
 
 class Participant(models.Model):
@@ -35,6 +48,8 @@ class Participant(models.Model):
 
     Source = ParticipantSource
 
+    Step = ParticipantStep
+
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="participants")
     arm = models.ForeignKey(Arm, on_delete=models.PROTECT, related_name="participants")
     # Opaque token in the participant's URL/cookie; the database id is never exposed.
@@ -43,6 +58,16 @@ class Participant(models.Model):
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.DIRECT)
     source_params = models.JSONField(default=dict, blank=True, help_text="STUDY_ID, SESSION_ID, ...")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTED)
+    step = models.CharField(max_length=16, choices=Step.choices, default=Step.INSTRUCTIONS)
+    # Simulated participants (pilots, load tests, the demo) never count toward targets, are
+    # balanced among themselves and never enter a confirmatory analysis.
+    simulated = models.BooleanField(default=False)
+    # What balanced assignment saw: per-arm counts, weights, the candidates and the seeded draw.
+    assignment = models.JSONField(default=dict, blank=True)
+    plan_seed = models.PositiveBigIntegerField(null=True, blank=True, help_text="Seeds this participant's trial order.")
+    instructions_shown_at = models.DateTimeField(null=True, blank=True)
+    demographics = models.JSONField(default=dict, blank=True)
+    completion_code = models.CharField(max_length=64, blank=True, help_text="The code given at the end.")
     started_at = models.DateTimeField(auto_now_add=True)
     consented_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -55,6 +80,7 @@ class Participant(models.Model):
         constraints = [
             choices_check("status", ParticipantStatus, "participant_status_valid"),
             choices_check("source", ParticipantSource, "participant_source_valid"),
+            choices_check("step", ParticipantStep, "participant_step_valid"),
             # The same Prolific participant cannot enroll twice in one study.
             models.UniqueConstraint(fields=["study", "external_id"], condition=~Q(external_id=""),
                                     name="participant_unique_external_id"),
@@ -103,6 +129,11 @@ class Trial(models.Model):
     expected_answer = models.IntegerField(null=True, blank=True)
     # How many options the participant chose from (classes, or candidate edits): sets chance level.
     n_options = models.PositiveSmallIntegerField(null=True, blank=True)
+    block = models.PositiveSmallIntegerField(default=0, help_text="Index of the design block it belongs to.")
+    feedback = models.CharField(max_length=16, default="none")
+    # counterfactual_choose: the candidate edits' ids in the order shown (the answer is a position).
+    options = models.JSONField(default=list, blank=True)
+    served_at = models.DateTimeField(null=True, blank=True, help_text="When the trial was first served.")
 
     class Meta:
         ordering = ["participant", "position"]
@@ -134,6 +165,8 @@ class Response(models.Model):
                                                help_text="Time between serving the trial and receiving the answer.")
     client_sent_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
+    # Focus, blur and visibility changes while the trial was on screen: [{"type", "t_ms"}].
+    events = models.JSONField(default=list, blank=True)
 
     class Meta:
         constraints = [

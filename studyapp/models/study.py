@@ -48,6 +48,8 @@ class Study(TimeStamped):
     closed_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Progress and the last error of preparation, shown in the admin.
     preparation = models.JSONField(default=dict, blank=True, editable=False)
+    # The draw of the study's items (seed, pool size, counts per stratum), set by preparation.
+    item_sample = models.JSONField(default=dict, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "studies"
@@ -159,6 +161,41 @@ class Explanation(models.Model):
         constraints = [
             *stimulus_xor_edit_constraints(owner="arm", prefix="explanation"),
             models.CheckConstraint(condition=Q(compute_seconds__gte=0), name="explanation_seconds_nonnegative"),
+        ]
+
+
+class StudyItemRole(models.TextChoices):
+    LEARNING = "learning", "Learning and practice"
+    TEST = "test", "Test (pre-test and post-test)"
+    COUNTERFACTUAL_PREDICT = "counterfactual_predict", "Counterfactual: predict the edit's output"
+    COUNTERFACTUAL_CHOOSE = "counterfactual_choose", "Counterfactual: choose the edit that changes it"
+
+
+class StudyItem(models.Model):
+    """One item of the study's sample: every participant sees the same items (items x arms crossed).
+
+    Drawn by preparation (studyapp.services.item_sample), stratified by the model's predicted
+    class x whether the model is right. Counterfactual items carry the edits shown, in order.
+    """
+
+    Role = StudyItemRole
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="items")
+    stimulus = models.ForeignKey(Stimulus, on_delete=models.PROTECT, related_name="study_items")
+    role = models.CharField(max_length=32, choices=Role.choices)
+    position = models.PositiveIntegerField(help_text="Order within the role, as drawn.")
+    stratum = models.CharField(max_length=64, help_text="predicted class / model right or wrong.")
+    edits = models.JSONField(default=list, blank=True, help_text="Edit ids shown, in order (counterfactual).")
+    answer_position = models.PositiveSmallIntegerField(null=True, blank=True,
+                                                       help_text="Choose: position of the edit that changes the output.")
+
+    class Meta:
+        ordering = ["study", "role", "position"]
+        constraints = [
+            # Learning, test and counterfactual items are disjoint.
+            models.UniqueConstraint(fields=["study", "stimulus"], name="studyitem_unique_stimulus"),
+            models.UniqueConstraint(fields=["study", "role", "position"], name="studyitem_unique_position"),
+            choices_check("role", StudyItemRole, "studyitem_role_valid"),
         ]
 
 

@@ -521,18 +521,24 @@ class _Data:
         return {p for p, reasons in self.exclusions(extra_rules).items() if p in completed and not reasons}
 
 
-def _load(study: Study, rules: dict) -> _Data:
+def _load(study: Study, rules: dict, *, simulated: bool = False) -> _Data:
     plan = study.frozen_config if study.frozen_config is not None else study_plan_document(study=study)
     arms = plan["arms"]
+    # Real and simulated participants are never analysed together (simulated: pilots and demos).
     people = pd.DataFrame.from_records(
-        Participant.objects.filter(study=study).values_list("public_id", "arm__name", "status", "consented_at"),
+        Participant.objects.filter(study=study, simulated=simulated).values_list(
+            "public_id", "arm__name", "status", "consented_at"),
         columns=["participant_id", "arm", "status", "consented_at"])
     people["consented"] = people["consented_at"].notna()
     likert = pd.DataFrame.from_records(
         QuestionnaireAnswer.objects.filter(participant__study=study).values_list(
             "participant__public_id", "participant__arm__name", "item", "value"),
         columns=["participant_id", "arm", "item", "value"])
-    return _Data(study=study, rules=rules, people=people, trials=_trials(study), likert=likert,
+    keep = set(people["participant_id"])
+    trials = _trials(study)
+    trials = trials.loc[trials["participant_id"].isin(keep)] if len(trials) else trials
+    likert = likert.loc[likert["participant_id"].isin(keep)] if len(likert) else likert
+    return _Data(study=study, rules=rules, people=people, trials=trials, likert=likert,
                  arm_names=[a["name"] for a in arms],
                  control=next((a["name"] for a in arms if a["kind"] == "control"), None),
                  num_classes=len(plan["model"]["class_names"]))
@@ -567,7 +573,8 @@ def _run_hypotheses(data: _Data, hypotheses: list[dict], *, cf_chance: float | N
     return entries, secondary
 
 
-def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None = None) -> AnalysisRun:
+def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None = None,
+                  simulated: bool = False) -> AnalysisRun:
     """Run the frozen plan (no spec) or an exploratory request, store and return the AnalysisRun.
 
     A confirmatory run is refused for a study that was never launched, and when the frozen plan
@@ -579,7 +586,10 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
     study = Study.objects.select_related("model", "dataset").get(pk=study.pk)
     kind, exploratory_reasons, verified = analysis_request_check(study=study, seed=seed, spec=exploratory_spec)
     hypotheses, rules = analysis_request_resolve(study=study, spec=exploratory_spec)
-    data = _load(study, rules)
+    if simulated:
+        # Simulated participants (pilots, the demo) never enter a confirmatory analysis.
+        kind, exploratory_reasons = "exploratory", [*exploratory_reasons, "run on simulated participants only"]
+    data = _load(study, rules, simulated=simulated)
     if kind == "exploratory":
         # A request is typed by a person now: tell them at once what is wrong with it. (A frozen
         # plan cannot be fixed, so its untestable hypotheses are reported as inconclusive instead.)
@@ -611,7 +621,7 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
                      "counterfactual_chance": cf_chance},
         "arms": arms, "control": data.control, "exclusion_rules": rules,
         "exclusions": {str(p): reasons for p, reasons in exclusions.items() if reasons},
-        "analysed_participants": len(analysed),
+        "analysed_participants": len(analysed), "simulated_participants": simulated,
         "participant_flow": _participant_flow(data.people, exclusions, rules, data.arm_names, seed),
         "hypotheses": [{**entry, "kind": kind} for entry in entries],
         "families": families,

@@ -19,7 +19,9 @@ from explainers.training import train_classifier
 from studyapp.models import Arm, Dataset, Hypothesis, MLModel, Stimulus, Study
 from studyapp.services.datasets import stimuli_arrays
 from studyapp.services.mlmodels import mlmodel_register
-from studyapp.services.studies import study_launch, study_prepare
+from studyapp.services.analysis import study_analyze
+from studyapp.services.simulation import simulate_participants
+from studyapp.services.studies import study_close, study_launch, study_prepare
 
 DEMO_SEED = 0
 
@@ -32,11 +34,48 @@ class DemoSpec:
     slug: str
     title: str
     arms: tuple[dict, ...]  # besides the control arm; each gets a hypothesis against control
+    design: dict = field(default_factory=dict)
+    outcome: str = "gain"
+    # A pilot is filled with simulated participants at these accuracies, then launched and closed.
+    simulated_accuracy: dict | None = None
 
 
 def _arm(name: str, method: str, manipulation: str = "none", kind: str = "explanation") -> dict:
     return {"name": name, "kind": kind, "method": method, "manipulation": manipulation}
 
+
+# Real explanations, a manipulated one (the placebo: same method on a randomized model, or a map
+# matched to the real one's histogram) and, for images, the natural-exemplar baseline.
+COMPREHENSION = {"questions": [
+    {"text": "In this study, what do you predict for each example?",
+     "options": ["The correct answer", "What the computer model will answer"], "answer": 1},
+    {"text": "Will the model always be right?", "options": ["Yes", "No, it makes mistakes"], "answer": 1}],
+    "max_attempts": 3}
+EXCLUSIONS = {"max_failed_attention_checks": 1, "total_seconds_window": [120, 3600], "straightlining_max_run": 12,
+              "max_comprehension_attempts": 3}
+# Digits: Hase & Bansal's within-subject design (learning without aid -> pre-test -> learning with
+# the arm's aid -> post-test on the same items), then counterfactual predictions with the aid of
+# the original image (its output shown).
+DIGITS_DESIGN = {
+    "design": "within_pre_post",
+    "blocks": [{"phase": "learning", "n_items": 8, "show_model_output": True},
+               {"phase": "pre_test", "n_items": 10},
+               {"phase": "learning", "n_items": 8, "show_model_output": True, "show_aid": True},
+               {"phase": "post_test", "n_items": 10},
+               {"phase": "test", "task": "counterfactual_predict", "n_items": 6, "show_aid": True}],
+    "attention_checks": {"count": 2}, "confidence": "1-7", "comprehension": COMPREHENSION,
+    "min_instruction_seconds": 20, "exclusion_rules": EXCLUSIONS}
+# Breast cancer: between subjects; aids while learning and in counterfactual trials, never in the
+# forward test trials whose answer they would point at.
+CANCER_DESIGN = {
+    "blocks": [{"phase": "learning", "n_items": 8, "show_model_output": True, "show_aid": True},
+               {"phase": "test", "n_items": 12},
+               {"phase": "test", "task": "counterfactual_choose", "n_items": 4, "show_aid": True}],
+    "attention_checks": {"count": 2}, "comprehension": COMPREHENSION, "min_instruction_seconds": 20,
+    "exclusion_rules": EXCLUSIONS}
+CANCER_ARMS = (_arm("integrated_gradients", "integrated_gradients"),
+               _arm("feature_ablation", "feature_ablation"),
+               _arm("integrated_gradients_random_matched", "integrated_gradients", "random_matched"))
 
 # Real explanations, a manipulated one (the placebo: same method on a randomized model, or a map
 # matched to the real one's histogram) and, for images, the natural-exemplar baseline.
@@ -46,18 +85,27 @@ DEMOS = (
                  _arm("integrated_gradients", "integrated_gradients"),
                  _arm("saliency", "saliency"),
                  _arm("integrated_gradients_randomized_model", "integrated_gradients", "randomized_model"),
-                 _arm("exemplars", "exemplars", kind="baseline"))),
+                 _arm("exemplars", "exemplars", kind="baseline")), design=DIGITS_DESIGN),
     DemoSpec("breast_cancer", "tabular_mlp", "Demo breast-cancer MLP", "demo-breast-cancer",
-             "How does a computer judge cell measurements?", (
-                 _arm("integrated_gradients", "integrated_gradients"),
-                 _arm("feature_ablation", "feature_ablation"),
-                 _arm("integrated_gradients_random_matched", "integrated_gradients", "random_matched"))),
+             "How does a computer judge cell measurements?", CANCER_ARMS, design=CANCER_DESIGN,
+             outcome="test_accuracy"),
+    # Closed, with 60 simulated participants, so a newcomer sees a full report and exports at once.
+    DemoSpec("breast_cancer", "tabular_mlp", "Demo breast-cancer MLP", "demo-breast-cancer-pilot",
+             "Pilot: how does a computer judge cell measurements? (simulated participants)", CANCER_ARMS,
+             design={**CANCER_DESIGN, "min_instruction_seconds": 0}, outcome="test_accuracy",
+             simulated_accuracy={"control": 0.62, "integrated_gradients": 0.8, "feature_ablation": 0.72,
+                                 "integrated_gradients_random_matched": 0.62}),
 )
+DEMO_SIMULATED = 60
 
 DEBRIEF = ("Thank you for taking part. Some participants saw no explanations, some saw real explanations of "
            "the model's answers, and some saw explanations that were deliberately altered (for example computed "
            "from a model with random weights). Comparing these groups tells us whether explanations actually "
            "help people understand the model. If you have questions, contact the researchers.")
+INSTRUCTIONS = ("A computer model looks at each example and gives an answer. Your task is to predict what the model "
+                "will answer, which is not always the correct answer. First you will see some examples together with "
+                "the model's answers, then you will predict the model's answers yourself. Some pages show extra "
+                "information that may help you; use it as you see fit.")
 CONSENT = ("You will see a series of examples and predict what a computer model answers for each. "
            "The session takes about 15 minutes. Your answers are stored without your name; you may stop at "
            "any time by closing the page. This is a demonstration study of the platform.")
@@ -101,24 +149,32 @@ def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: Demo
                 description=f"Built-in demo ({spec.builtin}) created by `make demo`.", consent_text=CONSENT, debrief_text=DEBRIEF,
                 completion_code="DEMO-COMPLETE", screened_out_code="DEMO-SCREENED",
                 failed_checks_code="DEMO-FAILED",
-                config={"phases": ["learning", "pre_test", "learning", "post_test"], "trials_per_phase": 10,
-                        "exclusion_rules": {"max_failed_attention_checks": 1, "total_seconds_window": [120, 3600],
-                                            "straightlining_max_run": 12, "max_comprehension_attempts": 3}})
+                instructions=INSTRUCTIONS, config=spec.design)
             control = Arm.objects.create(study=study, name="control", kind=Arm.Kind.CONTROL, position=0)
             for position, fields in enumerate(spec.arms, start=1):
                 arm = Arm.objects.create(study=study, position=position, **fields)
                 Hypothesis.objects.create(
                     study=study, label=f"H{position}", arm=arm, comparator=control,
-                    statement=f"Participants in the '{arm.name}' arm improve more from pre-test to post-test "
-                              f"at predicting the model than the control arm.",
-                    outcome=Hypothesis.Outcome.GAIN, direction=Hypothesis.Direction.GREATER,
+                    statement=(f"Participants in the '{arm.name}' arm improve more from pre-test to post-test "
+                               f"at predicting the model than the control arm." if spec.outcome == "gain" else
+                               f"Participants in the '{arm.name}' arm predict the model better in the test "
+                               "than the control arm."),
+                    outcome=spec.outcome, direction=Hypothesis.Direction.GREATER,
                     planned_n_per_arm=study.target_per_arm)
         result.created.append(f"study {spec.slug}")
     if study.state == Study.State.DRAFT:
         study = study_prepare(study=study)  # in-process in the embedded mode
         study.refresh_from_db()
+    if study.state == Study.State.READY and spec.simulated_accuracy is not None:
+        # A pilot: simulated participants through the real API while the study is ready.
+        simulate_participants(study=study, n=DEMO_SIMULATED, accuracy=spec.simulated_accuracy,
+                              rng=np.random.default_rng(DEMO_SEED))
+        result.created.append(f"{DEMO_SIMULATED} simulated participants in {spec.slug}")
     if study.state == Study.State.READY:
         study = study_launch(study=study)
+    if spec.simulated_accuracy is not None and study.state == Study.State.LIVE:
+        study = study_close(study=study)
+        study_analyze(study=study, seed=DEMO_SEED, simulated=True)
     return study
 
 

@@ -98,16 +98,25 @@ class PreparationContext:
     _real: dict = field(default_factory=dict)
 
     @classmethod
-    def build(cls, *, study: Study, model) -> PreparationContext:
+    def build(cls, *, study: Study, model, stimuli: list[Stimulus] | None = None) -> PreparationContext:
+        """Over ``stimuli`` (default: the whole test split; preparation passes the item sample)."""
         train = list(Stimulus.objects.filter(dataset=study.dataset, split=Stimulus.Split.TRAIN)
                      .order_by("index").only("data", "label"))
-        stimuli = list(study_stimulus_pool(study=study).only("data", "label"))
-        predicted = dict(ModelOutput.objects.filter(model=study.model, stimulus__in=stimuli)
-                         .values_list("stimulus_id", "predicted"))
         X_train, y_train = stimuli_arrays(train, input_shape=study.dataset.input_shape)
-        inputs, _ = stimuli_arrays(stimuli, input_shape=study.dataset.input_shape)
-        return cls(study=study, model=model, X_train=X_train, y_train=y_train, stimuli=stimuli, inputs=inputs,
-                   targets=np.array([predicted[s.pk] for s in stimuli], dtype=np.int64))
+        ctx = cls(study=study, model=model, X_train=X_train, y_train=y_train, stimuli=[],
+                  inputs=np.zeros((0, *study.dataset.input_shape), np.float32), targets=np.zeros(0, np.int64))
+        return ctx.with_stimuli(list(study_stimulus_pool(study=study).only("data", "label"))
+                                if stimuli is None else stimuli)
+
+    def with_stimuli(self, stimuli: list[Stimulus]) -> PreparationContext:
+        """The same context (model, training data) over other stimuli; cached maps are not shared."""
+        predicted = dict(ModelOutput.objects.filter(model=self.study.model, stimulus__in=[s.pk for s in stimuli])
+                         .values_list("stimulus_id", "predicted"))
+        inputs, _ = stimuli_arrays(stimuli, input_shape=self.study.dataset.input_shape) if stimuli else (
+            np.zeros((0, *self.study.dataset.input_shape), np.float32), None)
+        return PreparationContext(study=self.study, model=self.model, X_train=self.X_train, y_train=self.y_train,
+                                  stimuli=stimuli, inputs=inputs,
+                                  targets=np.array([predicted[s.pk] for s in stimuli], dtype=np.int64))
 
     @property
     def modality(self) -> str:

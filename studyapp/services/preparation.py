@@ -13,9 +13,11 @@ from django.db import transaction
 
 from explainers.sanity import sanity_check
 from studyapp.models import Arm, ModelOutput, Stimulus, Study
+from studyapp.design import design_parse
 from studyapp.selectors import edit_settings, edit_settings_key
 from studyapp.services.datasets import stimulus_array
 from studyapp.services.edits import edit_outputs_compute, edits_create
+from studyapp.services.item_sample import items_sample, sampled_stimuli
 from studyapp.services.explanations import PreparationContext, arm_compute_explanations, explainer_device
 from studyapp.services.mlmodels import mlmodel_load
 from studyapp.services.studies import study_back_to_draft, study_mark_ready
@@ -74,17 +76,26 @@ def study_run_preparation(*, study_id: int) -> dict:
         return {"skipped": study.state}
     try:
         _progress(study, status="running", step="model outputs")
+        design = design_parse(study.config)
         outputs = model_outputs_compute(study=study)
         arms = list(study.arms.exclude(kind=Arm.Kind.CONTROL).order_by("position", "id"))
-        ctx = PreparationContext.build(study=study, model=mlmodel_load(mlmodel=study.model))
+        base = PreparationContext.build(study=study, model=mlmodel_load(mlmodel=study.model), stimuli=[])
+        _progress(study, step="item sample")
+        edits = {"created": 0, "outputs_created": 0}
+
+        def compute_edits(stimulus_ids: list[int]) -> None:
+            # Edits only for the counterfactual candidates, not the whole test split.
+            candidates = base.with_stimuli(list(Stimulus.objects.filter(pk__in=stimulus_ids).order_by("index")))
+            edits["created"] += edits_create(ctx=candidates)
+            edits["outputs_created"] += edit_outputs_compute(ctx=candidates, device=explainer_device())
+
+        sample = items_sample(study=study, design=design, compute_edits=compute_edits)
+        ctx = base.with_stimuli(sampled_stimuli(study=study))
         explanations = {}
         for arm in arms:
             _progress(study, step=f"arm '{arm.name}'")
             explanations[arm.name] = arm_compute_explanations(arm=arm, ctx=ctx)
-        _progress(study, step="counterfactual edits")
-        edits = {"created": edits_create(ctx=ctx),
-                 "outputs_created": edit_outputs_compute(ctx=ctx, device=explainer_device()),
-                 "settings": edit_settings(study=study), "settings_sha256": edit_settings_key(study=study)}
+        edits.update(settings=edit_settings(study=study), settings_sha256=edit_settings_key(study=study))
         _progress(study, step="sanity checks")
         sanity = sanity_checks_run(ctx=ctx, arms=arms) if len(ctx.stimuli) >= MIN_SANITY_STIMULI else {}
     except Exception as exc:
@@ -96,7 +107,7 @@ def study_run_preparation(*, study_id: int) -> dict:
             study_back_to_draft(study=study)
         raise
     summary = {"status": "done", "model_outputs_created": outputs, "explanations_created": explanations,
-               "edits": edits}
+               "edits": edits, "item_sample": {k: sample[k] for k in ("pool_size", "counts")}}
     Study.objects.filter(pk=study.pk).update(preparation={**summary, "sanity": sanity})
     study_mark_ready(study=study)
     return {**summary, "sanity_verdicts": {method: report["verdict"] for method, report in sanity.items()}}

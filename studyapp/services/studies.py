@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from explainers.canonical import canonical_sha256
+from studyapp.design import DesignError, design_parse
 from studyapp.models import Arm, Hypothesis, Study
 from studyapp.services.errors import InvalidTransition, ServiceError
 
@@ -48,6 +49,9 @@ def study_validate_design(*, study: Study) -> None:
     if len(arms) < 2:
         problems.append("A study needs at least two arms (a control arm and at least one other).")
     problems += _arm_problems(study=study, arms=arms)
+    problems += design_problems(study=study, arms=arms)
+    if not study.consent_text.strip():
+        problems.append("Write the consent text: participants read it before they agree to take part.")
     problems += _exclusion_rule_problems(study=study)
     if any(a.manipulation != Arm.Manipulation.NONE for a in arms) and not study.debrief_text.strip():
         # Participants shown manipulated explanations must be told so before they leave.
@@ -58,6 +62,36 @@ def study_validate_design(*, study: Study) -> None:
                         f"'{study.model.dataset.name}', not '{study.dataset.name}'.")
     if problems:
         raise ServiceError(problems)
+
+
+def output_conditioned(arm: Arm) -> bool:
+    """Aids computed for the model's predicted class: maps of every method (real or manipulated)
+    and natural exemplars of the predicted class. Edges and OOD warnings do not depend on it."""
+    return arm.kind == Arm.Kind.EXPLANATION or (arm.kind == Arm.Kind.BASELINE and arm.method == "exemplars")
+
+
+def design_problems(*, study: Study, arms: list[Arm]) -> list[str]:
+    """The typed design (studyapp.design), and where its blocks may show each arm's aid."""
+    try:
+        design = design_parse(study.config)
+    except DesignError as exc:
+        return exc.problems
+    problems = []
+    leaky = [a.name for a in arms if output_conditioned(a)]
+    for number, block in enumerate(design.blocks, start=1):
+        if block.task == "forward" and block.show_aid and not block.show_model_output and leaky \
+                and not design.acknowledge_aid_leak:
+            problems.append(
+                f"Block {number} ({block.phase}) asks participants to predict the model's answer while showing "
+                f"the aid of {', '.join(repr(n) for n in leaky)}, which is computed for the model's answer and so "
+                "points at it. Show aids in learning blocks and counterfactual blocks (Hase & Bansal 2020), or set "
+                "acknowledge_aid_leak if the study is about AI-assisted decisions.")
+    crowd = design.crowd
+    if crowd.source in ("prolific", "sona") and not (study.completion_code and study.screened_out_code
+                                                       and study.failed_checks_code):
+        problems.append(f"A {crowd.source} study needs three completion codes: completed, screened out and failed "
+                        "attention checks (copy them from the study's page there).")
+    return problems
 
 
 def _arm_problems(*, study: Study, arms: list[Arm]) -> list[str]:

@@ -20,5 +20,9 @@ class Command(BaseCommand):
         self.stdout.write(f"  Admin:    {base_url}{reverse('admin:index')}  "
                           f"(user {result.admin_username}, password {result.admin_password})")
         for study in result.studies:
+            if study.state == study.State.CLOSED:  # the filled pilot: its report, not a participant link
+                self.stdout.write(f"  Study '{study.title}' [{study.state}], report: "
+                                  f"{base_url}{reverse('report-study', args=[study.pk])}")
+                continue
             self.stdout.write(f"  Study '{study.title}' [{study.state}]: "
                               f"{base_url}{reverse('study-landing', args=[study.public_id])}")

@@ -1,0 +1,716 @@
+"""Load on the participant API: simulated participants over HTTP against gunicorn and PostgreSQL.
+
+    .venv/bin/python benchmarks/participants.py --quick         # smoke run, about a minute
+    .venv/bin/python benchmarks/participants.py                 # 200 participants, think 1 s
+    .venv/bin/python benchmarks/participants.py --workers 3 --threads 4 --keep
+
+Database: its own, ``studyapp_bench_participants`` on postgres://postgres@127.0.0.1:5432 (``--db``,
+``--pg``), dropped and created afresh, migrated with ``manage.py migrate``, and dropped at the end
+unless ``--keep``. In it, a child process builds a live tabular study from the test factories
+(control + integrated_gradients arms, 60 test and 20 training items; 5 learning trials with the
+model's output and the aid, 20 test trials, 2 attention checks: 27 trials a participant; a
+generic crowd id ``PID``, so every simulated participant is found again in the database by its
+id; ``target_per_arm`` 10,000, so the study never fills), prepared in-process (Celery eager) and
+launched.
+
+Server: gunicorn (``studyapp.wsgi``) on 127.0.0.1 and a free port, DEBUG on (DEBUG off sets Secure
+cookies, which a client over plain HTTP never sends back), ``--workers`` processes with
+``--threads`` threads each (sync workers when 1, gthread otherwise). The load generator runs on
+the same machine and takes its share of the CPUs: the CPU time of the generator, of the gunicorn
+workers and of PostgreSQL is printed per phase.
+
+Phases, all in one run, each bounded in time:
+
+1. bare view: ``--participants`` closed-loop clients (no think time) GET ``/healthz/`` (a JSON view
+   doing SELECT 1) for ``--bare-seconds``; one connection per request, like the participants'
+   client (urllib, no keep-alive).
+2. participants: ``--participants`` simulated participants, one thread each, started evenly over
+   ``--ramp`` seconds, each the real client (``studyapp.simulated_participants.run_participant``
+   over ``HttpTransport``) from the study link to the completion code, answering at random,
+   thinking ``--think`` seconds (exponential mean) before each answer. Stopped at
+   ``--max-seconds`` if not done (a participant then stops before its next request).
+3. trial endpoints at saturation: ``--participants`` participants enroll (not measured), then walk
+   through their trials with no think time for ``--bare-seconds`` (trial, answer, state; a
+   participant who finishes enrolls again): the same closed loop as phase 1, so the two
+   throughputs compare directly.
+
+Printed: per operation the count, p50/p95/p99 latency (ms) and non-2xx replies; throughput in
+requests/s and answers/s; participants finished; the ratio of phase 3 to phase 1; and integrity:
+every answer a client got 200/201 for is a Response row (lost), no trial has two (duplicated),
+count(Response) equals the answers acknowledged, and each participant's Response count equals what
+its client got acknowledged. Goals (issue): p95 < 100 ms at 200 concurrent participants on the
+trial and answer endpoints; trial endpoints >= 0.5x the bare view; 0 lost or duplicated answers.
+A missed time goal is printed as MISS (exit status 0); an integrity failure exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from studyapp.simulated_participants import (HttpTransport, SimulationError, Timings,  # noqa: E402
+                                             run_participant)
+
+DEFAULT_PG = "postgres://postgres@127.0.0.1:5432"
+DEFAULT_DB = "studyapp_bench_participants"
+N_TEST, N_TRAIN = 60, 20
+DESIGN = {"blocks": [{"phase": "learning", "n_items": 5, "show_model_output": True, "show_aid": True},
+                     {"phase": "test", "n_items": 20}],
+          "attention_checks": {"count": 2}, "min_instruction_seconds": 0, "abandonment_minutes": 60,
+          "crowd": {"source": "generic", "id_parameter": "PID"}}
+TARGET_PER_ARM = 10_000
+GOAL_P95_MS, GOAL_CONCURRENCY, GOAL_RATIO = 100.0, 200, 0.5
+TRIAL_OPS = ("trial", "answer", "state")  # what a participant does between two trials
+OP_ORDER = ("landing", "consent", "instructions", "trial", "answer", "state", "media", "questionnaire",
+            "demographics", "debrief", "completion", "healthz")
+HTTP_TIMEOUT = 30.0
+
+
+# -- database -----------------------------------------------------------------------------------
+
+def pg_connect(pg: str, db: str = "postgres"):
+    import psycopg2
+
+    connection = psycopg2.connect(urlunsplit(urlsplit(pg)._replace(path=f"/{db}")))
+    connection.autocommit = True
+    return connection
+
+
+def recreate_database(pg: str, db: str, *, create: bool = True) -> None:
+    connection = pg_connect(pg)
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        if create:
+            cursor.execute(f'CREATE DATABASE "{db}"')
+    connection.close()
+
+
+def child_env(args, data_dir: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update({"DATABASE_URL": f"{args.pg.rstrip('/')}/{args.db}", "DATA_DIR": data_dir, "DJANGO_DEBUG": "true",
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "", "LOG_LEVEL": "warning",
+                "DJANGO_SETTINGS_MODULE": "studyapp.settings", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+# -- child: build the live study (Django) --------------------------------------------------------
+
+def child_build() -> dict:
+    import django
+
+    django.setup()
+    from worker import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    from studyapp.models import Study, Trial
+    from studyapp.services.studies import study_launch, study_prepare
+    from tests.factories import StimulusFactory, study_with_arms
+
+    started = time.perf_counter()
+    study = study_with_arms()
+    StimulusFactory.create_batch(N_TEST - 6, dataset=study.dataset, split="test")
+    StimulusFactory.create_batch(N_TRAIN - 4, dataset=study.dataset, split="train")
+    Study.objects.filter(pk=study.pk).update(config=DESIGN, target_per_arm=TARGET_PER_ARM)
+    study.refresh_from_db()
+    study_prepare(study=study)  # autocommit: the on-commit task runs (eagerly) as its atomic block ends
+    study.refresh_from_db()
+    if study.state != Study.State.READY:
+        raise SystemExit(f"preparation left the study {study.state}: {json.dumps(study.preparation, default=str)[:2000]}")
+    study = study_launch(study=study)
+    return {"public_id": str(study.public_id), "id": study.pk, "seconds": time.perf_counter() - started,
+            "trials": Trial.objects.count()}
+
+
+# -- server -------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gunicorn(args, env: dict, port: int, log: Path) -> subprocess.Popen:
+    command = [str(ROOT / ".venv/bin/gunicorn"), "studyapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
+               "--workers", str(args.workers), "--threads", str(args.threads),
+               "--worker-class", "gthread" if args.threads > 1 else "sync",
+               "--timeout", "60", "--graceful-timeout", "5", "--backlog", "2048", "--log-level", "warning",
+               "--error-logfile", str(log)]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_healthy(base_url: str, server: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"gunicorn exited ({server.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(base_url + "/healthz/", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"/healthz/ did not answer 200 within {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_gunicorn(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)  # our own process group (start_new_session)
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+
+
+# -- CPU accounting (Linux /proc) ----------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[str, int, float] | None:
+    """(comm, ppid, utime + stime in seconds) of a live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1:raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2:].split()
+    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_snapshot(server_pid: int) -> dict:
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    server = postgres = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _proc_stat(int(entry))
+        if stat is None:
+            continue
+        comm, ppid, seconds = stat
+        if int(entry) == server_pid or ppid == server_pid:
+            server += seconds
+        elif comm.startswith("postgres"):
+            postgres += seconds
+    return {"total": sum(ticks) / TICK, "idle": idle / TICK, "server": server, "postgres": postgres,
+            "client": time.process_time(), "wall": time.monotonic()}
+
+
+def cpu_line(before: dict, after: dict) -> str:
+    wall = after["wall"] - before["wall"]
+    total, idle = after["total"] - before["total"], after["idle"] - before["idle"]
+    busy = 100 * (1 - idle / total) if total else float("nan")
+    parts = [f"{k} {after[k] - before[k]:.1f}" for k in ("server", "postgres", "client")]
+    return (f"  CPU over {wall:.1f} s wall ({os.cpu_count()} CPUs): machine {busy:.0f}% busy; CPU-seconds "
+            + ", ".join(parts).replace("server", "gunicorn").replace("client", "load generator"))
+
+
+# -- the client: the real one, timed and with a ledger of answers --------------------------------
+
+class Deadline(Exception):
+    """The phase is over: the participant stops before its next request."""
+
+
+class Ledger:
+    """Answers as the clients saw them (appends from many threads; list.append is atomic)."""
+
+    def __init__(self) -> None:
+        self.acked: list[tuple[str, str, str, int]] = []  # (participant id, trial, idempotency key, status)
+        self.unanswered: list[tuple[str, str, str]] = []  # sent, no reply (timeout, connection error)
+        self.refused: list[tuple[str, str, int]] = []  # sent, a non-2xx reply
+
+
+class Window:
+    """When a phase ends (``deadline``, monotonic seconds; movable) and, for the closed loop, the
+    start signal the enrolled participants wait for before their first trial."""
+
+    def __init__(self, deadline: float, *, gated: bool = False) -> None:
+        self.deadline = deadline
+        self.go = threading.Event()
+        if not gated:
+            self.go.set()
+        self.waiting = 0
+        self.lock = threading.Lock()
+
+    def wait_for_start(self) -> None:
+        with self.lock:
+            self.waiting += 1
+        self.go.wait(max(0.0, self.deadline - time.monotonic()))
+
+    def open(self) -> bool:
+        return time.monotonic() < self.deadline
+
+
+class BenchTransport(HttpTransport):
+    """HttpTransport that times the requests run_participant does not time itself, counts the
+    replies by operation and status, records every answer in the ledger, and stops at the end of
+    the window (before a request, never during one)."""
+
+    TIMED_BY_CLIENT = ("landing", "consent", "trial", "answer", "media")
+
+    def __init__(self, base_url: str, *, pid: str, timings: Timings, statuses: Counter, ledger: Ledger,
+                 window: Window) -> None:
+        super().__init__(base_url, timeout=HTTP_TIMEOUT)
+        self.pid, self.timings, self.statuses, self.ledger, self.window = pid, timings, statuses, ledger, window
+        self.waited = False
+
+    @staticmethod
+    def operation(path: str) -> str:
+        if path.startswith("/s/"):
+            return "landing"
+        if "/media/" in path:
+            return "media"
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        return last if last in OP_ORDER else "other"
+
+    def _call(self, method: str, path: str, payload: dict | None):
+        op = self.operation(path)
+        if op == "trial" and not self.waited:
+            self.waited = True
+            if not self.window.go.is_set():
+                self.window.wait_for_start()  # closed loop: enrolled; wait until all are
+        if not self.window.open():
+            raise Deadline
+        started = time.perf_counter()
+        try:
+            reply = super().get(path) if method == "GET" else super().post(path, payload)
+        except Exception as exc:
+            self.statuses[(op, exc.__class__.__name__)] += 1
+            if op == "answer":
+                self.ledger.unanswered.append((self.pid, path.split("/")[-2], str(payload["idempotency_key"])))
+            raise
+        if op not in self.TIMED_BY_CLIENT:
+            self.timings.add(op, time.perf_counter() - started)
+        self.statuses[(op, reply.status)] += 1
+        if op == "answer":
+            trial = path.split("/")[-2]
+            if reply.status in (200, 201):
+                self.ledger.acked.append((self.pid, trial, str(payload["idempotency_key"]), reply.status))
+            else:
+                self.ledger.refused.append((self.pid, trial, reply.status))
+        return reply
+
+    def get(self, path: str):
+        return self._call("GET", path, None)
+
+    def post(self, path: str, payload: dict | None):
+        return self._call("POST", path, payload)
+
+
+class Phase:
+    """What one phase measured: latencies by operation, replies by status, outcomes, wall time."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.timings: list[Timings] = []
+        self.statuses: list[Counter] = []
+        self.outcomes: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.started = self.ended = 0.0
+        self.window: float | None = None  # the measured window of a closed-loop phase
+
+    def samples(self) -> dict[str, np.ndarray]:
+        merged: dict[str, list[float]] = defaultdict(list)
+        for t in self.timings:
+            for op, values in list(t.samples.items()):
+                merged[op].extend(values)
+        return {op: np.asarray(v) for op, v in merged.items()}
+
+    def status_counts(self) -> Counter:
+        total: Counter = Counter()
+        for c in self.statuses:
+            total.update(c)
+        return total
+
+    @property
+    def seconds(self) -> float:
+        return self.window if self.window is not None else self.ended - self.started
+
+
+def participant_thread(phase: Phase, *, base_url: str, study: str, pids: SharedIds, seed: int, think: float,
+                       ledger: Ledger, window: Window, delay: float = 0.0, loop: bool = False) -> None:
+    """One simulated participant after another (``loop``) or just one, until the window closes."""
+    if delay:
+        time.sleep(delay)
+    rng = np.random.default_rng(seed)
+    while window.open():
+        pid = next(pids)
+        timings, statuses = Timings(), Counter()
+        phase.timings.append(timings)
+        phase.statuses.append(statuses)
+        transport = BenchTransport(base_url, pid=pid, timings=timings, statuses=statuses, ledger=ledger,
+                                   window=window)
+        try:
+            outcome = run_participant(transport=transport, study_public_id=study, rng=rng, think_seconds=think,
+                                      timings=timings, params={"PID": pid})
+            phase.outcomes[outcome.outcome] += 1
+        except Deadline:
+            phase.outcomes["stopped at the deadline"] += 1
+        except SimulationError as exc:
+            phase.outcomes["failed"] += 1
+            phase.errors[str(exc)[:160]] += 1
+        except Exception as exc:  # a timeout or a dropped connection: this participant gives up
+            phase.outcomes["failed"] += 1
+            phase.errors[f"{exc.__class__.__name__}: {exc}"[:160]] += 1
+        if not loop:
+            return
+
+
+class SharedIds:
+    """A thread-safe source of fresh participant ids (the crowd id PID)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self.n, self.lock = prefix, 0, threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        with self.lock:
+            self.n += 1
+            return f"{self.prefix}-{self.n:06d}"
+
+
+def join_all(threads: list[threading.Thread], window: Window) -> int:
+    """Join until the window's end plus one HTTP timeout; returns how many are still running."""
+    for t in threads:
+        t.join(max(0.0, window.deadline - time.monotonic()) + HTTP_TIMEOUT + 5)
+    return sum(t.is_alive() for t in threads)
+
+
+def run_participants(*, base_url: str, study: str, n: int, think: float, ramp: float, max_seconds: float,
+                     ledger: Ledger, seed: int) -> Phase:
+    """Phase 2: n participants, one thread each, started evenly over ``ramp`` seconds."""
+    phase = Phase("participants")
+    pids = SharedIds("load")
+    phase.started = time.monotonic()
+    window = Window(phase.started + max_seconds)
+    threads = [threading.Thread(target=participant_thread, daemon=True, args=(phase,),
+                                kwargs=dict(base_url=base_url, study=study, pids=pids, seed=seed + i, think=think,
+                                            ledger=ledger, window=window, delay=ramp * i / n))
+               for i in range(n)]
+    for t in threads:
+        t.start()
+    alive = join_all(threads, window)
+    phase.ended = time.monotonic()
+    if alive:
+        phase.outcomes["still running (abandoned)"] += alive
+    return phase
+
+
+def run_trial_loop(*, base_url: str, study: str, n: int, seconds: float, ledger: Ledger, seed: int,
+                   enroll_timeout: float = 120.0) -> Phase:
+    """Phase 3: n participants enroll (not measured), then walk their trials at once, no think time."""
+    phase = Phase("trial endpoints, closed loop")
+    pids = SharedIds("loop")
+    window = Window(time.monotonic() + enroll_timeout, gated=True)
+    threads = [threading.Thread(target=participant_thread, daemon=True, args=(phase,),
+                                kwargs=dict(base_url=base_url, study=study, pids=pids, seed=seed + i, think=0.0,
+                                            ledger=ledger, window=window, loop=True))
+               for i in range(n)]
+    for t in threads:
+        t.start()
+    while window.waiting < n and window.open() and any(t.is_alive() for t in threads):
+        time.sleep(0.05)
+    enrolled = window.waiting
+    for timings in list(phase.timings):  # the measured window starts now
+        timings.samples.clear()
+    for statuses in list(phase.statuses):
+        statuses.clear()
+    phase.started = time.monotonic()
+    window.deadline = phase.started + seconds
+    window.go.set()
+    alive = join_all(threads, window)
+    phase.ended = time.monotonic()
+    phase.window = seconds
+    if enrolled < n:
+        phase.outcomes[f"not enrolled in {enroll_timeout:.0f} s"] += n - enrolled
+    if alive:
+        phase.outcomes["still running (abandoned)"] += alive
+    return phase
+
+
+def run_bare(*, base_url: str, n: int, seconds: float) -> Phase:
+    """Phase 1: n closed-loop clients on GET /healthz/, one connection per request."""
+    phase = Phase("bare view, closed loop")
+    opener = urllib.request.build_opener()
+    phase.started = time.monotonic()
+    deadline = phase.started + seconds
+
+    def worker() -> None:
+        timings, statuses = Timings(), Counter()
+        phase.timings.append(timings)
+        phase.statuses.append(statuses)
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                with opener.open(base_url + "/healthz/", timeout=HTTP_TIMEOUT) as reply:
+                    reply.read()
+                    status = reply.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except Exception as exc:
+                statuses[("healthz", exc.__class__.__name__)] += 1
+                continue
+            timings.add("healthz", time.perf_counter() - started)
+            statuses[("healthz", status)] += 1
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + HTTP_TIMEOUT + 5)
+    phase.ended = time.monotonic()
+    phase.window = seconds
+    return phase
+
+
+# -- report -------------------------------------------------------------------------------------
+
+def pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if len(values) else float("nan")
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def print_phase(phase: Phase, cpu: str) -> dict[str, np.ndarray]:
+    samples = phase.samples()
+    statuses = phase.status_counts()
+    requests = sum(statuses.values())
+    answers = sum(v for (op, code), v in statuses.items() if op == "answer" and code in (200, 201))
+    print(f"\n[{phase.name}] {phase.seconds:.1f} s: {requests:,} requests = {requests / phase.seconds:,.1f} requests/s"
+          + (f", {answers:,} answers = {answers / phase.seconds:,.1f} answers/s" if answers else ""))
+    print(f"  {'operation':<14}{'count':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}  non-2xx")
+    for op in sorted(samples, key=lambda o: OP_ORDER.index(o) if o in OP_ORDER else 99):
+        v = samples[op]
+        bad = {str(code): n for (o, code), n in statuses.items() if o == op and not (isinstance(code, int)
+                                                                                       and 200 <= code < 300)}
+        print(f"  {op:<14}{len(v):>8,}{pct(v, 50):>9.1f}{pct(v, 95):>9.1f}{pct(v, 99):>9.1f}{pct(v, 100):>9.1f}"
+              f"  {bad or '-'}")
+    unseen = {f"{o} {c}": n for (o, c), n in statuses.items() if o not in samples}
+    if unseen:
+        print(f"  requests without a latency sample (errors): {unseen}")
+    if phase.outcomes:
+        print(f"  participants: {dict(phase.outcomes)}")
+    for message, n in phase.errors.most_common(5):
+        print(f"  error x{n}: {message}")
+    print(cpu)
+    return samples
+
+
+def integrity(args, study_public_id: str, ledger: Ledger) -> bool:
+    connection = pg_connect(args.pg, args.db)
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            SELECT p.external_id, t.public_id::text, r.idempotency_key::text
+            FROM studyapp_response r JOIN studyapp_trial t ON t.id = r.trial_id
+            JOIN studyapp_participant p ON p.id = t.participant_id JOIN studyapp_study s ON s.id = p.study_id
+            WHERE s.public_id = %s""", [study_public_id])
+        rows = cursor.fetchall()
+        cursor.execute("SELECT count(*) FROM studyapp_response")
+        all_responses = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*) FROM (SELECT trial_id FROM studyapp_response GROUP BY trial_id "
+                       "HAVING count(*) > 1) d")
+        shared_trials = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*), count(DISTINCT external_id) FROM studyapp_participant")
+        n_participants, n_external = cursor.fetchone()
+    connection.close()
+    norm = lambda u: u.replace("-", "")  # noqa: E731
+    stored = {norm(key): (pid, norm(trial)) for pid, trial, key in rows}
+    acked = ledger.acked
+    acked_keys = {norm(k): (pid, norm(t)) for pid, t, k, _ in acked}
+    lost = [k for k, where in acked_keys.items() if stored.get(k) != where]
+    created_per_trial = Counter(norm(t) for _, t, _, status in acked if status == 201)
+    duplicated = shared_trials + sum(n - 1 for n in created_per_trial.values() if n > 1) \
+        + (len(acked) - len(acked_keys))
+    unacked = [k for k in stored if k not in acked_keys]
+    unanswered_keys = {norm(k) for _, _, k in ledger.unanswered}
+    unexplained = [k for k in unacked if k not in unanswered_keys]
+    per_db = Counter(pid for pid, _, _ in rows)
+    per_client = Counter(pid for pid, _, _, _ in acked)
+    mismatched = {pid: (per_client.get(pid, 0), per_db.get(pid, 0)) for pid in set(per_db) | set(per_client)
+                  if per_client.get(pid, 0) != per_db.get(pid, 0)}
+    explained = Counter(stored[k][0] for k in unacked if k in unanswered_keys)
+    unexplained_mismatch = {pid: c for pid, c in mismatched.items() if c[1] - c[0] != explained.get(pid, 0)}
+    resends = sum(1 for *_, status in acked if status == 200)
+
+    print(f"\nintegrity ({len(per_client):,} participants answered over HTTP):")
+    print(f"  answers acknowledged (200/201): {len(acked):,} ({resends} as 200 'already stored'); sent without "
+          f"a reply: {len(ledger.unanswered)}; refused (non-2xx): {len(ledger.refused)} "
+          f"{dict(Counter(s for *_, s in ledger.refused)) or ''}")
+    print(f"  Response rows: {len(rows):,} for the study ({all_responses:,} in the database); "
+          f"count(Response) == answers acknowledged: {len(rows) == len(acked)}"
+          + (f" (+{len(unacked)} stored whose reply the client never got)" if unacked else ""))
+    print(f"  participants in the database: {n_participants:,} ({n_external:,} distinct ids); per participant, "
+          f"Response rows == answers its client got acknowledged: {len(per_client) - len(mismatched):,} of "
+          f"{len(per_client):,}" + (f"; mismatched {dict(list(mismatched.items())[:5])}" if mismatched else ""))
+    if unexplained:
+        print(f"  stored answers no client sent: {len(unexplained)}")
+    ok = not lost and not duplicated and not unexplained and not unexplained_mismatch
+    print(f"  lost answers: {len(lost)}, duplicated answers: {duplicated}   "
+          f"goal: 0 lost or duplicated answers -> {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--participants", type=int, default=None, help="concurrent participants (default 200)")
+    parser.add_argument("--think", type=float, default=None, help="mean think time before an answer, s (1.0)")
+    parser.add_argument("--ramp", type=float, default=None, help="participants start over this many s (5)")
+    parser.add_argument("--bare-seconds", type=float, default=None, help="each closed-loop phase, s (10)")
+    parser.add_argument("--max-seconds", type=float, default=300, help="the participants phase stops here")
+    parser.add_argument("--workers", type=int, default=5, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker (> 1: gthread workers)")
+    parser.add_argument("--quick", action="store_true", help="30 participants, think 0.2 s, 3 s closed loops")
+    parser.add_argument("--skip-saturation", action="store_true", help="no phase 3")
+    parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL server (its postgres database is used "
+                                                         "to create and drop the benchmark's)")
+    parser.add_argument("--db", default=DEFAULT_DB)
+    parser.add_argument("--keep", action="store_true", help="keep the database (and print how to reach it)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child-build", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child_build:
+        print(json.dumps(child_build()))
+        return
+    quick = args.quick
+    args.participants = args.participants or (30 if quick else 200)
+    args.think = args.think if args.think is not None else (0.2 if quick else 1.0)
+    args.ramp = args.ramp if args.ramp is not None else (2.0 if quick else 5.0)
+    args.bare_seconds = args.bare_seconds or (3.0 if quick else 10.0)
+    if "bench" not in args.db:
+        raise SystemExit(f"--db {args.db}: the benchmark drops its database; use a name containing 'bench'.")
+
+    data_dir = tempfile.mkdtemp(prefix="studyapp_bench_participants_")
+    env = child_env(args, data_dir)
+    server = None
+    ok = True
+    try:
+        started = time.perf_counter()
+        recreate_database(args.pg, args.db)
+        subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True,
+                       timeout=600)
+        migrated = time.perf_counter() - started
+        built = subprocess.run([sys.executable, __file__, "--child-build"], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=600)
+        if built.returncode != 0:
+            raise SystemExit(f"building the study failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}")
+        study = json.loads(built.stdout.strip().splitlines()[-1])
+        print(f"database {args.db}: created and migrated in {migrated:.1f} s; live study {study['public_id']} "
+              f"built, prepared and launched in {study['seconds']:.1f} s")
+
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        log = Path(data_dir) / "gunicorn.log"
+        server = start_gunicorn(args, env, port, log)
+        wait_healthy(base_url, server, log)
+        kind = f"{args.workers} sync workers" if args.threads == 1 else \
+            f"{args.workers} gthread workers x {args.threads} threads"
+        print(f"gunicorn at {base_url}: {kind} (on {os.cpu_count()} CPUs, shared with PostgreSQL and this load "
+              f"generator), DEBUG on; the client opens one connection per request (urllib, no keep-alive)")
+        per = len(DESIGN["blocks"]) and sum(b["n_items"] for b in DESIGN["blocks"]) \
+            + DESIGN["attention_checks"]["count"]
+        print(f"{args.participants} participants x {per} trials, think {args.think:g} s (exponential mean) "
+              f"before each answer, started over {args.ramp:g} s; closed loops {args.bare_seconds:g} s each")
+
+        ledger = Ledger()
+        before = cpu_snapshot(server.pid)
+        bare = run_bare(base_url=base_url, n=args.participants, seconds=args.bare_seconds)
+        bare_samples = print_phase(bare, cpu_line(before, cpu_snapshot(server.pid)))
+
+        before = cpu_snapshot(server.pid)
+        load = run_participants(base_url=base_url, study=study["public_id"], n=args.participants, think=args.think,
+                                ramp=args.ramp, max_seconds=args.max_seconds, ledger=ledger, seed=args.seed)
+        load_samples = print_phase(load, cpu_line(before, cpu_snapshot(server.pid)))
+
+        loop = loop_samples = None
+        if not args.skip_saturation:
+            before = cpu_snapshot(server.pid)
+            loop = run_trial_loop(base_url=base_url, study=study["public_id"], n=args.participants,
+                                  seconds=args.bare_seconds, ledger=ledger, seed=args.seed + 100_000)
+            loop_samples = print_phase(loop, cpu_line(before, cpu_snapshot(server.pid)))
+
+        errors = [line for line in log.read_text().splitlines() if "Traceback" in line or "ERROR" in line]
+        if errors:
+            print(f"\ngunicorn log: {len(errors)} error lines, e.g. {errors[:3]}")
+
+        # -- goals
+        print("\ngoals:")
+        finished = sum(n for o, n in load.outcomes.items() if o in ("completed", "failed_checks", "screened_out"))
+        print(f"  participants finished: {finished} of {args.participants} "
+              f"(outcomes {dict(load.outcomes)})")
+        for op in ("trial", "answer"):
+            v = load_samples.get(op, np.asarray([]))
+            p95 = pct(v, 95)
+            note = "" if args.participants >= GOAL_CONCURRENCY else \
+                f" [measured at {args.participants}, not {GOAL_CONCURRENCY}]"
+            print(f"  {op}: p95 {p95:.1f} ms at {args.participants} concurrent participants; "
+                  f"goal p95 < {GOAL_P95_MS:.0f} ms at {GOAL_CONCURRENCY} concurrent participants -> "
+                  f"{verdict(p95 < GOAL_P95_MS)}{note}")
+        bare_rate = sum(bare.status_counts().values()) / bare.seconds
+        bare_v = bare_samples.get("healthz", np.asarray([]))
+        print(f"  bare view /healthz/: {bare_rate:,.1f} requests/s, p50 {pct(bare_v, 50):.1f} / p95 "
+              f"{pct(bare_v, 95):.1f} / p99 {pct(bare_v, 99):.1f} ms at {args.participants} closed-loop clients")
+        if loop is not None:
+            counts = loop.status_counts()
+            rate = sum(n for (op, _), n in counts.items() if op in TRIAL_OPS) / loop.seconds
+            trial_steps = sum(n for (op, c), n in counts.items() if op == "answer" and c in (200, 201)) / loop.seconds
+            all_loop = np.concatenate([loop_samples.get(op, np.asarray([])) for op in TRIAL_OPS])
+            ratio = rate / bare_rate if bare_rate else float("nan")
+            print(f"  trial endpoints (trial + answer + state) at saturation: {rate:,.1f} requests/s "
+                  f"({trial_steps:,.1f} answered trials/s), p50 {pct(all_loop, 50):.1f} / p95 {pct(all_loop, 95):.1f}"
+                  f" / p99 {pct(all_loop, 99):.1f} ms at {args.participants} closed-loop participants")
+            for op in TRIAL_OPS:
+                v = loop_samples.get(op, np.asarray([]))
+                print(f"    {op:<7} p50 {pct(v, 50):7.1f} ms = {pct(bare_v, 50) / pct(v, 50) if len(v) else float('nan'):.2f}x"
+                      f" the bare view's speed (p50 ratio)")
+            print(f"  throughput ratio trial endpoints / bare view: {ratio:.2f}x; goal trial endpoints >= "
+                  f"{GOAL_RATIO}x bare view -> {verdict(ratio >= GOAL_RATIO)}")
+        ok = integrity(args, study["public_id"], ledger)
+    finally:
+        if server is not None:
+            stop_gunicorn(server)
+        if args.keep:
+            print(f"\nkept: DATABASE_URL={args.pg.rstrip('/')}/{args.db} DATA_DIR={data_dir}")
+        else:
+            try:
+                recreate_database(args.pg, args.db, create=False)
+            except Exception as exc:  # never hide the run's own error behind a cleanup one
+                print(f"dropping {args.db} failed: {exc}", file=sys.stderr)
+            shutil.rmtree(data_dir, ignore_errors=True)
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""DRF views, one per operation, with input and output serializers."""

@@ -1,0 +1,276 @@
+"""The participant API: one view per operation, thin (parse, authorize, call a service).
+
+Every response carries ``Cache-Control: no-store`` (no shared cache or back button may replay an
+earlier step); errors say what is wrong: 409 for a step or answer conflict, 422 for malformed or
+out-of-range values, 404 for anything not the participant's own.
+"""
+from __future__ import annotations
+
+from django.core import signing
+from django.middleware.csrf import get_token
+from django.http import Http404, HttpResponse
+from django.utils.cache import add_never_cache_headers
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from studyapp.api import serializers as s
+from studyapp.api.authentication import (IsParticipant, ParticipantAuthentication, enforce_csrf,
+                                         session_participant_id, session_remember)
+from studyapp.models import Participant, Study
+from studyapp.selectors.participation import (participant_current_trial, participant_progress, study_design,
+                                              trial_content, trial_media_file)
+from studyapp.services import participants as svc
+from studyapp.services.errors import ServiceError
+from studyapp.services.participants import ParticipationError, StepConflict
+from studyapp.services.responses import Answer, AnswerConflict, response_record, trial_mark_served
+
+SIMULATION_SALT = "studyapp.simulated-participants"
+SIMULATION_MAX_AGE = 7 * 24 * 3600
+Step = Participant.Step
+ERRORS = {404: OpenApiResponse(s.ErrorOutput, description="Not this participant's"),
+          409: OpenApiResponse(s.ErrorOutput, description="Not at this step, or the answer conflicts"),
+          422: OpenApiResponse(s.ErrorOutput, description="Malformed or out-of-range values")}
+
+
+def simulation_token(*, study: Study, allow_live: bool) -> str:
+    """For manage.py simulate_participants: marks the participants it enrolls as simulated."""
+    return signing.dumps({"study": str(study.public_id), "allow_live": allow_live}, salt=SIMULATION_SALT)
+
+
+def _simulation(token: str | None, study: Study) -> tuple[bool, bool]:
+    if not token:
+        return False, False
+    try:
+        data = signing.loads(token, salt=SIMULATION_SALT, max_age=SIMULATION_MAX_AGE)
+    except signing.BadSignature:
+        raise ServiceError("The simulation token is not valid for this server.") from None
+    if data.get("study") != str(study.public_id):
+        raise ServiceError("The simulation token is for another study.")
+    return True, bool(data.get("allow_live"))
+
+
+def _problems(exc: ServiceError) -> list[str]:
+    return [str(m) for m in exc.messages]
+
+
+class ParticipantView(APIView):
+    authentication_classes = [ParticipantAuthentication]
+    permission_classes = [IsParticipant]
+
+    @property
+    def participant(self) -> Participant:
+        return self.request.auth
+
+    def design(self):
+        return study_design(study=self.participant.study)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        get_token(request._request)  # every answer carries the CSRF cookie the next POST needs
+        add_never_cache_headers(response)
+        response["Cache-Control"] = "no-store, private, max-age=0"
+        return response
+
+    def handle_exception(self, exc):
+        if isinstance(exc, (StepConflict, AnswerConflict)):
+            body = {"detail": _problems(exc)[0], "problems": _problems(exc)}
+            if isinstance(exc, AnswerConflict) and exc.stored is not None:
+                body["stored"] = s.AnswerOutput(exc.stored).data
+            return Response(body, status=status.HTTP_409_CONFLICT)
+        if isinstance(exc, ParticipationError):
+            return Response({"detail": _problems(exc)[0], "reason": exc.reason}, status=status.HTTP_403_FORBIDDEN)
+        if isinstance(exc, ServiceError):
+            if getattr(exc, "code", None) == "not_found":
+                return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+            return Response({"detail": "; ".join(_problems(exc)), "problems": _problems(exc)},
+                            status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+        return super().handle_exception(exc)
+
+    def parsed(self, serializer_class):
+        serializer = serializer_class(data=self.request.data)
+        if not serializer.is_valid():
+            problems = [f"{field}: {' '.join(str(m) for m in (msgs if isinstance(msgs, list) else [msgs]))}"
+                        for field, msgs in serializer.errors.items()]
+            raise ServiceError(problems)
+        return serializer.validated_data
+
+    def state(self) -> dict:
+        return session_state(participant=self.participant, design=self.design())
+
+
+def session_state(*, participant: Participant, design) -> dict:
+    """The current step and what it shows (the page renders from this)."""
+    step = participant.step
+    study = participant.study
+    content: dict = {}
+    if step == Step.INSTRUCTIONS:
+        svc.participant_instructions_shown(participant=participant)
+        from django.utils import timezone
+
+        read = (timezone.now() - participant.instructions_shown_at).total_seconds()
+        content = {"text": study.instructions, "min_seconds": design.min_instruction_seconds,
+                   "seconds_left": max(0, int(design.min_instruction_seconds - read + 0.999))}
+    elif step == Step.COMPREHENSION:
+        content = {"questions": [{"text": q.text, "options": q.options} for q in design.comprehension.questions],
+                   "attempts_left": design.comprehension.max_attempts - participant.comprehension_attempts}
+    elif step == Step.QUESTIONNAIRE:
+        content = {"items": [{"id": q.id, "text": q.text, "anchors": list(q.anchors)} for q in design.questionnaire]}
+    elif step == Step.DEMOGRAPHICS:
+        content = {"age_bands": list(svc.AGE_BANDS), "ml_experience": list(svc.ML_EXPERIENCE)}
+    elif step == Step.DEBRIEF:
+        content = {"text": study.debrief_text}
+    elif step == Step.DONE:
+        content = _completion(participant, design)
+    return {"step": step, "status": participant.status, "progress": participant_progress(participant=participant),
+            "content": content}
+
+
+def _completion(participant: Participant, design) -> dict:
+    outcome = {Participant.Status.COMPLETED: "completed", Participant.Status.SCREENED_OUT: "screened_out",
+               Participant.Status.FAILED_CHECKS: "failed_checks"}.get(participant.status, participant.status)
+    return {"outcome": outcome, "code": participant.completion_code,
+            "redirect_url": svc.completion_redirect(participant=participant, design=design)}
+
+
+class ConsentView(ParticipantView):
+    """I agree (enrolls: participant, arm and trial plan at once) or I decline (nothing stored)."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=s.ConsentInput, responses={201: s.StateOutput, 200: s.StateOutput, 403: s.ErrorOutput,
+                                                      422: s.ErrorOutput}, operation_id="participation_consent")
+    def post(self, request, study):
+        enforce_csrf(request._request)
+        target = Study.objects.filter(public_id=study).first()
+        if target is None:
+            raise Http404
+        data = self.parsed(s.ConsentInput)
+        if not data["agree"]:
+            return Response({"step": "declined", "status": "declined", "progress": {}, "content": {}})
+        if isinstance(request.auth, Participant):  # this browser is enrolled already: resume
+            participant = request.auth
+            return Response(session_state(participant=participant, design=study_design(study=participant.study)))
+        simulated, allow_live = _simulation(data.get("simulation"), target)
+        try:
+            design = study_design(study=target)
+        except ValueError:
+            raise ParticipationError("This study is not open yet.", reason="not_open") from None
+        external = svc.external_ids_from(data.get("params") or {}, design=design)
+        participant, resumed = svc.participant_enroll(study=target, external=external, simulated=simulated,
+                                                      allow_live_simulation=allow_live)
+        session_remember(request._request, study, participant)
+        participant = Participant.objects.select_related("study", "study__model", "arm").get(pk=participant.pk)
+        return Response(session_state(participant=participant, design=design),
+                        status=status.HTTP_200_OK if resumed else status.HTTP_201_CREATED)
+
+
+class StateView(ParticipantView):
+    @extend_schema(responses={200: s.StateOutput, 401: s.ErrorOutput}, operation_id="participation_state")
+    def get(self, request, study):
+        svc.participant_touch(participant=self.participant)
+        return Response(self.state())
+
+
+class InstructionsView(ParticipantView):
+    @extend_schema(request=None, responses={200: s.StateOutput, **ERRORS}, operation_id="participation_instructions")
+    def post(self, request, study):
+        svc.participant_instructions_done(participant=self.participant, design=self.design())
+        return Response(self.state())
+
+
+class ComprehensionView(ParticipantView):
+    @extend_schema(request=s.ComprehensionInput, responses={200: s.ComprehensionOutput, **ERRORS},
+                   operation_id="participation_comprehension")
+    def post(self, request, study):
+        data = self.parsed(s.ComprehensionInput)
+        result = svc.participant_comprehension_answer(participant=self.participant, design=self.design(),
+                                                      answers=data["answers"])
+        return Response({**result, "state": self.state()})
+
+
+class CurrentTrialView(ParticipantView):
+    @extend_schema(responses={200: s.TrialOutput, **ERRORS}, operation_id="participation_current_trial")
+    def get(self, request, study):
+        participant = self.participant
+        if participant.step != Step.TRIALS:
+            raise StepConflict(f"The session is at '{participant.step}', not at the trials.")
+        trial = participant_current_trial(participant=participant)
+        if trial is None:
+            raise StepConflict("All trials are answered.")
+        trial_mark_served(trial=trial)
+        svc.participant_touch(participant=participant)
+        total = participant_progress(participant=participant)["total"]
+        return Response(s.TrialOutput(trial_content(participant=participant, trial=trial, design=self.design(),
+                                                    total=total)).data)
+
+
+class AnswerView(ParticipantView):
+    @extend_schema(request=s.AnswerInput, responses={201: s.AnswerOutput, 200: s.AnswerOutput, **ERRORS},
+                   operation_id="participation_answer")
+    def post(self, request, study, trial):
+        data = self.parsed(s.AnswerInput)
+        answer = Answer(idempotency_key=data["idempotency_key"], answer=data["answer"],
+                        confidence=data.get("confidence"), client_rt_ms=data["client_rt_ms"],
+                        client_sent_at=data.get("client_sent_at"),
+                        events=tuple(dict(e) for e in data.get("events", [])))
+        reply, created = response_record(participant=self.participant, trial_public_id=trial, answer=answer,
+                                         design=self.design())
+        return Response(s.AnswerOutput(reply).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class QuestionnaireView(ParticipantView):
+    @extend_schema(request=s.QuestionnaireInput, responses={200: s.StateOutput, **ERRORS},
+                   operation_id="participation_questionnaire")
+    def post(self, request, study):
+        data = self.parsed(s.QuestionnaireInput)
+        svc.participant_questionnaire(participant=self.participant, design=self.design(), answers=data["answers"])
+        return Response(self.state())
+
+
+class DemographicsView(ParticipantView):
+    @extend_schema(request=s.DemographicsInput, responses={200: s.StateOutput, **ERRORS},
+                   operation_id="participation_demographics")
+    def post(self, request, study):
+        data = self.parsed(s.DemographicsInput)
+        svc.participant_demographics(participant=self.participant, **data)
+        return Response(self.state())
+
+
+class DebriefView(ParticipantView):
+    @extend_schema(request=None, responses={200: s.StateOutput, **ERRORS}, operation_id="participation_debrief")
+    def post(self, request, study):
+        svc.participant_complete(participant=self.participant, design=self.design())
+        return Response(self.state())
+
+
+class CompletionView(ParticipantView):
+    @extend_schema(responses={200: s.CompletionOutput, **ERRORS}, operation_id="participation_completion")
+    def get(self, request, study):
+        if self.participant.step != Step.DONE:
+            raise StepConflict(f"The session is at '{self.participant.step}'; finish it first.")
+        return Response(_completion(self.participant, self.design()))
+
+
+class MediaView(ParticipantView):
+    """Image bytes of the participant's own trial: opaque URL, no file name, no metadata, not cached."""
+
+    @extend_schema(responses={(200, "image/png"): bytes, 404: s.ErrorOutput}, operation_id="participation_media")
+    def get(self, request, study, trial, slot):
+        media = trial_media_file(participant=self.participant, trial_public_id=trial, slot=slot)
+        if media is None:
+            raise Http404
+        with media.open("rb") as handle:  # small PNGs; no FileResponse: it would name the file
+            response = HttpResponse(handle.read(), content_type="image/png")
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+def participant_session_for(request, study: Study) -> Participant | None:
+    """The participant this browser holds for ``study`` (for the HTML pages)."""
+    participant_id = session_participant_id(request, study.public_id)
+    if participant_id is None:
+        return None
+    return Participant.objects.filter(public_id=participant_id, study=study).first()

@@ -1,0 +1,169 @@
+"""Reads for the participant session: the live design, the current trial and what it shows.
+
+Leakage hazard: what these functions return for a trial that is not yet answered goes to the
+participant. They never include ``expected_answer``, the stimulus' label, database ids, arm
+names, or the model's output on what the trial asks about; images are addressed by the trial's
+opaque id and a slot name, never by their file name.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from django.db.models import Count, Q
+
+from studyapp.design import StudyDesign, design_parse
+from studyapp.models import Edit, Explanation, ModelOutput, Participant, Response, Study, Trial
+
+
+def study_design(*, study: Study) -> StudyDesign:
+    """The design that runs: the frozen one once the study is live."""
+    config = study.frozen_config["study"]["config"] if study.frozen_config else study.config
+    return design_parse(config)
+
+
+def participant_current_trial(*, participant: Participant) -> Trial | None:
+    """The first trial without a response, in plan order (None when all are answered)."""
+    return (Trial.objects.filter(participant=participant, response__isnull=True)
+            .select_related("stimulus", "edit").order_by("position").first())
+
+
+def participant_progress(*, participant: Participant) -> dict:
+    counts = Trial.objects.filter(participant=participant).aggregate(
+        total=Count("pk"), answered=Count("pk", filter=Q(response__isnull=False)))
+    return {"answered": counts["total"] and counts["answered"], "total": counts["total"]}
+
+
+def participant_failed_checks(*, participant: Participant) -> int:
+    return Response.objects.filter(trial__participant=participant, trial__task=Trial.Task.ATTENTION_CHECK,
+                                   correct=False).count()
+
+
+def model_output_on(*, study: Study, stimulus_id: int | None = None, edit_id: int | None = None) -> int:
+    return ModelOutput.objects.filter(model=study.model, stimulus_id=stimulus_id, edit_id=edit_id) \
+        .values_list("predicted", flat=True).get()
+
+
+def trial_aid(*, participant: Participant, trial: Trial) -> Explanation | None:
+    """The arm's precomputed aid for the trial's (original) stimulus, when the trial shows one."""
+    if not trial.show_explanation:
+        return None
+    return Explanation.objects.filter(arm_id=participant.arm_id, stimulus_id=trial.stimulus_id).first()
+
+
+def trial_option_edits(*, trial: Trial) -> list[Edit]:
+    """counterfactual_choose: the offered edits in the order shown."""
+    by_id = Edit.objects.in_bulk(trial.options)
+    return [by_id[pk] for pk in trial.options]
+
+
+# ---------------------------------------------------------------- what the participant sees
+
+QUESTIONS = {
+    "forward": "What will the model answer for this example?",
+    "counterfactual_predict": "The example was changed as shown. What will the model answer for the changed example?",
+    "counterfactual_choose": "Which of these changes makes the model give a different answer?",
+    "learning": "This is the model's answer for this example. Look at it, then continue.",
+}
+ATTENTION = "To show that you are reading carefully, choose \u201c{label}\u201d for this item."
+TOP_FEATURES = 10
+
+
+def _media_url(study: Study, trial: Trial, slot: str) -> str:
+    # Opaque: the study's public id, the trial's random per-participant id and a slot name.
+    return f"/api/participate/{study.public_id}/media/{trial.public_id}/{slot}"
+
+
+def _features(dataset, values) -> list[dict]:
+    described = dataset.feature_descriptions or {}
+    return [{"name": name, "value": round(float(v), 6), "unit": described.get(name, {}).get("unit", ""),
+             "description": described.get(name, {}).get("description", "")}
+            for name, v in zip(dataset.feature_names, values)]
+
+
+def _npy(blob) -> np.ndarray:
+    return np.load(io.BytesIO(bytes(blob)), allow_pickle=False)
+
+
+def _aid(participant: Participant, trial: Trial) -> dict | None:
+    explanation = trial_aid(participant=participant, trial=trial)
+    if explanation is None:
+        return None
+    kind = participant.arm.kind
+    values = _npy(explanation.attributions)
+    if kind == "ood_warning":
+        flagged = bool(values[2] > 0.5)
+        return {"kind": "ood_warning", "flagged": flagged,
+                "text": "Warning: this example is unlike the examples the model learned from; its answer may be "
+                        "unreliable." if flagged else "This example looks like the examples the model learned from."}
+    if participant.arm.method == "exemplars":
+        return {"kind": "exemplars", "image": _media_url(participant.study, trial, "aid"),
+                "text": "Examples from the model's training data that resemble this one."}
+    dataset = participant.study.dataset
+    if dataset.modality == "tabular":
+        order = np.argsort(-np.abs(values), kind="stable")[:TOP_FEATURES]
+        return {"kind": "bars", "features": [{"name": dataset.feature_names[i], "attribution": round(float(values[i]), 6)}
+                                             for i in order]}
+    return {"kind": "map", "image": _media_url(participant.study, trial, "aid")}
+
+
+def _edit(study: Study, trial: Trial, edit: Edit, slot: str) -> dict:
+    params = edit.params or {}
+    if study.dataset.modality == "image":
+        return {"image": _media_url(study, trial, slot), "box": params.get("box")}
+    return {"feature": params.get("feature_name"), "from_value": round(float(params.get("from_value", 0)), 6),
+            "to_value": round(float(params.get("to_value", 0)), 6)}
+
+
+def trial_content(*, participant: Participant, trial: Trial, design: StudyDesign, total: int) -> dict:
+    """What a trial shows, before it is answered. Leakage: see the module docstring."""
+    study = participant.study
+    classes = study.model.class_names
+    task = trial.task
+    out = {"trial": trial.public_id, "number": trial.position + 1, "total": total, "phase": trial.phase,
+           "task": "forward" if task == "attention_check" else task, "model_output": None, "aid": None,
+           "edit": None, "confidence": design.confidence != "off" and task != "attention_check"}
+    if study.dataset.modality == "image":
+        out["input"] = {"image": _media_url(study, trial, "input")}
+    else:
+        out["input"] = {"features": _features(study.dataset, _npy(trial.stimulus.data))}
+    if trial.show_model_output:
+        # Forward learning trials: the output on the item; counterfactual trials: on the original.
+        predicted = model_output_on(study=study, stimulus_id=trial.stimulus_id)
+        out["model_output"] = {"value": predicted, "label": classes[predicted]}
+    if task == "counterfactual_choose":
+        out["options"] = [{"value": i, **_edit(study, trial, e, f"option-{i}")}
+                          for i, e in enumerate(trial_option_edits(trial=trial))]
+    else:
+        out["options"] = [{"value": i, "label": name} for i, name in enumerate(classes)]
+    if task == "counterfactual_predict":
+        out["edit"] = _edit(study, trial, trial.edit, "edit")
+    out["aid"] = _aid(participant, trial)
+    if task == "attention_check":
+        out["question"] = ATTENTION.format(label=classes[trial.expected_answer])
+    elif task == "forward" and trial.show_model_output:
+        out["question"] = QUESTIONS["learning"]
+    else:
+        out["question"] = QUESTIONS[task]
+    return out
+
+
+def trial_media_file(*, participant: Participant, trial_public_id, slot: str):
+    """The file behind a media URL of the participant's own trial, or None (-> 404)."""
+    trial = Trial.objects.filter(participant=participant, public_id=trial_public_id).select_related(
+        "stimulus", "edit").first()
+    if trial is None:
+        return None
+    if slot == "input":
+        return trial.stimulus.image or None
+    if slot == "aid":
+        explanation = trial_aid(participant=participant, trial=trial)
+        return explanation.image if explanation is not None and explanation.image else None
+    if slot == "edit" and trial.edit_id:
+        return trial.edit.image or None
+    if slot.startswith("option-") and slot[7:].isdigit():
+        i = int(slot[7:])
+        if i < len(trial.options):
+            edit = Edit.objects.filter(pk=trial.options[i]).first()
+            return edit.image if edit is not None and edit.image else None
+    return None

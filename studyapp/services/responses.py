@@ -1,0 +1,148 @@
+"""Recording a participant's answer to a trial: exactly once, whatever the network does.
+
+Followed from the click: ``static/participant`` (the page) -> ``studyapp/api/participation.py``
+(AnswerView) -> ``response_record`` here -> ``studyapp/selectors.trials_long_queryset`` (the long
+format) -> ``studyapp/exports/rows.py`` (the CSV row).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from studyapp.design import StudyDesign
+from studyapp.models import Participant, Response, Trial
+from studyapp.selectors.participation import participant_current_trial
+from studyapp.services.errors import ServiceError
+from studyapp.services.participants import participant_trials_finished
+
+MAX_EVENTS = 200
+EVENT_TYPES = ("focus", "blur", "visible", "hidden")
+
+
+class AnswerConflict(ServiceError):
+    """The answer cannot be stored as sent (HTTP 409); ``stored`` describes what is stored, if any."""
+
+    def __init__(self, message: str, *, stored: dict | None = None):
+        super().__init__(message)
+        self.stored = stored
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the browser sends for one trial (validated by the API's input serializer)."""
+
+    idempotency_key: uuid.UUID
+    answer: int
+    client_rt_ms: int
+    confidence: int | None = None
+    client_sent_at: dt.datetime | None = None
+    events: tuple = ()
+
+    def sha256(self) -> str:
+        """Of the answer's content, not its transport: a resend with the same content matches."""
+        content = {"answer": self.answer, "client_rt_ms": self.client_rt_ms, "confidence": self.confidence,
+                   "client_sent_at": self.client_sent_at.isoformat() if self.client_sent_at else None,
+                   "events": list(self.events)}
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def answer_problems(*, trial: Trial, answer: Answer, design: StudyDesign) -> list[str]:
+    """Range checks that depend on the trial (HTTP 422 with these messages)."""
+    problems = []
+    if not 0 <= answer.answer < (trial.n_options or 0):
+        problems.append(f"answer must be an option number from 0 to {(trial.n_options or 1) - 1}.")
+    if design.confidence == "off" and answer.confidence is not None:
+        problems.append("this study does not ask for confidence; leave it out.")
+    if design.confidence == "1-7" and trial.task != Trial.Task.ATTENTION_CHECK and answer.confidence is None:
+        problems.append("confidence (1 to 7) is required in this study.")
+    return problems
+
+
+def stored_reply(response: Response) -> dict:
+    """What every copy of the same answer gets back."""
+    trial = response.trial
+    reply = {"trial": str(trial.public_id), "answer": response.answer, "received_at": response.received_at,
+             "idempotency_key": str(response.idempotency_key), "feedback": None}
+    if trial.feedback == "correctness" and response.correct is not None:
+        reply["feedback"] = {"correct": bool(response.correct)}
+    elif trial.feedback == "model_output" and trial.task != Trial.Task.COUNTERFACTUAL_CHOOSE:
+        # After the answer only: the model's output on what the trial asked about.
+        reply["feedback"] = {"model_output": trial.expected_answer}
+    return reply
+
+
+def response_record(*, participant: Participant, trial_public_id: uuid.UUID, answer: Answer,
+                    design: StudyDesign) -> tuple[dict, bool]:
+    """Store the answer once; returns (the stored reply, created).
+
+    Idempotency and locking contract:
+
+    * The participant row is locked (``select_for_update``) for the whole check-and-insert, so
+      concurrent copies of one answer run one after the other. Nothing here locks the study, so
+      the lock order study -> participant -> trial holds (enrollment takes the study first).
+    * Same idempotency key and same content: the stored reply, ``created`` False (a resend).
+      Same key, other content: ``AnswerConflict`` (409). A trial answered under another key:
+      ``AnswerConflict`` naming the stored answer (409). A trial that is not the current one
+      (the first unanswered in plan order): ``AnswerConflict`` (409).
+    * Backstops in the database: ``Response.trial`` is one-to-one and ``idempotency_key`` unique;
+      a race that got past the lock anyway becomes an IntegrityError, answered like a resend.
+    * ``correct`` is computed here from ``Trial.expected_answer``; the client never says.
+    """
+    key_sha = answer.sha256()
+    with transaction.atomic():
+        locked = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
+        existing = Response.objects.filter(idempotency_key=answer.idempotency_key).select_related(
+            "trial__participant__study").first()
+        if existing is not None:
+            if existing.trial.participant_id != locked.pk or str(existing.trial.public_id) != str(trial_public_id):
+                raise AnswerConflict("This idempotency key was used for another answer; send a new key.")
+            if existing.payload_sha256 != key_sha:
+                raise AnswerConflict("This answer was already stored with different content under the same key.",
+                                     stored=stored_reply(existing))
+            return stored_reply(existing), False
+        trial = Trial.objects.filter(participant=locked, public_id=trial_public_id).select_related(
+            "participant__study").first()
+        if trial is None:
+            raise ServiceError("No such trial.", code="not_found")
+        other = Response.objects.filter(trial=trial).first()
+        if other is not None:
+            raise AnswerConflict(f"This trial was already answered (answer {other.answer}, key "
+                                 f"{other.idempotency_key}).", stored=stored_reply(other))
+        if locked.step != Participant.Step.TRIALS:
+            raise AnswerConflict(f"The session is at '{locked.step}', not at the trials.")
+        current = participant_current_trial(participant=locked)
+        if current is None or current.pk != trial.pk:
+            raise AnswerConflict("This is not the current trial; fetch the current trial and answer it.")
+        problems = answer_problems(trial=trial, answer=answer, design=design)
+        if problems:
+            raise ServiceError(problems, code="invalid")
+        now = timezone.now()
+        served = trial.served_at or now
+        try:
+            with transaction.atomic():
+                response = Response.objects.create(
+                    trial=trial, idempotency_key=answer.idempotency_key, payload_sha256=key_sha, answer=answer.answer,
+                    correct=None if trial.expected_answer is None else answer.answer == trial.expected_answer,
+                    confidence=answer.confidence, client_rt_ms=answer.client_rt_ms,
+                    server_rt_ms=max(0, int((now - served).total_seconds() * 1000)),
+                    client_sent_at=answer.client_sent_at, events=list(answer.events))
+        except IntegrityError:
+            raise AnswerConflict("This answer was stored by a concurrent request; resend to get its reply.") from None
+        Participant.objects.filter(pk=locked.pk).update(last_seen_at=now)
+        participant_trials_finished(participant=locked)
+        response.trial = trial
+        return stored_reply(response), True
+
+
+def trial_mark_served(*, trial: Trial) -> None:
+    """Record when the trial was first served (kept on later fetches: server_rt_ms counts from it)."""
+    if trial.served_at is None:
+        now = timezone.now()
+        Trial.objects.filter(pk=trial.pk, served_at__isnull=True).update(served_at=now)
+        trial.served_at = now
