@@ -153,7 +153,7 @@ def start_gunicorn(args, env: dict, port: int, log: Path) -> subprocess.Popen:
                "--workers", str(args.workers), "--threads", str(args.threads),
                "--worker-class", "gthread" if args.threads > 1 else "sync",
                "--timeout", "60", "--graceful-timeout", "5", "--backlog", "2048", "--log-level", "warning",
-               "--error-logfile", str(log)]
+               "--error-logfile", str(log), *(["--preload"] if args.preload else [])]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -171,6 +171,29 @@ def wait_healthy(base_url: str, server: subprocess.Popen, log: Path, seconds: fl
             pass
         time.sleep(0.3)
     raise SystemExit(f"/healthz/ did not answer 200 within {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def warm_up(base_url: str, study: str, *, clients: int, seconds: float) -> int:
+    """Unmeasured requests until every worker has loaded the URLconf, DRF and the templates."""
+    paths = ("/healthz/", f"/s/{study}/", f"/api/participate/{study}/state")  # the last: 401, no session
+    deadline = time.monotonic() + seconds
+    done = Counter()
+
+    def worker(i: int) -> None:
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base_url + paths[done[i] % len(paths)], timeout=HTTP_TIMEOUT) as r:
+                    r.read()
+            except urllib.error.HTTPError:
+                pass
+            done[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + HTTP_TIMEOUT)
+    return sum(done.values())
 
 
 def stop_gunicorn(server: subprocess.Popen) -> None:
@@ -590,6 +613,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=300, help="the participants phase stops here")
     parser.add_argument("--workers", type=int, default=5, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (> 1: gthread workers)")
+    parser.add_argument("--no-preload", dest="preload", action="store_false",
+                        help="workers import the app themselves (default: gunicorn --preload)")
+    parser.add_argument("--warm-up", type=float, default=3.0, help="unmeasured requests before phase 1, s")
     parser.add_argument("--quick", action="store_true", help="30 participants, think 0.2 s, 3 s closed loops")
     parser.add_argument("--skip-saturation", action="store_true", help="no phase 3")
     parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL server (its postgres database is used "
@@ -634,10 +660,13 @@ def main() -> None:
         log = Path(data_dir) / "gunicorn.log"
         server = start_gunicorn(args, env, port, log)
         wait_healthy(base_url, server, log)
+        warmed = warm_up(base_url, study["public_id"], clients=2 * args.workers * args.threads,
+                         seconds=args.warm_up)
         kind = f"{args.workers} sync workers" if args.threads == 1 else \
             f"{args.workers} gthread workers x {args.threads} threads"
         print(f"gunicorn at {base_url}: {kind} (on {os.cpu_count()} CPUs, shared with PostgreSQL and this load "
-              f"generator), DEBUG on; the client opens one connection per request (urllib, no keep-alive)")
+              f"generator), {'--preload, ' if args.preload else ''}DEBUG on; warmed up with {warmed} requests in "
+              f"{args.warm_up:g} s; the client opens one connection per request (urllib, no keep-alive)")
         per = len(DESIGN["blocks"]) and sum(b["n_items"] for b in DESIGN["blocks"]) \
             + DESIGN["attention_checks"]["count"]
         print(f"{args.participants} participants x {per} trials, think {args.think:g} s (exponential mean) "

@@ -168,6 +168,8 @@ PARTICIPANT_BASE_COLUMNS: tuple[Column, ...] = (
     _TRIAL_SPEC["arm_kind"],
     Column("status", "categorical", "Participant's status at export time.", allowed=_choices(Participant.Status)),
     Column("source", "categorical", "Recruitment channel.", allowed=_choices(Participant.Source)),
+    Column("simulated", "boolean", "1 = a simulated participant (pilot, demo or load test): never counted toward "
+           "targets, never in a confirmatory analysis."),
     Column("started_at", "datetime", "Enrollment time.", unit="UTC"),
     Column("consented_at", "datetime", "Consent time.", unit="UTC"),
     Column("completed_at", "datetime", "Completion time; empty = not completed.", unit="UTC"),

@@ -106,7 +106,7 @@ def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: di
         aggregates[f"c_{phase}"] = Count("trials", filter=scored & Q(trials__phase=phase)
                                          & Q(trials__response__correct=True))
     queryset = (Participant.objects.filter(study=study).order_by("id")
-                .values("id", "public_id", "arm__name", "arm__kind", "status", "source", "started_at",
+                .values("id", "public_id", "arm__name", "arm__kind", "status", "source", "simulated", "started_at",
                         "consented_at", "completed_at", "last_seen_at", "comprehension_attempts", "instructions_ms")
                 .annotate(**aggregates))
     for p in queryset.iterator(chunk_size=CHUNK_SIZE):
@@ -117,7 +117,8 @@ def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: di
         answers = likert.get(p["id"], {})
         rules, excluded = flags.get(str(p["public_id"]), NOT_EVALUATED)
         yield (
-            study.slug, p["public_id"], p["arm__name"], p["arm__kind"], p["status"], p["source"], p["started_at"],
+            study.slug, p["public_id"], p["arm__name"], p["arm__kind"], p["status"], p["source"], p["simulated"],
+            p["started_at"],
             p["consented_at"], p["completed_at"], p["last_seen_at"], duration, p["comprehension_attempts"],
             p["instructions_ms"], p["n_trials"], p["n_answered"], p["n_attention_checks"], p["n_attention_failed"],
             *(v for phase in PHASES for v in (p[f"n_{phase}"], accuracy[phase])),
