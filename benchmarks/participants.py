@@ -214,8 +214,8 @@ def stop_gunicorn(server: subprocess.Popen) -> None:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_stat(pid: int) -> tuple[str, int, float] | None:
-    """(comm, ppid, utime + stime in seconds) of a live process."""
+def _proc_stat(pid: int) -> tuple[str, int, float, float] | None:
+    """(comm, ppid, own CPU seconds, CPU seconds of its reaped children) of a live process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             raw = f.read()
@@ -223,25 +223,29 @@ def _proc_stat(pid: int) -> tuple[str, int, float] | None:
         return None
     comm = raw[raw.index("(") + 1:raw.rindex(")")]
     fields = raw[raw.rindex(")") + 2:].split()
-    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK
 
 
 def cpu_snapshot(server_pid: int) -> dict:
+    """CPU seconds so far of the machine, the gunicorn tree, PostgreSQL and this process. A tree is
+    its live processes plus what its root reaped (exited workers, closed PostgreSQL backends)."""
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:]]
     idle = ticks[3] + ticks[4]
-    server = postgres = 0.0
+    procs = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = _proc_stat(int(entry))
-        if stat is None:
-            continue
-        comm, ppid, seconds = stat
-        if int(entry) == server_pid or ppid == server_pid:
-            server += seconds
+        if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
+            procs[int(entry)] = stat
+    server = postgres = 0.0
+    for pid, (comm, ppid, own, reaped) in procs.items():
+        if pid == server_pid:
+            server += own + reaped
+        elif ppid == server_pid:
+            server += own
+        elif comm.startswith("postgres") and procs.get(ppid, ("",))[0].startswith("postgres"):
+            postgres += own  # a backend or helper of the postmaster
         elif comm.startswith("postgres"):
-            postgres += seconds
+            postgres += own + reaped  # the postmaster
     return {"total": sum(ticks) / TICK, "idle": idle / TICK, "server": server, "postgres": postgres,
             "client": time.process_time(), "wall": time.monotonic()}
 

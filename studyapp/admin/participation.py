@@ -10,8 +10,8 @@ class TrialInline(admin.TabularInline):
     model = Trial
     extra = 0
     can_delete = False
-    fields = ["position", "phase", "task", "stimulus", "edit", "show_explanation", "show_model_output", "answer",
-              "correct"]
+    fields = ["position", "phase", "task", "stimulus", "edit", "options", "show_explanation", "show_model_output",
+              "served_at", "answer", "correct"]
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -36,8 +36,9 @@ class TrialInline(admin.TabularInline):
 
 @admin.register(Participant)
 class ParticipantAdmin(ReadOnlyAdmin):
-    list_display = ["public_id", "study", "arm", "status", "source", "external_id", "started_at", "completed_at"]
-    list_filter = ["status", "source", "study", "arm__kind"]
+    list_display = ["public_id", "study", "arm", "status", "step", "simulated", "source", "external_id", "started_at",
+                    "completed_at"]
+    list_filter = ["status", "simulated", "source", "study", "arm__kind"]
     search_fields = ["external_id", "public_id"]
     list_select_related = ["study", "arm__study"]
     inlines = [TrialInline]

@@ -12,9 +12,10 @@ from django.utils.html import format_html, format_html_join
 
 from studyapp.admin.form_view import form_view
 from studyapp.admin.forms import DeviationForm
-from studyapp.models import AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study
+from studyapp.models import AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study, StudyItem
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
 from studyapp.reports.admin_links import report_link
+from studyapp.services.participants import participants_delete_simulated
 from studyapp.services.studies import EDITABLE_STATES, study_close, study_launch, study_prepare
 
 
@@ -39,6 +40,22 @@ class ArmInline(FrozenAfterDraftMixin, admin.TabularInline):
     extra = 0
     fields = ["position", "name", "kind", "method", "method_config", "manipulation", "manipulation_config",
               "allocation_weight"]
+
+
+class StudyItemInline(admin.TabularInline):
+    """The study's item sample (read-only: it is drawn and recorded by preparation)."""
+
+    model = StudyItem
+    extra = 0
+    can_delete = False
+    fields = ["role", "position", "stimulus", "stratum", "edits", "answer_position"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("stimulus__dataset")
 
 
 class DeviationInline(admin.TabularInline):
@@ -87,10 +104,10 @@ class StudyAdmin(admin.ModelAdmin):
     search_fields = ["title", "slug", "description"]
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
-    actions = ["prepare", "launch", "close", *EXPORT_ACTIONS]
+    actions = ["prepare", "launch", "close", "delete_simulated", *EXPORT_ACTIONS]
     readonly_fields = ["state", "participant_link", "report", "public_id", "frozen_sha256", "launched_at", "closed_at",
-                       "preparation_summary", "record_deviation"]
-    inlines = [ArmInline, HypothesisInline, DeviationInline]
+                       "preparation_summary", "item_sample_summary", "record_deviation"]
+    inlines = [ArmInline, HypothesisInline, DeviationInline, StudyItemInline]
     fieldsets = [
         (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report"]}),
         ("Model and data", {"fields": ["model", "dataset", "seed", "config", "target_per_arm"]}),
@@ -98,14 +115,16 @@ class StudyAdmin(admin.ModelAdmin):
         ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
         ("Pre-registration and provenance", {"fields": ["frozen_sha256", "launched_at", "closed_at",
                                                         "record_deviation", "preparation_summary", "public_id"]}),
+        ("Item sample", {"fields": ["item_sample_summary"]}),
     ]
 
     def get_queryset(self, request):
         # Counts in one query for the whole change list (no N+1).
         return super().get_queryset(request).annotate(
             _arms=Count("arms", distinct=True),
-            _participants=Count("participants", distinct=True),
-            _completed=Count("participants", filter=Q(participants__status="completed"), distinct=True))
+            _participants=Count("participants", filter=Q(participants__simulated=False), distinct=True),
+            _completed=Count("participants", filter=Q(participants__status="completed", participants__simulated=False),
+                             distinct=True))
 
     def get_prepopulated_fields(self, request, obj=None):
         return self.prepopulated_fields if obj is None or obj.state in EDITABLE_STATES else {}
@@ -180,6 +199,20 @@ class StudyAdmin(admin.ModelAdmin):
             lines.append(f"sanity check {method}: {report.get('verdict')}")
         return format_html_join("", "<div>{}</div>", ((line,) for line in lines))
 
+    @admin.display(description="item sample")
+    def item_sample_summary(self, obj) -> str:
+        """The recorded draw: seed, pool, counts per role and stratum, and any stratum that ran short."""
+        record = obj.item_sample or {}
+        if not record:
+            return "drawn at preparation"
+        lines = [f"seed {record.get('seed')}, pool of {record.get('pool_size')} test items, "
+                 f"model-error share {record.get('model_error_share')}"]
+        for role, counts in (record.get("counts") or {}).items():
+            lines.append(f"{role}: " + ", ".join(f"{stratum}: {n}" for stratum, n in counts.items()))
+        for role, notes in (record.get("notes") or {}).items():
+            lines += [f"{role}: {note}" for note in notes]
+        return format_html_join("", "<div>{}</div>", ((line,) for line in lines))
+
     @admin.display(description="participant link")
     def participant_link(self, obj) -> str:
         if obj is None or obj.pk is None:
@@ -198,6 +231,12 @@ class StudyAdmin(admin.ModelAdmin):
     @admin.action(description="Close selected studies")
     def close(self, request, queryset):
         _run_service(self, request, queryset, study_close, "closed")
+
+    @admin.action(description="Delete the simulated participants of selected studies")
+    def delete_simulated(self, request, queryset):
+        for study in queryset:
+            n = participants_delete_simulated(study=study)
+            self.message_user(request, f"{study}: {n} simulated participants deleted.", messages.SUCCESS)
 
 
 @admin.register(AnalysisRun)

@@ -195,6 +195,24 @@ def participant_columns(*, likert_items: Sequence[str]) -> tuple[Column, ...]:
     return (*PARTICIPANT_BASE_COLUMNS, *(likert_column(i) for i in likert_items), *EXCLUSION_COLUMNS)
 
 
+# -- items.csv (the study's item sample, one row per item) -------------------------------------
+
+ITEM_COLUMNS: tuple[Column, ...] = (
+    _TRIAL_SPEC["study"],
+    Column("role", "categorical", "Which part of the sample: learning (and practice), test (pre- and post-test), "
+           "or a counterfactual task.", allowed=("learning", "test", "counterfactual_predict",
+                                                 "counterfactual_choose")),
+    Column("position", "integer", "Order within the role, as drawn (0-based)."),
+    _TRIAL_SPEC["stimulus"],
+    _TRIAL_SPEC["stimulus_index"],
+    Column("stratum", "string", "Sampling stratum: the model's predicted class and whether the model is right."),
+    _TRIAL_SPEC["truth"],
+    Column("model_output", "integer", "The model's predicted class on the item."),
+    Column("edits", "string", "Counterfactual items: ids of the edits shown, in order, joined by ';'."),
+    Column("answer_position", "integer", "counterfactual_choose: position of the edit that changes the output."),
+)
+
+
 # -- hypotheses.csv (the frozen plan + the latest analysis) ------------------------------------
 
 VERDICTS = ("supported", "not_supported", "equivalent", "inconclusive")
@@ -269,6 +287,8 @@ MANIFEST_KEYS: tuple[Column, ...] = (
     Column("arms", "json", "Per arm: method, method_config (+ SHA-256), manipulation, and the explanation "
            "config hashes and seeds actually stored."),
     Column("stimuli", "json", "The stimulus sample used in trials (dataset indices, splits) and the seeds."),
+    Column("item_sample", "json", "How the study's items were drawn: seed, pool size, model-error share, counts "
+           "per role and stratum, strata that ran short (the items themselves: items.csv)."),
     Column("software", "json", "Versions of python, django, torch, captum, numpy, scipy, statsmodels, pandas ..."),
     Column("deviations", "json", "Recorded deviations from the pre-registration."),
     Column("analysis_runs", "json", "Analysis runs: kind, plan hash, seed, software, time."),
@@ -289,6 +309,7 @@ EXPORTS: dict[str, ExportSpec] = {
     "participants": ExportSpec("participants", "participants.csv", "Wide format: one row per participant."),
     "hypotheses": ExportSpec("hypotheses", "hypotheses.csv",
                              "Pre-registered hypotheses and analysis results, confirmatory or exploratory."),
+    "items": ExportSpec("items", "items.csv", "The study's item sample (drawn and recorded by preparation)."),
     "codebook": ExportSpec("codebook", "codebook.csv", "This codebook."),
     "manifest": ExportSpec("manifest", "manifest.json", "Provenance manifest."),
 }
@@ -304,6 +325,7 @@ def export_columns(*, study: Study | None, likert_items: Sequence[str] | None = 
         EXPORTS["responses"].suffix: RESPONSE_COLUMNS,
         EXPORTS["participants"].suffix: participant_columns(likert_items=likert_items),
         EXPORTS["hypotheses"].suffix: HYPOTHESIS_COLUMNS,
+        EXPORTS["items"].suffix: ITEM_COLUMNS,
         EXPORTS["codebook"].suffix: CODEBOOK_COLUMNS,
         EXPORTS["manifest"].suffix: MANIFEST_KEYS,
     }

@@ -13,10 +13,12 @@ from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
 from studyapp.exports.codebook import codebook_document, codebook_html, codebook_rows
-from studyapp.exports.columns import (CODEBOOK_COLUMNS, HYPOTHESIS_COLUMNS, RESPONSE_COLUMNS, participant_columns)
+from studyapp.exports.columns import (CODEBOOK_COLUMNS, HYPOTHESIS_COLUMNS, ITEM_COLUMNS, RESPONSE_COLUMNS,
+                                      participant_columns)
 from studyapp.exports.manifest import manifest_build
 from studyapp.exports import pg_lines
-from studyapp.exports.rows import exclusion_flags, hypothesis_rows, likert_items, participant_rows, response_rows
+from studyapp.exports.rows import (exclusion_flags, hypothesis_rows, item_rows, likert_items, participant_rows,
+                                   response_rows)
 from studyapp.exports.streaming import csv_header, csv_response, csv_text_response
 from studyapp.models import Study
 
@@ -25,6 +27,7 @@ FILES: dict[str, str] = {
     "responses": "responses.csv",
     "participants": "participants.csv",
     "hypotheses": "hypotheses.csv",
+    "items": "items.csv",
     "codebook": "codebook.csv",
     "codebook_json": "codebook.json",
     "codebook_html": "codebook.html",
@@ -82,6 +85,9 @@ def export_response(*, study: Study, kind: str) -> HttpResponseBase:
         return participants_csv(study=study)
     if kind == "hypotheses":
         return hypotheses_csv(study=study)
+    if kind == "items":
+        return csv_response(filename=export_filename(study=study, kind=kind), columns=ITEM_COLUMNS,
+                            rows=item_rows(study=study))
     if kind == "codebook":
         return codebook_csv(study=study)
     if kind == "codebook_json":

@@ -126,6 +126,7 @@ def manifest_build(*, study: Study) -> dict:
                     "value_range": dataset.value_range},
         "arms": _arms(study=study),
         "stimuli": _stimuli(study=study),
+        "item_sample": study.item_sample or None,
         "software": software_versions(),
         "deviations": [
             {"hypothesis_label": d.hypothesis_label, "field": d.field, "before": d.before, "after": d.after,

@@ -16,7 +16,7 @@ from django.db.models import Count, Q
 
 from studyapp.exports.columns import HYPOTHESIS_COLUMNS, PHASES, likert_column_name
 from studyapp.exports.cursors import server_side_rows
-from studyapp.models import AnalysisRun, Participant, QuestionnaireAnswer, Study, Trial
+from studyapp.models import AnalysisRun, ModelOutput, Participant, QuestionnaireAnswer, Study, StudyItem, Trial
 from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,19 @@ def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: di
             *(answers.get(item) for item in items),
             rules, excluded,
         )
+
+
+# -- items --------------------------------------------------------------------------------------
+
+def item_rows(*, study: Study) -> Iterator[tuple]:
+    """The item sample with each item's truth and the model's output on it."""
+    outputs = dict(ModelOutput.objects.filter(model=study.model, stimulus__study_items__study=study)
+                   .values_list("stimulus_id", "predicted"))
+    for item in (StudyItem.objects.filter(study=study).select_related("stimulus").order_by("role", "position")
+                 .iterator(chunk_size=CHUNK_SIZE)):
+        yield (study.slug, item.role, item.position, item.stimulus_id, item.stimulus.index, item.stratum,
+               item.stimulus.label, outputs.get(item.stimulus_id), ";".join(str(e) for e in item.edits) or None,
+               item.answer_position)
 
 
 # -- hypotheses ---------------------------------------------------------------------------------
