@@ -1,7 +1,7 @@
 """Load on the participant API: simulated participants over HTTP against gunicorn and PostgreSQL.
 
-    .venv/bin/python benchmarks/participants.py --quick         # smoke run, about a minute
-    .venv/bin/python benchmarks/participants.py                 # 200 participants, think 1 s
+    .venv/bin/python benchmarks/participants.py --quick         # smoke run, about 1.5 minutes
+    .venv/bin/python benchmarks/participants.py                 # 200 participants, think 1 s (~6 min)
     .venv/bin/python benchmarks/participants.py --workers 3 --threads 4 --keep
 
 Database: its own, ``studyapp_bench_participants`` on postgres://postgres@127.0.0.1:5432 (``--db``,
@@ -13,11 +13,14 @@ generic crowd id ``PID``, so every simulated participant is found again in the d
 id; ``target_per_arm`` 10,000, so the study never fills), prepared in-process (Celery eager) and
 launched.
 
-Server: gunicorn (``studyapp.wsgi``) on 127.0.0.1 and a free port, DEBUG on (DEBUG off sets Secure
-cookies, which a client over plain HTTP never sends back), ``--workers`` processes with
-``--threads`` threads each (sync workers when 1, gthread otherwise). The load generator runs on
-the same machine and takes its share of the CPUs: the CPU time of the generator, of the gunicorn
-workers and of PostgreSQL is printed per phase.
+Server: gunicorn (``studyapp.wsgi``) on 127.0.0.1 and a free port, ``--preload``, DEBUG on (DEBUG
+off sets Secure cookies, which a client over plain HTTP never sends back), ``--workers`` processes
+with ``--threads`` threads each (sync workers when 1, gthread otherwise), warmed up with unmeasured
+requests. Default: 5 sync workers, gunicorn's 2 x CPUs + 1 for the 2-CPU machine it was written
+on: the participant API is CPU-bound there (each request holds a worker for a dozen ORM queries),
+and 3 sync or 4 x 2 gthread workers did no better within the run-to-run noise. The load generator
+runs on the same machine and takes its share of the CPUs: the CPU seconds of gunicorn, of
+PostgreSQL, of the generator and of everything else are printed per phase.
 
 Phases, all in one run, each bounded in time:
 
@@ -230,8 +233,8 @@ def cpu_snapshot(server_pid: int) -> dict:
     """CPU seconds so far of the machine, the gunicorn tree, PostgreSQL and this process. A tree is
     its live processes plus what its root reaped (exited workers, closed PostgreSQL backends)."""
     with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
-    idle = ticks[3] + ticks[4]
+        ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal (guest time is in user)
+    idle, steal = ticks[3] + ticks[4], ticks[7]
     procs = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
@@ -246,17 +249,18 @@ def cpu_snapshot(server_pid: int) -> dict:
             postgres += own  # a backend or helper of the postmaster
         elif comm.startswith("postgres"):
             postgres += own + reaped  # the postmaster
-    return {"total": sum(ticks) / TICK, "idle": idle / TICK, "server": server, "postgres": postgres,
-            "client": time.process_time(), "wall": time.monotonic()}
+    return {"total": sum(ticks) / TICK, "idle": idle / TICK, "steal": steal / TICK, "server": server,
+            "postgres": postgres, "client": time.process_time(), "wall": time.monotonic()}
 
 
 def cpu_line(before: dict, after: dict) -> str:
-    wall = after["wall"] - before["wall"]
-    total, idle = after["total"] - before["total"], after["idle"] - before["idle"]
-    busy = 100 * (1 - idle / total) if total else float("nan")
-    parts = [f"{k} {after[k] - before[k]:.1f}" for k in ("server", "postgres", "client")]
-    return (f"  CPU over {wall:.1f} s wall ({os.cpu_count()} CPUs): machine {busy:.0f}% busy; CPU-seconds "
-            + ", ".join(parts).replace("server", "gunicorn").replace("client", "load generator"))
+    d = {k: after[k] - before[k] for k in before}
+    busy = d["total"] - d["idle"] - d["steal"]
+    others = max(0.0, busy - d["server"] - d["postgres"] - d["client"])
+    stolen = f", {100 * d['steal'] / d['total']:.0f}% stolen" if d["steal"] > 0.01 * d["total"] else ""
+    return (f"  CPU over {d['wall']:.1f} s wall ({os.cpu_count()} CPUs): machine {100 * busy / d['total']:.0f}% busy"
+            f"{stolen}; CPU-seconds: gunicorn {d['server']:.1f}, PostgreSQL {d['postgres']:.1f}, load generator "
+            f"{d['client']:.1f}, other processes {others:.1f}")
 
 
 # -- the client: the real one, timed and with a ledger of answers --------------------------------
@@ -360,6 +364,7 @@ class Phase:
         self.statuses: list[Counter] = []
         self.outcomes: Counter = Counter()
         self.errors: Counter = Counter()
+        self.sessions: list[float] = []  # seconds from the study link to the completion code
         self.started = self.ended = 0.0
         self.window: float | None = None  # the measured window of a closed-loop phase
 
@@ -394,10 +399,12 @@ def participant_thread(phase: Phase, *, base_url: str, study: str, pids: SharedI
         phase.statuses.append(statuses)
         transport = BenchTransport(base_url, pid=pid, timings=timings, statuses=statuses, ledger=ledger,
                                    window=window)
+        started = time.monotonic()
         try:
             outcome = run_participant(transport=transport, study_public_id=study, rng=rng, think_seconds=think,
                                       timings=timings, params={"PID": pid})
             phase.outcomes[outcome.outcome] += 1
+            phase.sessions.append(time.monotonic() - started)
         except Deadline:
             phase.outcomes["stopped at the deadline"] += 1
         except SimulationError as exc:
@@ -547,7 +554,10 @@ def print_phase(phase: Phase, cpu: str) -> dict[str, np.ndarray]:
     if unseen:
         print(f"  requests without a latency sample (errors): {unseen}")
     if phase.outcomes:
-        print(f"  participants: {dict(phase.outcomes)}")
+        sessions = np.asarray(phase.sessions)
+        print(f"  participants: {dict(phase.outcomes)}" + (
+            f"; a finished session took {np.median(sessions):.1f} s (median), {sessions.max():.1f} s (longest)"
+            if len(sessions) else ""))
     for message, n in phase.errors.most_common(5):
         print(f"  error x{n}: {message}")
     print(cpu)

@@ -172,7 +172,11 @@ def run_participant(*, transport, study_public_id: str, rng: np.random.Generator
             right = oracle.comprehension_answers() if oracle else [0] * len(state["content"]["questions"])
             state = _expect(transport.post(api + "comprehension", {"answers": right}), 200, what="comprehension")["state"]
         elif step == "trials":
-            trial = _expect(_timed(timings, "trial", lambda: transport.get(api + "trial")), 200, what="trial")
+            reply = _timed(timings, "trial", lambda: transport.get(api + "trial"))
+            if reply.status == 409:  # every trial is answered: on to the next step
+                state = _expect(transport.get(api + "state"), 200, what="state")
+                continue
+            trial = _expect(reply, 200, what="trial")
             if fetch_media and "image" in trial["input"]:
                 _timed(timings, "media", lambda: transport.get(trial["input"]["image"]))
             if think_seconds:
@@ -184,7 +188,6 @@ def run_participant(*, transport, study_public_id: str, rng: np.random.Generator
             path = api + f"trials/{trial['trial']}/answer"
             _expect(_timed(timings, "answer", lambda: transport.post(path, body)), 200, 201, what="answer")
             answers += 1
-            state = _expect(transport.get(api + "state"), 200, what="state")
         elif step == "questionnaire":
             ratings = {item["id"]: int(rng.integers(1, 8)) for item in state["content"]["items"]}
             state = _expect(transport.post(api + "questionnaire", {"answers": ratings}), 200, what="questionnaire")
@@ -215,7 +218,8 @@ def _answer(trial: dict, *, rng: np.random.Generator, expected: int | None, p: f
     else:
         choice = int(rng.integers(n))
     rt = int(min(120_000, rng.lognormal(np.log(2500), 0.5)))
-    body = {"idempotency_key": str(uuid.UUID(bytes=rng.bytes(16), version=4)), "answer": choice,
+    # Fresh random keys (not from the seeded rng): keys are unique across every study and run.
+    body = {"idempotency_key": str(uuid.uuid4()), "answer": choice,
             "client_rt_ms": rt, "events": []}
     if trial.get("confidence"):
         sure = expected is None or choice == expected

@@ -103,6 +103,16 @@ def test_the_instructions_cannot_be_skipped_before_the_minimum_reading_time(clie
     assert Participant.objects.get().instructions_ms >= 61_000
 
 
+def test_withdrawing_ends_the_session_and_the_participant_is_never_analysed(client, prepare):
+    study = live_tabular(prepare)
+    to_trials(client, study)
+    state = post(client, api(study, "withdraw")).json()
+    assert state["step"] == "done" and state["content"]["outcome"] == "withdrawn" and state["content"]["code"] == ""
+    assert client.get(api(study, "trial")).status_code == 409
+    assert post(client, api(study, "withdraw")).status_code == 409
+    assert Participant.objects.get().status == "withdrawn"
+
+
 def test_steps_only_move_forward(client, prepare):
     study = live_tabular(prepare)
     to_trials(client, study)

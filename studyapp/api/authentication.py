@@ -13,6 +13,7 @@ from rest_framework.authentication import BaseAuthentication, CSRFCheck
 from rest_framework.permissions import BasePermission
 
 from studyapp.models import Participant
+from studyapp.selectors.participation import PARTICIPANT_REQUEST_DEFERRED
 
 SESSION_KEY = "participation"
 
@@ -47,6 +48,7 @@ class ParticipantAuthentication(BaseAuthentication):
         if participant_id is None:
             return None
         participant = (Participant.objects.select_related("study", "study__model", "study__dataset", "arm")
+                       .defer(*PARTICIPANT_REQUEST_DEFERRED)
                        .filter(public_id=participant_id, study__public_id=study_public_id).first())
         if participant is None:
             return None

@@ -130,7 +130,8 @@ def session_state(*, participant: Participant, design) -> dict:
 
 def _completion(participant: Participant, design) -> dict:
     outcome = {Participant.Status.COMPLETED: "completed", Participant.Status.SCREENED_OUT: "screened_out",
-               Participant.Status.FAILED_CHECKS: "failed_checks"}.get(participant.status, participant.status)
+               Participant.Status.FAILED_CHECKS: "failed_checks", Participant.Status.WITHDRAWN: "withdrawn",
+               }.get(participant.status, participant.status)
     return {"outcome": outcome, "code": participant.completion_code,
             "redirect_url": svc.completion_redirect(participant=participant, design=design)}
 
@@ -243,6 +244,15 @@ class DebriefView(ParticipantView):
     @extend_schema(request=None, responses={200: s.StateOutput, **ERRORS}, operation_id="participation_debrief")
     def post(self, request, study):
         svc.participant_complete(participant=self.participant, design=self.design())
+        return Response(self.state())
+
+
+class WithdrawView(ParticipantView):
+    """Withdraw consent: the session ends here."""
+
+    @extend_schema(request=None, responses={200: s.StateOutput, **ERRORS}, operation_id="participation_withdraw")
+    def post(self, request, study):
+        svc.participant_withdraw(participant=self.participant)
         return Response(self.state())
 
 

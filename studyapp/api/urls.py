@@ -13,6 +13,7 @@ urlpatterns = [
     path(prefix + "questionnaire", p.QuestionnaireView.as_view(), name="participation-questionnaire"),
     path(prefix + "demographics", p.DemographicsView.as_view(), name="participation-demographics"),
     path(prefix + "debrief", p.DebriefView.as_view(), name="participation-debrief"),
+    path(prefix + "withdraw", p.WithdrawView.as_view(), name="participation-withdraw"),
     path(prefix + "completion", p.CompletionView.as_view(), name="participation-completion"),
     path(prefix + "media/<uuid:trial>/<slug:slot>", p.MediaView.as_view(), name="participation-media"),
 ]

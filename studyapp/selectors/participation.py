@@ -16,10 +16,33 @@ from studyapp.design import StudyDesign, design_parse
 from studyapp.models import Edit, Explanation, ModelOutput, Participant, Response, Study, Trial
 
 
+# Parsed frozen designs by (study, plan hash): the frozen plan never changes, so a live study's
+# design is read and validated once per process instead of once per request.
+_FROZEN_DESIGNS: dict[tuple[int, str], StudyDesign] = {}
+_FROZEN_DESIGNS_MAX = 256
+
+
 def study_design(*, study: Study) -> StudyDesign:
-    """The design that runs: the frozen one once the study is live."""
-    config = study.frozen_config["study"]["config"] if study.frozen_config else study.config
-    return design_parse(config)
+    """The design that runs: the frozen one once the study is launched."""
+    if not study.frozen_sha256:
+        return design_parse(study.config)
+    key = (study.pk, study.frozen_sha256)
+    design = _FROZEN_DESIGNS.get(key)
+    if design is None:
+        frozen = Study.objects.filter(pk=study.pk).values_list("frozen_config", flat=True).get()
+        design = design_parse(frozen["study"]["config"])
+        if len(_FROZEN_DESIGNS) >= _FROZEN_DESIGNS_MAX:
+            _FROZEN_DESIGNS.clear()
+        _FROZEN_DESIGNS[key] = design
+    return design
+
+
+# Large JSON columns a participant request never reads (decoding them dominated request time).
+PARTICIPANT_REQUEST_DEFERRED = ("study__frozen_config", "study__preparation", "study__item_sample",
+                                "study__description", "study__model__training", "study__model__metrics",
+                                "study__model__hyperparameters", "study__dataset__split_info",
+                                "study__dataset__description", "arm__method_config", "arm__manipulation_config",
+                                "assignment", "source_params", "demographics")
 
 
 def participant_current_trial(*, participant: Participant) -> Trial | None:

@@ -242,6 +242,16 @@ def participant_complete(*, participant: Participant, design: StudyDesign) -> No
              completion_code=code)
 
 
+def participant_withdraw(*, participant: Participant) -> None:
+    """The participant withdraws consent: the session ends, nothing more is asked or stored, and
+    the participant is never analysed (only completed participants are)."""
+    changed = Participant.objects.filter(pk=participant.pk, status__in=(Status.CONSENTED, Status.IN_PROGRESS)).update(
+        status=Status.WITHDRAWN, step=Step.DONE, last_seen_at=timezone.now(), completion_code="")
+    if changed != 1:
+        raise StepConflict("This session has ended already.")
+    participant.refresh_from_db()
+
+
 def completion_redirect(*, participant: Participant, design: StudyDesign) -> str | None:
     """Where the finished participant goes: Prolific's or SONA's completion URL with the code."""
     code = participant.completion_code
