@@ -152,7 +152,7 @@ def _plan(*, study: Study) -> dict:
     """The frozen plan; before launch, the current (not yet pre-registered) plan."""
     if study.frozen_config is not None:
         return study.frozen_config
-    from studyapp.services.studies import study_plan_document
+    from studyapp.selectors.plans import study_plan_document
 
     return study_plan_document(study=study)
 

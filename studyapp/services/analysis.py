@@ -60,7 +60,7 @@ from studyapp.services.preregistration import (
     preregistration_drift,
     study_deviations,
 )
-from studyapp.services.studies import study_plan_document
+from studyapp.selectors.plans import study_plan_document
 
 N_PERMUTATIONS = 9999
 N_BOOTSTRAP = 2000

@@ -41,7 +41,7 @@ from studyapp.models import Hypothesis, PreregistrationDeviation, Study
 from studyapp.services.errors import ServiceError
 from studyapp.services.exclusions import exclusion_rules_validate, study_exclusion_rules
 from explainers.canonical import canonical_json, canonical_sha256
-from studyapp.services.studies import study_plan_document
+from studyapp.selectors.plans import study_plan_document
 
 LAUNCHED_STATES = (Study.State.LIVE, Study.State.CLOSED)
 
