@@ -306,10 +306,11 @@ class BenchTransport(HttpTransport):
 
     TIMED_BY_CLIENT = ("landing", "consent", "trial", "answer", "media")
 
-    def __init__(self, base_url: str, *, pid: str, timings: Timings, statuses: Counter, ledger: Ledger,
-                 window: Window) -> None:
+    def __init__(self, base_url: str, *, pid: str, timings: Timings, statuses: Counter, late: Counter,
+                 ledger: Ledger, window: Window) -> None:
         super().__init__(base_url, timeout=HTTP_TIMEOUT)
-        self.pid, self.timings, self.statuses, self.ledger, self.window = pid, timings, statuses, ledger, window
+        self.pid, self.timings, self.statuses, self.late = pid, timings, statuses, late
+        self.ledger, self.window = ledger, window
         self.waited = False
 
     @staticmethod
@@ -340,6 +341,8 @@ class BenchTransport(HttpTransport):
         if op not in self.TIMED_BY_CLIENT:
             self.timings.add(op, time.perf_counter() - started)
         self.statuses[(op, reply.status)] += 1
+        if not self.window.open():  # finished after the end of the window
+            self.late[(op, reply.status)] += 1
         if op == "answer":
             trial = path.split("/")[-2]
             if reply.status in (200, 201):
@@ -362,9 +365,17 @@ class Phase:
         self.name = name
         self.timings: list[Timings] = []
         self.statuses: list[Counter] = []
+        self.late: list[Counter] = []  # replies that came after the end of the window
         self.outcomes: Counter = Counter()
         self.errors: Counter = Counter()
         self.sessions: list[float] = []  # seconds from the study link to the completion code
+        self.lock = threading.Lock()
+
+    def outcome(self, outcome: str, error: str | None = None) -> None:
+        with self.lock:
+            self.outcomes[outcome] += 1
+            if error:
+                self.errors[error[:160]] += 1
         self.started = self.ended = 0.0
         self.window: float | None = None  # the measured window of a closed-loop phase
 
@@ -381,6 +392,15 @@ class Phase:
             total.update(c)
         return total
 
+    def counted(self) -> Counter:
+        """Replies by (operation, status) for the throughput: of a closed loop, those that came
+        within the window; of the participants phase, all."""
+        counts = self.status_counts()
+        if self.window is not None:
+            for c in list(self.late):
+                counts.subtract(c)
+        return +counts
+
     @property
     def seconds(self) -> float:
         return self.window if self.window is not None else self.ended - self.started
@@ -394,25 +414,24 @@ def participant_thread(phase: Phase, *, base_url: str, study: str, pids: SharedI
     rng = np.random.default_rng(seed)
     while window.open():
         pid = next(pids)
-        timings, statuses = Timings(), Counter()
+        timings, statuses, late = Timings(), Counter(), Counter()
         phase.timings.append(timings)
         phase.statuses.append(statuses)
-        transport = BenchTransport(base_url, pid=pid, timings=timings, statuses=statuses, ledger=ledger,
+        phase.late.append(late)
+        transport = BenchTransport(base_url, pid=pid, timings=timings, statuses=statuses, late=late, ledger=ledger,
                                    window=window)
         started = time.monotonic()
         try:
             outcome = run_participant(transport=transport, study_public_id=study, rng=rng, think_seconds=think,
                                       timings=timings, params={"PID": pid})
-            phase.outcomes[outcome.outcome] += 1
+            phase.outcome(outcome.outcome)
             phase.sessions.append(time.monotonic() - started)
         except Deadline:
-            phase.outcomes["stopped at the deadline"] += 1
+            phase.outcome("stopped at the deadline")
         except SimulationError as exc:
-            phase.outcomes["failed"] += 1
-            phase.errors[str(exc)[:160]] += 1
+            phase.outcome("failed", str(exc))
         except Exception as exc:  # a timeout or a dropped connection: this participant gives up
-            phase.outcomes["failed"] += 1
-            phase.errors[f"{exc.__class__.__name__}: {exc}"[:160]] += 1
+            phase.outcome("failed", f"{exc.__class__.__name__}: {exc}")
         if not loop:
             return
 
@@ -476,8 +495,8 @@ def run_trial_loop(*, base_url: str, study: str, n: int, seconds: float, ledger:
     enrolled = window.waiting
     for timings in list(phase.timings):  # the measured window starts now
         timings.samples.clear()
-    for statuses in list(phase.statuses):
-        statuses.clear()
+    for counter in list(phase.statuses) + list(phase.late):
+        counter.clear()
     phase.started = time.monotonic()
     window.deadline = phase.started + seconds
     window.go.set()
@@ -499,9 +518,10 @@ def run_bare(*, base_url: str, n: int, seconds: float) -> Phase:
     deadline = phase.started + seconds
 
     def worker() -> None:
-        timings, statuses = Timings(), Counter()
+        timings, statuses, late = Timings(), Counter(), Counter()
         phase.timings.append(timings)
         phase.statuses.append(statuses)
+        phase.late.append(late)
         while time.monotonic() < deadline:
             started = time.perf_counter()
             try:
@@ -515,6 +535,8 @@ def run_bare(*, base_url: str, n: int, seconds: float) -> Phase:
                 continue
             timings.add("healthz", time.perf_counter() - started)
             statuses[("healthz", status)] += 1
+            if time.monotonic() > deadline:
+                late[("healthz", status)] += 1
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(n)]
     for t in threads:
@@ -539,10 +561,12 @@ def verdict(ok: bool) -> str:
 def print_phase(phase: Phase, cpu: str) -> dict[str, np.ndarray]:
     samples = phase.samples()
     statuses = phase.status_counts()
-    requests = sum(statuses.values())
-    answers = sum(v for (op, code), v in statuses.items() if op == "answer" and code in (200, 201))
+    counted = phase.counted()
+    requests = sum(counted.values())
+    answers = sum(v for (op, code), v in counted.items() if op == "answer" and code in (200, 201))
+    within = "" if phase.window is None else f" ({sum(statuses.values()) - requests:,} more finished after it)"
     print(f"\n[{phase.name}] {phase.seconds:.1f} s: {requests:,} requests = {requests / phase.seconds:,.1f} requests/s"
-          + (f", {answers:,} answers = {answers / phase.seconds:,.1f} answers/s" if answers else ""))
+          + (f", {answers:,} answers = {answers / phase.seconds:,.1f} answers/s" if answers else "") + within)
     print(f"  {'operation':<14}{'count':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}  non-2xx")
     for op in sorted(samples, key=lambda o: OP_ORDER.index(o) if o in OP_ORDER else 99):
         v = samples[op]
@@ -720,12 +744,12 @@ def main() -> None:
             print(f"  {op}: p95 {p95:.1f} ms at {args.participants} concurrent participants; "
                   f"goal p95 < {GOAL_P95_MS:.0f} ms at {GOAL_CONCURRENCY} concurrent participants -> "
                   f"{verdict(p95 < GOAL_P95_MS)}{note}")
-        bare_rate = sum(bare.status_counts().values()) / bare.seconds
+        bare_rate = sum(bare.counted().values()) / bare.seconds
         bare_v = bare_samples.get("healthz", np.asarray([]))
         print(f"  bare view /healthz/: {bare_rate:,.1f} requests/s, p50 {pct(bare_v, 50):.1f} / p95 "
               f"{pct(bare_v, 95):.1f} / p99 {pct(bare_v, 99):.1f} ms at {args.participants} closed-loop clients")
         if loop is not None:
-            counts = loop.status_counts()
+            counts = loop.counted()
             rate = sum(n for (op, _), n in counts.items() if op in TRIAL_OPS) / loop.seconds
             trial_steps = sum(n for (op, c), n in counts.items() if op == "answer" and c in (200, 201)) / loop.seconds
             all_loop = np.concatenate([loop_samples.get(op, np.asarray([])) for op in TRIAL_OPS])

@@ -143,6 +143,12 @@ class TestAnswersAreStoredExactlyOnce:
         assert reply.status_code == 422 and words in reply.json()["detail"]
         assert not Response.objects.exists()
 
+    def test_a_body_that_is_not_json_is_refused_in_words(self, client, prepare):
+        study, trial = self.setup_study(client, prepare)
+        reply = client.post(api(study, f"trials/{trial['trial']}/answer"), data="{answer: 1",
+                            content_type="application/json", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+        assert reply.status_code == 422 and "not valid JSON" in reply.json()["detail"]
+
     def test_correct_is_computed_on_the_server(self, client, prepare):
         study, trial = self.setup_study(client, prepare)
         expected = Trial.objects.get(public_id=trial["trial"]).expected_answer

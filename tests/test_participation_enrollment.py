@@ -115,10 +115,27 @@ def test_withdrawing_ends_the_session_and_the_participant_is_never_analysed(clie
 
 def test_steps_only_move_forward(client, prepare):
     study = live_tabular(prepare)
-    to_trials(client, study)
-    assert post(client, api(study, "instructions")).status_code == 409
+    enroll(client, study)
     assert post(client, api(study, "debrief")).status_code == 409
+    assert post(client, api(study, "questionnaire"), {"answers": {"trust": 1}}).status_code in (409, 422)
     assert client.get(api(study, "completion")).status_code == 409
+    post(client, api(study, "instructions"))
+    assert post(client, api(study, "instructions")).json()["step"] == "trials"  # a resend: no harm, no move
+
+
+def test_resent_end_steps_are_stored_once_and_answered_alike(client, prepare):
+    from studyapp.models import QuestionnaireAnswer
+
+    study = live_tabular(prepare)
+    to_trials(client, study)
+    finish(client, study)
+    ratings = {"answers": {"trust": 4, "helpfulness": 5, "understanding": 3}}
+    assert post(client, api(study, "questionnaire"), ratings).status_code == 200
+    assert QuestionnaireAnswer.objects.count() == 3
+    other = {"answers": {"trust": 1, "helpfulness": 5, "understanding": 3}}
+    assert post(client, api(study, "questionnaire"), other).status_code == 409
+    assert post(client, api(study, "demographics"), {"age_band": "25-34", "ml_experience": "none"}).status_code == 200
+    assert post(client, api(study, "debrief")).json()["content"]["outcome"] == "completed"
 
 
 class TestTheStudyLink:

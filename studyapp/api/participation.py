@@ -12,6 +12,7 @@ from django.http import Http404, HttpResponse
 from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import ParseError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -80,6 +81,9 @@ class ParticipantView(APIView):
             if isinstance(exc, AnswerConflict) and exc.stored is not None:
                 body["stored"] = s.AnswerOutput(exc.stored).data
             return Response(body, status=status.HTTP_409_CONFLICT)
+        if isinstance(exc, ParseError):
+            return Response({"detail": f"The request body is not valid JSON: {exc.detail}"},
+                            status=status.HTTP_422_UNPROCESSABLE_ENTITY)
         if isinstance(exc, ParticipationError):
             return Response({"detail": _problems(exc)[0], "reason": exc.reason}, status=status.HTTP_403_FORBIDDEN)
         if isinstance(exc, ServiceError):

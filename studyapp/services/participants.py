@@ -126,6 +126,15 @@ def _check_open(study: Study, *, simulated: bool, allow_live_simulation: bool) -
         raise ParticipationError("This study is not open yet.", reason="not_open")
 
 
+STEP_ORDER = list(Step.values)
+
+
+def _past(participant: Participant, step: str) -> bool:
+    """The participant is beyond ``step`` (a resent request for it finds the work done)."""
+    participant.refresh_from_db(fields=["step"])
+    return STEP_ORDER.index(participant.step) > STEP_ORDER.index(step)
+
+
 def _advance(participant: Participant, *, expected: str, to: str, **fields) -> None:
     """Conditional step change; the participant object is updated to match."""
     now = timezone.now()
@@ -150,6 +159,8 @@ def participant_instructions_shown(*, participant: Participant) -> None:
 
 def participant_instructions_done(*, participant: Participant, design: StudyDesign) -> None:
     """Checked on the server: the minimum reading time since the instructions were first served."""
+    if participant.step != Step.INSTRUCTIONS and _past(participant, Step.INSTRUCTIONS):
+        return  # a resend after the reply was lost: already done
     if participant.instructions_shown_at is None:
         raise StepConflict("Read the instructions first.")
     elapsed = timezone.now() - participant.instructions_shown_at
@@ -205,6 +216,11 @@ def participant_questionnaire(*, participant: Participant, design: StudyDesign, 
         raise ServiceError([*(f"Rate '{i}' (1 to 7)." for i in missing), *(f"'{k}' is not a question here." for k in unknown),
                             *(f"'{k}' must be a whole number from 1 to 7." for k in bad)])
     nxt = Step.DEMOGRAPHICS if design.demographics else Step.DEBRIEF
+    if participant.step != Step.QUESTIONNAIRE and _past(participant, Step.QUESTIONNAIRE):
+        stored = dict(QuestionnaireAnswer.objects.filter(participant=participant).values_list("item", "value"))
+        if stored == {i: answers[i] for i in ids}:
+            return  # a resend of what is stored: stored once, same reply
+        raise StepConflict("The questionnaire was already answered with other ratings.")
     with transaction.atomic():
         _advance(participant, expected=Step.QUESTIONNAIRE, to=nxt)
         QuestionnaireAnswer.objects.bulk_create([
@@ -226,12 +242,19 @@ def participant_demographics(*, participant: Participant, age_band: str, ml_expe
         problems.append(f"Machine-learning experience must be one of: {', '.join(ML_EXPERIENCE)}.")
     if problems:
         raise ServiceError(problems)
-    _advance(participant, expected=Step.DEMOGRAPHICS, to=Step.DEBRIEF,
-             demographics={"age_band": age_band, "ml_experience": ml_experience})
+    answers = {"age_band": age_band, "ml_experience": ml_experience}
+    if participant.step != Step.DEMOGRAPHICS and _past(participant, Step.DEMOGRAPHICS):
+        participant.refresh_from_db(fields=["demographics"])
+        if participant.demographics == answers:
+            return  # a resend of what is stored
+        raise StepConflict("The demographics were already answered differently.")
+    _advance(participant, expected=Step.DEMOGRAPHICS, to=Step.DEBRIEF, demographics=answers)
 
 
 def participant_complete(*, participant: Participant, design: StudyDesign) -> None:
     """Debrief read: the session ends with the code that matches the outcome."""
+    if participant.step != Step.DEBRIEF and _past(participant, Step.DEBRIEF):
+        return  # a resend: the session ended with its code already
     study = participant.study
     failed = participant_failed_checks(participant=participant)
     if failed >= design.attention_checks.fail_threshold and design.attention_checks.count:

@@ -88,13 +88,16 @@ def _with_attention_checks(trials: list[Trial], *, design: StudyDesign, rng: np.
     # After the k-th of `count` evenly spaced test trials (never first: people settle in first).
     at = sorted({test_slots[min(len(test_slots) - 1, (k + 1) * len(test_slots) // (count + 1))]
                  for k in range(count)})
+    pictures = sorted({trials[i].stimulus_id for i in test_slots})
     out = []
     for i, trial in enumerate(trials):
         out.append(trial)
         if i in at:
+            # A test item's picture, not the one just shown (the same picture twice in a row stands out).
+            others = [p for p in pictures if p != trial.stimulus_id] or pictures
             out.append(Trial(participant=trial.participant, phase=trial.phase, task=Trial.Task.ATTENTION_CHECK,
-                             stimulus_id=trial.stimulus_id, block=trial.block, n_options=n_classes,
-                             expected_answer=int(rng.integers(n_classes))))
+                             stimulus_id=others[int(rng.integers(len(others)))], block=trial.block,
+                             n_options=n_classes, expected_answer=int(rng.integers(n_classes))))
     return out
 
 
