@@ -33,9 +33,9 @@ Phases, all in one run, each bounded in time:
    thinking ``--think`` seconds (exponential mean) before each answer. Stopped at
    ``--max-seconds`` if not done (a participant then stops before its next request).
 3. trial endpoints at saturation: ``--participants`` participants enroll (not measured), then walk
-   through their trials with no think time for ``--bare-seconds`` (trial, answer, state; a
-   participant who finishes enrolls again): the same closed loop as phase 1, so the two
-   throughputs compare directly.
+   through their trials with no think time for ``--bare-seconds`` (GET trial, POST answer, and a
+   GET state if the client sends one between trials; a participant who finishes enrolls again):
+   the same closed loop as phase 1, so the two throughputs compare directly.
 
 Printed: per operation the count, p50/p95/p99 latency (ms) and non-2xx replies; throughput in
 requests/s and answers/s; participants finished; the ratio of phase 3 to phase 1; and integrity:
@@ -81,7 +81,7 @@ DESIGN = {"blocks": [{"phase": "learning", "n_items": 5, "show_model_output": Tr
           "crowd": {"source": "generic", "id_parameter": "PID"}}
 TARGET_PER_ARM = 10_000
 GOAL_P95_MS, GOAL_CONCURRENCY, GOAL_RATIO = 100.0, 200, 0.5
-TRIAL_OPS = ("trial", "answer", "state")  # what a participant does between two trials
+TRIAL_OPS = ("trial", "answer", "state")  # what a participant's client sends from one trial to the next
 OP_ORDER = ("landing", "consent", "instructions", "trial", "answer", "state", "media", "questionnaire",
             "demographics", "debrief", "completion", "healthz")
 HTTP_TIMEOUT = 30.0
@@ -370,14 +370,14 @@ class Phase:
         self.errors: Counter = Counter()
         self.sessions: list[float] = []  # seconds from the study link to the completion code
         self.lock = threading.Lock()
+        self.started = self.ended = 0.0
+        self.window: float | None = None  # the measured window of a closed-loop phase
 
     def outcome(self, outcome: str, error: str | None = None) -> None:
         with self.lock:
             self.outcomes[outcome] += 1
             if error:
                 self.errors[error[:160]] += 1
-        self.started = self.ended = 0.0
-        self.window: float | None = None  # the measured window of a closed-loop phase
 
     def samples(self) -> dict[str, np.ndarray]:
         merged: dict[str, list[float]] = defaultdict(list)
@@ -574,6 +574,8 @@ def print_phase(phase: Phase, cpu: str) -> dict[str, np.ndarray]:
                                                                                        and 200 <= code < 300)}
         print(f"  {op:<14}{len(v):>8,}{pct(v, 50):>9.1f}{pct(v, 95):>9.1f}{pct(v, 99):>9.1f}{pct(v, 100):>9.1f}"
               f"  {bad or '-'}")
+    if statuses.get(("trial", 409)):
+        print("  (trial 409: every trial answered, the client's cue to fetch the next step)")
     unseen = {f"{o} {c}": n for (o, c), n in statuses.items() if o not in samples}
     if unseen:
         print(f"  requests without a latency sample (errors): {unseen}")
@@ -757,8 +759,8 @@ def main() -> None:
             print(f"  trial endpoints (trial + answer + state) at saturation: {rate:,.1f} requests/s "
                   f"({trial_steps:,.1f} answered trials/s), p50 {pct(all_loop, 50):.1f} / p95 {pct(all_loop, 95):.1f}"
                   f" / p99 {pct(all_loop, 99):.1f} ms at {args.participants} closed-loop participants")
-            for op in TRIAL_OPS:
-                v = loop_samples.get(op, np.asarray([]))
+            for op in (op for op in TRIAL_OPS if op in loop_samples):
+                v = loop_samples[op]
                 print(f"    {op:<7} p50 {pct(v, 50):7.1f} ms = {pct(bare_v, 50) / pct(v, 50) if len(v) else float('nan'):.2f}x"
                       f" the bare view's speed (p50 ratio)")
             print(f"  throughput ratio trial endpoints / bare view: {ratio:.2f}x; goal trial endpoints >= "

@@ -38,6 +38,7 @@ PAGES = {
     "full": ("participant/full.html", 200),
     "not_open": ("participant/not_open.html", 200),
     "already_taken_part": ("participant/already_taken_part.html", 200),
+    "staff_preview": ("participant/staff_preview.html", 200),
 }
 
 
@@ -63,10 +64,13 @@ def study_landing(request: HttpRequest, public_id) -> HttpResponse:
             raise Http404("No such study.")
         enrolled = participant_session_for(request, study) is not None
         return render(request, "participant/landing.html",
-                      {"study": study, "preview": preview, "enrolled": enrolled, "query": request.GET.urlencode()})
+                      {"study": study, "preview": preview, "staff": staff, "enrolled": enrolled,
+                       "query": request.GET.urlencode()})
     if request.POST.get("choice") != "agree":
         return render(request, "participant/declined.html", {"study": study})
-    if preview:  # staff previews never create participants, and nobody joins a study that is not live
+    if staff:  # staff previews never create participants (they would be counted and analysed)
+        return _polite(request, study, "staff_preview")
+    if preview:  # nobody joins a study that is not live
         return _polite(request, study, "closed" if study.state == Study.State.CLOSED else "not_open")
     if participant_session_for(request, study) is None:
         try:

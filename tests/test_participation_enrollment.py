@@ -161,6 +161,13 @@ class TestTheStudyLink:
         response = admin_client.post(f"/s/{study.public_id}/", {"choice": "agree"})
         assert "not open yet" in response.content.decode() and not Participant.objects.exists()
 
+    def test_staff_never_enroll_even_in_a_live_study(self, admin_client, prepare):
+        study = live_tabular(prepare)
+        response = admin_client.post(f"/s/{study.public_id}/", {"choice": "agree"})
+        assert "logged in as staff" in response.content.decode()
+        assert enroll(admin_client, study).json()["reason"] == "staff_preview"
+        assert not Participant.objects.exists()
+
     def test_a_full_study_says_so_politely(self, prepare):
         study = live_tabular(prepare, target_per_arm=1)
         for _ in range(2):

@@ -159,6 +159,11 @@ class ConsentView(ParticipantView):
             participant = request.auth
             return Response(session_state(participant=participant, design=study_design(study=participant.study)))
         simulated, allow_live = _simulation(data.get("simulation"), target)
+        user = getattr(request._request, "user", None)
+        if not simulated and user is not None and user.is_authenticated and user.is_staff:
+            raise ParticipationError("You are logged in as staff: previews never create participants. Use a private "
+                                     "window to take part, or manage.py simulate_participants.",
+                                     reason="staff_preview")
         try:
             design = study_design(study=target)
         except ValueError:

@@ -288,7 +288,7 @@ def completion_redirect(*, participant: Participant, design: StudyDesign) -> str
 
 
 def participant_touch(*, participant: Participant) -> None:
-    """Seen now (keeps the slot). Also moves consented -> in progress on the first trial."""
+    """Seen now (keeps the slot from being released as abandoned)."""
     Participant.objects.filter(pk=participant.pk).update(last_seen_at=timezone.now())
 
 
