@@ -33,9 +33,10 @@ Phases, all in one run, each bounded in time:
    thinking ``--think`` seconds (exponential mean) before each answer. Stopped at
    ``--max-seconds`` if not done (a participant then stops before its next request).
 3. trial endpoints at saturation: ``--participants`` participants enroll (not measured), then walk
-   through their trials with no think time for ``--bare-seconds`` (GET trial, POST answer, and a
-   GET state if the client sends one between trials; a participant who finishes enrolls again):
-   the same closed loop as phase 1, so the two throughputs compare directly.
+   through their trials with no think time (GET trial, POST answer, and a GET state if the client
+   sends one between trials; a participant who finishes enrolls again), measured for
+   ``--bare-seconds`` after a few seconds of settling: the same closed loop as phase 1, so the two
+   throughputs compare directly.
 
 Printed: per operation the count, p50/p95/p99 latency (ms) and non-2xx replies; throughput in
 requests/s and answers/s; participants finished; the ratio of phase 3 to phase 1; and integrity:
@@ -253,14 +254,18 @@ def cpu_snapshot(server_pid: int) -> dict:
             "postgres": postgres, "client": time.process_time(), "wall": time.monotonic()}
 
 
-def cpu_line(before: dict, after: dict) -> str:
+def cpu_line(before: dict, after: dict, phase: Phase) -> str:
+    """CPU seconds by whom over the phase, and per request served (all that finished in it)."""
     d = {k: after[k] - before[k] for k in before}
+    n = sum(phase.status_counts().values())
+    per = f"; per request: gunicorn {1000 * d['server'] / n:.1f} ms, PostgreSQL {1000 * d['postgres'] / n:.1f} ms" \
+        if n else ""
     busy = d["total"] - d["idle"] - d["steal"]
     others = max(0.0, busy - d["server"] - d["postgres"] - d["client"])
     stolen = f", {100 * d['steal'] / d['total']:.0f}% stolen" if d["steal"] > 0.01 * d["total"] else ""
     return (f"  CPU over {d['wall']:.1f} s wall ({os.cpu_count()} CPUs): machine {100 * busy / d['total']:.0f}% busy"
             f"{stolen}; CPU-seconds: gunicorn {d['server']:.1f}, PostgreSQL {d['postgres']:.1f}, load generator "
-            f"{d['client']:.1f}, other processes {others:.1f}")
+            f"{d['client']:.1f}, other processes {others:.1f}{per}")
 
 
 # -- the client: the real one, timed and with a ledger of answers --------------------------------
@@ -384,7 +389,7 @@ class Phase:
         for t in self.timings:
             for op, values in list(t.samples.items()):
                 merged[op].extend(values)
-        return {op: np.asarray(v) for op, v in merged.items()}
+        return {op: np.asarray(v) for op, v in merged.items() if v}
 
     def status_counts(self) -> Counter:
         total: Counter = Counter()
@@ -479,8 +484,9 @@ def run_participants(*, base_url: str, study: str, n: int, think: float, ramp: f
 
 
 def run_trial_loop(*, base_url: str, study: str, n: int, seconds: float, ledger: Ledger, seed: int,
-                   enroll_timeout: float = 120.0) -> Phase:
-    """Phase 3: n participants enroll (not measured), then walk their trials at once, no think time."""
+                   on_start=lambda: None, enroll_timeout: float = 120.0) -> Phase:
+    """Phase 3: n participants enroll (not measured), then walk their trials at once, no think time;
+    measured for ``seconds`` after a settling time (the first wave of n requests at once)."""
     phase = Phase("trial endpoints, closed loop")
     pids = SharedIds("loop")
     window = Window(time.monotonic() + enroll_timeout, gated=True)
@@ -493,13 +499,18 @@ def run_trial_loop(*, base_url: str, study: str, n: int, seconds: float, ledger:
     while window.waiting < n and window.open() and any(t.is_alive() for t in threads):
         time.sleep(0.05)
     enrolled = window.waiting
+    settle = min(5.0, seconds / 2)
+    window.deadline = time.monotonic() + settle + seconds + 1
+    window.go.set()
+    time.sleep(settle)
     for timings in list(phase.timings):  # the measured window starts now
-        timings.samples.clear()
+        for values in list(timings.samples.values()):
+            values.clear()
     for counter in list(phase.statuses) + list(phase.late):
         counter.clear()
+    on_start()
     phase.started = time.monotonic()
     window.deadline = phase.started + seconds
-    window.go.set()
     alive = join_all(threads, window)
     phase.ended = time.monotonic()
     phase.window = seconds
@@ -707,27 +718,27 @@ def main() -> None:
         print(f"gunicorn at {base_url}: {kind} (on {os.cpu_count()} CPUs, shared with PostgreSQL and this load "
               f"generator), {'--preload, ' if args.preload else ''}DEBUG on; warmed up with {warmed} requests in "
               f"{args.warm_up:g} s; the client opens one connection per request (urllib, no keep-alive)")
-        per = len(DESIGN["blocks"]) and sum(b["n_items"] for b in DESIGN["blocks"]) \
-            + DESIGN["attention_checks"]["count"]
+        per = sum(b["n_items"] for b in DESIGN["blocks"]) + DESIGN["attention_checks"]["count"]
         print(f"{args.participants} participants x {per} trials, think {args.think:g} s (exponential mean) "
               f"before each answer, started over {args.ramp:g} s; closed loops {args.bare_seconds:g} s each")
 
         ledger = Ledger()
         before = cpu_snapshot(server.pid)
         bare = run_bare(base_url=base_url, n=args.participants, seconds=args.bare_seconds)
-        bare_samples = print_phase(bare, cpu_line(before, cpu_snapshot(server.pid)))
+        bare_samples = print_phase(bare, cpu_line(before, cpu_snapshot(server.pid), bare))
 
         before = cpu_snapshot(server.pid)
         load = run_participants(base_url=base_url, study=study["public_id"], n=args.participants, think=args.think,
                                 ramp=args.ramp, max_seconds=args.max_seconds, ledger=ledger, seed=args.seed)
-        load_samples = print_phase(load, cpu_line(before, cpu_snapshot(server.pid)))
+        load_samples = print_phase(load, cpu_line(before, cpu_snapshot(server.pid), load))
 
         loop = loop_samples = None
         if not args.skip_saturation:
-            before = cpu_snapshot(server.pid)
+            marks = []  # the CPU snapshot at the start of the measured window
             loop = run_trial_loop(base_url=base_url, study=study["public_id"], n=args.participants,
-                                  seconds=args.bare_seconds, ledger=ledger, seed=args.seed + 100_000)
-            loop_samples = print_phase(loop, cpu_line(before, cpu_snapshot(server.pid)))
+                                  seconds=args.bare_seconds, ledger=ledger, seed=args.seed + 100_000,
+                                  on_start=lambda: marks.append(cpu_snapshot(server.pid)))
+            loop_samples = print_phase(loop, cpu_line(marks[0], cpu_snapshot(server.pid), loop))
 
         errors = [line for line in log.read_text().splitlines() if "Traceback" in line or "ERROR" in line]
         if errors:
