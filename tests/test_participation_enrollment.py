@@ -159,7 +159,8 @@ class TestTheStudyLink:
         study = prepare(study_with_arms())  # ready, not live
         assert admin_client.get(f"/s/{study.public_id}/").status_code == 200
         response = admin_client.post(f"/s/{study.public_id}/", {"choice": "agree"})
-        assert "not open yet" in response.content.decode() and not Participant.objects.exists()
+        assert "previews never create participants" in response.content.decode()
+        assert not Participant.objects.exists()
 
     def test_staff_never_enroll_even_in_a_live_study(self, admin_client, prepare):
         study = live_tabular(prepare)
@@ -212,7 +213,7 @@ def test_twins_whose_outputs_and_truths_differ_receive_identical_content_before_
     to_trials(a, study)
     twin = Participant.objects.get()
     twin_b = Participant.objects.create(study=study, arm=twin.arm, status="in_progress", step="trials",
-                                        plan_seed=twin.plan_seed, consented_at=timezone.now(),
+                                        plan_seed=twin.plan_seed, n_trials=twin.n_trials, consented_at=timezone.now(),
                                         last_seen_at=timezone.now())
     for trial in Trial.objects.filter(participant=twin).order_by("position"):
         Trial.objects.create(participant=twin_b, position=trial.position, phase=trial.phase, task=trial.task,

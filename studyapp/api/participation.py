@@ -6,6 +6,7 @@ out-of-range values, 404 for anything not the participant's own.
 """
 from __future__ import annotations
 
+from django.contrib.auth import get_user
 from django.core import signing
 from django.middleware.csrf import get_token
 from django.http import Http404, HttpResponse
@@ -159,8 +160,8 @@ class ConsentView(ParticipantView):
             participant = request.auth
             return Response(session_state(participant=participant, design=study_design(study=participant.study)))
         simulated, allow_live = _simulation(data.get("simulation"), target)
-        user = getattr(request._request, "user", None)
-        if not simulated and user is not None and user.is_authenticated and user.is_staff:
+        user = get_user(request._request)  # the logged-in user (DRF replaced request.user with the participant's)
+        if not simulated and user.is_authenticated and user.is_staff:
             raise ParticipationError("You are logged in as staff: previews never create participants. Use a private "
                                      "window to take part, or manage.py simulate_participants.",
                                      reason="staff_preview")
@@ -212,9 +213,9 @@ class CurrentTrialView(ParticipantView):
             raise StepConflict("All trials are answered.")
         trial_mark_served(trial=trial)
         svc.participant_touch(participant=participant)
-        total = participant_progress(participant=participant)["total"]
-        return Response(s.TrialOutput(trial_content(participant=participant, trial=trial, design=self.design(),
-                                                    total=total)).data)
+        # The dict as built (TrialOutput documents it): re-serializing it cost more than building it.
+        return Response(trial_content(participant=participant, trial=trial, design=self.design(),
+                                      total=participant.n_trials))
 
 
 class AnswerView(ParticipantView):

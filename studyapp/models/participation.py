@@ -68,6 +68,7 @@ class Participant(models.Model):
     instructions_shown_at = models.DateTimeField(null=True, blank=True)
     demographics = models.JSONField(default=dict, blank=True)
     completion_code = models.CharField(max_length=64, blank=True, help_text="The code given at the end.")
+    n_trials = models.PositiveIntegerField(default=0, help_text="Trials in the plan (set at enrollment).")
     started_at = models.DateTimeField(auto_now_add=True)
     consented_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)

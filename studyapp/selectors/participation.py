@@ -8,12 +8,13 @@ opaque id and a slot name, never by their file name.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from django.db.models import Count, Q
 
 from studyapp.design import StudyDesign, design_parse
-from studyapp.models import Edit, Explanation, ModelOutput, Participant, Response, Study, Trial
+from studyapp.models import Arm, Edit, Explanation, ModelOutput, Participant, Response, Study, Trial
 
 
 # Parsed frozen designs by (study, plan hash): the frozen plan never changes, so a live study's
@@ -37,12 +38,10 @@ def study_design(*, study: Study) -> StudyDesign:
     return design
 
 
-# Large JSON columns a participant request never reads (decoding them dominated request time).
-PARTICIPANT_REQUEST_DEFERRED = ("study__frozen_config", "study__preparation", "study__item_sample",
-                                "study__description", "study__model__training", "study__model__metrics",
-                                "study__model__hyperparameters", "study__dataset__split_info",
-                                "study__dataset__description", "arm__method_config", "arm__manipulation_config",
-                                "assignment", "source_params", "demographics")
+# Large JSON columns a participant request never reads (decoding them dominated request time);
+# model, dataset and arms come from the cached StudyRuntime instead of a join per request.
+PARTICIPANT_REQUEST_DEFERRED = ("study__config", "study__frozen_config", "study__preparation", "study__item_sample",
+                                "study__description", "assignment", "source_params", "demographics")
 
 
 def participant_current_trial(*, participant: Participant) -> Trial | None:
@@ -60,11 +59,6 @@ def participant_progress(*, participant: Participant) -> dict:
 def participant_failed_checks(*, participant: Participant) -> int:
     return Response.objects.filter(trial__participant=participant, trial__task=Trial.Task.ATTENTION_CHECK,
                                    correct=False).count()
-
-
-def model_output_on(*, study: Study, stimulus_id: int | None = None, edit_id: int | None = None) -> int:
-    return ModelOutput.objects.filter(model=study.model, stimulus_id=stimulus_id, edit_id=edit_id) \
-        .values_list("predicted", flat=True).get()
 
 
 def trial_aid(*, participant: Participant, trial: Trial) -> Explanation | None:
@@ -92,76 +86,117 @@ ATTENTION = "To show that you are reading carefully, choose \u201c{label}\u201d 
 TOP_FEATURES = 10
 
 
-def _media_url(study: Study, trial: Trial, slot: str) -> str:
+@dataclass(frozen=True)
+class StudyRuntime:
+    """What every trial of a study needs and what never changes once it is launched: read once
+    per process (per plan hash) instead of joining model, dataset and arm on every request."""
+
+    public_id: str
+    model_id: int
+    class_names: tuple[str, ...]
+    modality: str
+    feature_names: tuple[str, ...]
+    feature_descriptions: dict
+    arms: dict[int, tuple[str, str]]  # arm id -> (kind, method)
+
+
+_RUNTIMES: dict[tuple[int, str], StudyRuntime] = {}
+
+
+def study_runtime(*, study: Study) -> StudyRuntime:
+    key = (study.pk, study.frozen_sha256)
+    runtime = _RUNTIMES.get(key) if study.frozen_sha256 else None
+    if runtime is None:
+        row = Study.objects.filter(pk=study.pk).values(
+            "public_id", "model_id", "model__class_names", "dataset__modality", "dataset__feature_names",
+            "dataset__feature_descriptions").get()
+        runtime = StudyRuntime(
+            public_id=str(row["public_id"]), model_id=row["model_id"], class_names=tuple(row["model__class_names"]),
+            modality=row["dataset__modality"], feature_names=tuple(row["dataset__feature_names"] or ()),
+            feature_descriptions=row["dataset__feature_descriptions"] or {},
+            arms={pk: (kind, method) for pk, kind, method in
+                  Arm.objects.filter(study_id=study.pk).values_list("pk", "kind", "method")})
+        if study.frozen_sha256:
+            if len(_RUNTIMES) >= _FROZEN_DESIGNS_MAX:
+                _RUNTIMES.clear()
+            _RUNTIMES[key] = runtime
+    return runtime
+
+
+def _media_url(runtime: StudyRuntime, trial: Trial, slot: str) -> str:
     # Opaque: the study's public id, the trial's random per-participant id and a slot name.
-    return f"/api/participate/{study.public_id}/media/{trial.public_id}/{slot}"
+    return f"/api/participate/{runtime.public_id}/media/{trial.public_id}/{slot}"
 
 
-def _features(dataset, values) -> list[dict]:
-    described = dataset.feature_descriptions or {}
+def _features(runtime: StudyRuntime, values) -> list[dict]:
+    described = runtime.feature_descriptions
     return [{"name": name, "value": round(float(v), 6), "unit": described.get(name, {}).get("unit", ""),
              "description": described.get(name, {}).get("description", "")}
-            for name, v in zip(dataset.feature_names, values)]
+            for name, v in zip(runtime.feature_names, values)]
 
 
 def _npy(blob) -> np.ndarray:
     return np.load(io.BytesIO(bytes(blob)), allow_pickle=False)
 
 
-def _aid(participant: Participant, trial: Trial) -> dict | None:
+def _aid(runtime: StudyRuntime, participant: Participant, trial: Trial) -> dict | None:
+    if not trial.show_explanation:
+        return None
+    kind, method = runtime.arms[participant.arm_id]
+    if kind == "baseline" and method == "exemplars" or (kind != "ood_warning" and runtime.modality == "image"):
+        # Rendered images: the URL alone (the file is checked when it is fetched).
+        image_kind = "exemplars" if method == "exemplars" else "map"
+        aid = {"kind": image_kind, "image": _media_url(runtime, trial, "aid")}
+        if image_kind == "exemplars":
+            aid["text"] = "Examples from the model's training data that resemble this one."
+        return aid
     explanation = trial_aid(participant=participant, trial=trial)
     if explanation is None:
         return None
-    kind = participant.arm.kind
     values = _npy(explanation.attributions)
     if kind == "ood_warning":
         flagged = bool(values[2] > 0.5)
         return {"kind": "ood_warning", "flagged": flagged,
                 "text": "Warning: this example is unlike the examples the model learned from; its answer may be "
                         "unreliable." if flagged else "This example looks like the examples the model learned from."}
-    if participant.arm.method == "exemplars":
-        return {"kind": "exemplars", "image": _media_url(participant.study, trial, "aid"),
-                "text": "Examples from the model's training data that resemble this one."}
-    dataset = participant.study.dataset
-    if dataset.modality == "tabular":
-        order = np.argsort(-np.abs(values), kind="stable")[:TOP_FEATURES]
-        return {"kind": "bars", "features": [{"name": dataset.feature_names[i], "attribution": round(float(values[i]), 6)}
-                                             for i in order]}
-    return {"kind": "map", "image": _media_url(participant.study, trial, "aid")}
+    order = np.argsort(-np.abs(values), kind="stable")[:TOP_FEATURES]
+    return {"kind": "bars", "features": [{"name": runtime.feature_names[i], "attribution": round(float(values[i]), 6)}
+                                         for i in order]}
 
 
-def _edit(study: Study, trial: Trial, edit: Edit, slot: str) -> dict:
+def _edit(runtime: StudyRuntime, trial: Trial, edit: Edit, slot: str) -> dict:
     params = edit.params or {}
-    if study.dataset.modality == "image":
-        return {"image": _media_url(study, trial, slot), "box": params.get("box")}
+    if runtime.modality == "image":
+        return {"image": _media_url(runtime, trial, slot), "box": params.get("box")}
     return {"feature": params.get("feature_name"), "from_value": round(float(params.get("from_value", 0)), 6),
             "to_value": round(float(params.get("to_value", 0)), 6)}
 
 
 def trial_content(*, participant: Participant, trial: Trial, design: StudyDesign, total: int) -> dict:
     """What a trial shows, before it is answered. Leakage: see the module docstring."""
-    study = participant.study
-    classes = study.model.class_names
+    runtime = study_runtime(study=participant.study)
+    classes = runtime.class_names
     task = trial.task
-    out = {"trial": trial.public_id, "number": trial.position + 1, "total": total, "phase": trial.phase,
+    out = {"trial": str(trial.public_id), "number": trial.position + 1, "total": total, "phase": trial.phase,
            "task": "forward" if task == "attention_check" else task, "model_output": None, "aid": None,
            "edit": None, "confidence": design.confidence != "off" and task != "attention_check"}
-    if study.dataset.modality == "image":
-        out["input"] = {"image": _media_url(study, trial, "input")}
+    if runtime.modality == "image":
+        out["input"] = {"image": _media_url(runtime, trial, "input")}
     else:
-        out["input"] = {"features": _features(study.dataset, _npy(trial.stimulus.data))}
+        out["input"] = {"features": _features(runtime, _npy(trial.stimulus.data))}
     if trial.show_model_output:
         # Forward learning trials: the output on the item; counterfactual trials: on the original.
-        predicted = model_output_on(study=study, stimulus_id=trial.stimulus_id)
+        predicted = ModelOutput.objects.filter(model_id=runtime.model_id, stimulus_id=trial.stimulus_id) \
+            .values_list("predicted", flat=True).get()
         out["model_output"] = {"value": predicted, "label": classes[predicted]}
     if task == "counterfactual_choose":
-        out["options"] = [{"value": i, **_edit(study, trial, e, f"option-{i}")}
+        out["options"] = [{"value": i, **_edit(runtime, trial, e, f"option-{i}")}
                           for i, e in enumerate(trial_option_edits(trial=trial))]
     else:
         out["options"] = [{"value": i, "label": name} for i, name in enumerate(classes)]
     if task == "counterfactual_predict":
-        out["edit"] = _edit(study, trial, trial.edit, "edit")
-    out["aid"] = _aid(participant, trial)
+        out["edit"] = _edit(runtime, trial, trial.edit, "edit")
+    out["aid"] = _aid(runtime, participant, trial)
     if task == "attention_check":
         out["question"] = ATTENTION.format(label=classes[trial.expected_answer])
     elif task == "forward" and trial.show_model_output:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from studyapp.design import StudyDesign
 from studyapp.models import Participant, QuestionnaireAnswer, Study
-from studyapp.selectors.participation import participant_current_trial, participant_failed_checks, study_design
+from studyapp.selectors.participation import participant_failed_checks, study_design
 from studyapp.services.assignment import arm_assign, study_is_full
 from studyapp.services.errors import ServiceError
 from studyapp.services.trial_plans import trial_plan_create
@@ -201,8 +201,7 @@ def participant_comprehension_answer(*, participant: Participant, design: StudyD
 
 def participant_trials_finished(*, participant: Participant) -> None:
     """After the last answer (called under the participant lock by response_record)."""
-    if participant_current_trial(participant=participant) is None:
-        _advance(participant, expected=Step.TRIALS, to=Step.QUESTIONNAIRE)
+    _advance(participant, expected=Step.TRIALS, to=Step.QUESTIONNAIRE)
 
 
 def participant_questionnaire(*, participant: Participant, design: StudyDesign, answers: dict[str, int]) -> None:
@@ -287,9 +286,16 @@ def completion_redirect(*, participant: Participant, design: StudyDesign) -> str
     return None
 
 
+TOUCH_EVERY = dt.timedelta(seconds=30)
+
+
 def participant_touch(*, participant: Participant) -> None:
-    """Seen now (keeps the slot from being released as abandoned)."""
-    Participant.objects.filter(pk=participant.pk).update(last_seen_at=timezone.now())
+    """Seen now (keeps the slot from being released as abandoned). Written at most every
+    TOUCH_EVERY: the abandonment timeout is minutes, and a write per read costs every request."""
+    now = timezone.now()
+    if participant.last_seen_at is None or now - participant.last_seen_at >= TOUCH_EVERY:
+        Participant.objects.filter(pk=participant.pk).update(last_seen_at=now)
+        participant.last_seen_at = now
 
 
 def participants_delete_simulated(*, study: Study) -> int:

@@ -17,9 +17,8 @@ from django.utils import timezone
 
 from studyapp.design import StudyDesign
 from studyapp.models import Participant, Response, Trial
-from studyapp.selectors.participation import participant_current_trial
 from studyapp.services.errors import ServiceError
-from studyapp.services.participants import participant_trials_finished
+from studyapp.services.participants import participant_touch, participant_trials_finished
 
 MAX_EVENTS = 200
 EVENT_TYPES = ("focus", "blur", "visible", "hidden")
@@ -89,35 +88,35 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
     * Same idempotency key and same content: the stored reply, ``created`` False (a resend).
       Same key, other content: ``AnswerConflict`` (409). A trial answered under another key:
       ``AnswerConflict`` naming the stored answer (409). A trial that is not the current one
-      (the first unanswered in plan order): ``AnswerConflict`` (409).
+      (an earlier trial is unanswered): ``AnswerConflict`` (409).
     * Backstops in the database: ``Response.trial`` is one-to-one and ``idempotency_key`` unique;
-      a race that got past the lock anyway becomes an IntegrityError, answered like a resend.
+      a race that got past the lock anyway becomes an IntegrityError, refused like a conflict
+      (the resend then finds the stored row).
     * ``correct`` is computed here from ``Trial.expected_answer``; the client never says.
     """
     key_sha = answer.sha256()
     with transaction.atomic():
-        locked = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
-        existing = Response.objects.filter(idempotency_key=answer.idempotency_key).select_related(
-            "trial__participant__study").first()
+        step = Participant.objects.select_for_update().filter(pk=participant.pk).values_list("step", flat=True).get()
+        existing = Response.objects.filter(idempotency_key=answer.idempotency_key).select_related("trial").first()
         if existing is not None:
-            if existing.trial.participant_id != locked.pk or str(existing.trial.public_id) != str(trial_public_id):
+            if existing.trial.participant_id != participant.pk or existing.trial.public_id != trial_public_id:
                 raise AnswerConflict("This idempotency key was used for another answer; send a new key.")
             if existing.payload_sha256 != key_sha:
                 raise AnswerConflict("This answer was already stored with different content under the same key.",
                                      stored=stored_reply(existing))
             return stored_reply(existing), False
-        trial = Trial.objects.filter(participant=locked, public_id=trial_public_id).select_related(
-            "participant__study").first()
+        trial = (Trial.objects.filter(participant_id=participant.pk, public_id=trial_public_id)
+                 .select_related("response").first())
         if trial is None:
             raise ServiceError("No such trial.", code="not_found")
-        other = Response.objects.filter(trial=trial).first()
+        other = getattr(trial, "response", None)
         if other is not None:
             raise AnswerConflict(f"This trial was already answered (answer {other.answer}, key "
                                  f"{other.idempotency_key}).", stored=stored_reply(other))
-        if locked.step != Participant.Step.TRIALS:
-            raise AnswerConflict(f"The session is at '{locked.step}', not at the trials.")
-        current = participant_current_trial(participant=locked)
-        if current is None or current.pk != trial.pk:
+        if step != Participant.Step.TRIALS:
+            raise AnswerConflict(f"The session is at '{step}', not at the trials.")
+        if Trial.objects.filter(participant_id=participant.pk, position__lt=trial.position,
+                                response__isnull=True).exists():
             raise AnswerConflict("This is not the current trial; fetch the current trial and answer it.")
         problems = answer_problems(trial=trial, answer=answer, design=design)
         if problems:
@@ -125,17 +124,18 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
         now = timezone.now()
         served = trial.served_at or now
         try:
-            with transaction.atomic():
-                response = Response.objects.create(
-                    trial=trial, idempotency_key=answer.idempotency_key, payload_sha256=key_sha, answer=answer.answer,
-                    correct=None if trial.expected_answer is None else answer.answer == trial.expected_answer,
-                    confidence=answer.confidence, client_rt_ms=answer.client_rt_ms,
-                    server_rt_ms=max(0, int((now - served).total_seconds() * 1000)),
-                    client_sent_at=answer.client_sent_at, events=list(answer.events))
+            response = Response.objects.create(
+                trial=trial, idempotency_key=answer.idempotency_key, payload_sha256=key_sha, answer=answer.answer,
+                correct=None if trial.expected_answer is None else answer.answer == trial.expected_answer,
+                confidence=answer.confidence, client_rt_ms=answer.client_rt_ms,
+                server_rt_ms=max(0, int((now - served).total_seconds() * 1000)),
+                client_sent_at=answer.client_sent_at, events=list(answer.events))
         except IntegrityError:
             raise AnswerConflict("This answer was stored by a concurrent request; resend to get its reply.") from None
-        Participant.objects.filter(pk=locked.pk).update(last_seen_at=now)
-        participant_trials_finished(participant=locked)
+        participant.step = step
+        participant_touch(participant=participant)
+        if not Trial.objects.filter(participant_id=participant.pk, position__gt=trial.position).exists():
+            participant_trials_finished(participant=participant)  # that was the last trial of the plan
         response.trial = trial
         return stored_reply(response), True
 

@@ -105,4 +105,6 @@ def trial_plan_create(*, participant: Participant, design: StudyDesign) -> int:
     """Store the plan (inside the enrollment transaction)."""
     trials = trial_plan_build(participant=participant, design=design)
     Trial.objects.bulk_create(trials)
+    Participant.objects.filter(pk=participant.pk).update(n_trials=len(trials))
+    participant.n_trials = len(trials)
     return len(trials)
