@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -112,6 +113,12 @@ def child_env(args, data_dir: str) -> dict:
     env.update({"DATABASE_URL": f"{args.pg.rstrip('/')}/{args.db}", "DATA_DIR": data_dir, "DJANGO_DEBUG": "true",
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "", "LOG_LEVEL": "warning",
                 "DJANGO_SETTINGS_MODULE": "studyapp.settings", "PYTHONUNBUFFERED": "1"})
+    if not args.debug:
+        # Production settings (DEBUG off) over plain HTTP on loopback: cookies without the Secure
+        # flag (an HTTP client would never send them back), no HTTPS redirect, collected static files.
+        env.update({"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
+                    "DJANGO_SECURE_COOKIES": "false", "DJANGO_SECURE_SSL_REDIRECT": "false",
+                    "DJANGO_SECURE_HSTS_SECONDS": "0", "STATIC_ROOT": os.path.join(data_dir, "static")})
     return env
 
 
@@ -673,6 +680,8 @@ def main() -> None:
                                                          "to create and drop the benchmark's)")
     parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--keep", action="store_true", help="keep the database (and print how to reach it)")
+    parser.add_argument("--debug", action="store_true", help="serve with DJANGO_DEBUG=true (default: production "
+                                                             "settings, DEBUG off, over plain HTTP on loopback)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child-build", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -695,6 +704,9 @@ def main() -> None:
     try:
         started = time.perf_counter()
         recreate_database(args.pg, args.db)
+        if not args.debug:
+            subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], cwd=ROOT,
+                           env=env, check=True)
         subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True,
                        timeout=600)
         migrated = time.perf_counter() - started
@@ -716,7 +728,7 @@ def main() -> None:
         kind = f"{args.workers} sync workers" if args.threads == 1 else \
             f"{args.workers} gthread workers x {args.threads} threads"
         print(f"gunicorn at {base_url}: {kind} (on {os.cpu_count()} CPUs, shared with PostgreSQL and this load "
-              f"generator), {'--preload, ' if args.preload else ''}DEBUG on; warmed up with {warmed} requests in "
+              f"generator), {'--preload, ' if args.preload else ''}DEBUG {'on' if args.debug else 'off'}; warmed up with {warmed} requests in "
               f"{args.warm_up:g} s; the client opens one connection per request (urllib, no keep-alive)")
         per = sum(b["n_items"] for b in DESIGN["blocks"]) + DESIGN["attention_checks"]["count"]
         print(f"{args.participants} participants x {per} trials, think {args.think:g} s (exponential mean) "

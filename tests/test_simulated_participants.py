@@ -53,11 +53,12 @@ def test_bad_arguments_are_explained(prepare):
         call_command("simulate_participants", "--study", "missing", "--n", "1")
 
 
-def test_simulated_participants_never_fill_real_slots_or_enter_a_confirmatory_analysis(client, prepare,
-                                                                                      staff_client):
+def test_simulated_participants_never_fill_real_slots_or_enter_a_confirmatory_analysis(prepare, staff_client):
+    from django.test import Client
+
     study = live_tabular(prepare, target_per_arm=1)
     simulate(study, "--n", "4", "--allow-live")
-    assert enroll(client, study).status_code == 201  # four simulated, yet the study is not full
+    assert enroll(Client(), study).status_code == 201  # four simulated, yet the study is not full
     confirmatory = study_analyze(study=study, seed=0)
     assert confirmatory.kind == "confirmatory" and confirmatory.results["analysed_participants"] == 0
     pilot = study_analyze(study=study, seed=0, simulated=True)

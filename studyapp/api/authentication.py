@@ -47,9 +47,10 @@ class ParticipantAuthentication(BaseAuthentication):
         participant_id = session_participant_id(request._request, study_public_id) if study_public_id else None
         if participant_id is None:
             return None
-        participant = (Participant.objects.select_related("study").defer(*PARTICIPANT_REQUEST_DEFERRED)
-                       .filter(public_id=participant_id, study__public_id=study_public_id).first())
-        if participant is None:
+        try:
+            participant = (Participant.objects.select_related("study").defer(*PARTICIPANT_REQUEST_DEFERRED)
+                           .get(public_id=participant_id, study__public_id=study_public_id))
+        except Participant.DoesNotExist:
             return None
         return AnonymousUser(), participant
 

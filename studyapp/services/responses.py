@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from studyapp.design import StudyDesign
@@ -105,8 +106,11 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
                 raise AnswerConflict("This answer was already stored with different content under the same key.",
                                      stored=stored_reply(existing))
             return stored_reply(existing), False
-        trial = (Trial.objects.filter(participant_id=participant.pk, public_id=trial_public_id)
-                 .select_related("response").first())
+        mine = Trial.objects.filter(participant_id=participant.pk)
+        trial = (mine.filter(public_id=trial_public_id).select_related("response")
+                 .annotate(earlier_open=Exists(mine.filter(position__lt=OuterRef("position"), response__isnull=True)),
+                           is_last=~Exists(mine.filter(position__gt=OuterRef("position"))))
+                 .first())
         if trial is None:
             raise ServiceError("No such trial.", code="not_found")
         other = getattr(trial, "response", None)
@@ -115,8 +119,7 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
                                  f"{other.idempotency_key}).", stored=stored_reply(other))
         if step != Participant.Step.TRIALS:
             raise AnswerConflict(f"The session is at '{step}', not at the trials.")
-        if Trial.objects.filter(participant_id=participant.pk, position__lt=trial.position,
-                                response__isnull=True).exists():
+        if trial.earlier_open:
             raise AnswerConflict("This is not the current trial; fetch the current trial and answer it.")
         problems = answer_problems(trial=trial, answer=answer, design=design)
         if problems:
@@ -134,7 +137,7 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
             raise AnswerConflict("This answer was stored by a concurrent request; resend to get its reply.") from None
         participant.step = step
         participant_touch(participant=participant)
-        if not Trial.objects.filter(participant_id=participant.pk, position__gt=trial.position).exists():
+        if trial.is_last:
             participant_trials_finished(participant=participant)  # that was the last trial of the plan
         response.trial = trial
         return stored_reply(response), True
