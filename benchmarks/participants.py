@@ -1,7 +1,7 @@
 """Load on the participant API: simulated participants over HTTP against gunicorn and PostgreSQL.
 
     .venv/bin/python benchmarks/participants.py --quick         # smoke run, about 1.5 minutes
-    .venv/bin/python benchmarks/participants.py                 # 200 participants, think 1 s (~6 min)
+    .venv/bin/python benchmarks/participants.py                 # 200 participants, think 3 s (~6 min)
     .venv/bin/python benchmarks/participants.py --workers 3 --threads 4 --keep
 
 Database: its own, ``studyapp_bench_participants`` on postgres://postgres@127.0.0.1:5432 (``--db``,
@@ -13,8 +13,9 @@ generic crowd id ``PID``, so every simulated participant is found again in the d
 id; ``target_per_arm`` 10,000, so the study never fills), prepared in-process (Celery eager) and
 launched.
 
-Server: gunicorn (``studyapp.wsgi``) on 127.0.0.1 and a free port, ``--preload``, DEBUG on (DEBUG
-off sets Secure cookies, which a client over plain HTTP never sends back), ``--workers`` processes
+Server: gunicorn (``studyapp.wsgi``) on 127.0.0.1 and a free port, ``--preload``, production
+settings (DEBUG off, collected static files; ``DJANGO_SECURE_COOKIES=false`` and no HTTPS redirect,
+since the client speaks plain HTTP on loopback; ``--debug`` serves with DEBUG on), ``--workers`` processes
 with ``--threads`` threads each (sync workers when 1, gthread otherwise), warmed up with unmeasured
 requests. Default: 5 sync workers, gunicorn's 2 x CPUs + 1 for the 2-CPU machine it was written
 on: the participant API is CPU-bound there (each request holds a worker for a dozen ORM queries),
@@ -30,7 +31,8 @@ Phases, all in one run, each bounded in time:
 2. participants: ``--participants`` simulated participants, one thread each, started evenly over
    ``--ramp`` seconds, each the real client (``studyapp.simulated_participants.run_participant``
    over ``HttpTransport``) from the study link to the completion code, answering at random,
-   thinking ``--think`` seconds (exponential mean) before each answer. Stopped at
+   thinking ``--think`` seconds (exponential mean, default 3 s: people take seconds to look at an
+   example and its aid; the simulated response times have a median of 2.5 s) before each answer. Stopped at
    ``--max-seconds`` if not done (a participant then stops before its next request).
 3. trial endpoints at saturation: ``--participants`` participants enroll (not measured), then walk
    through their trials with no think time (GET trial, POST answer, and a GET state if the client
@@ -665,7 +667,7 @@ def integrity(args, study_public_id: str, ledger: Ledger) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--participants", type=int, default=None, help="concurrent participants (default 200)")
-    parser.add_argument("--think", type=float, default=None, help="mean think time before an answer, s (1.0)")
+    parser.add_argument("--think", type=float, default=None, help="mean think time before an answer, s (3.0)")
     parser.add_argument("--ramp", type=float, default=None, help="participants start over this many s (5)")
     parser.add_argument("--bare-seconds", type=float, default=None, help="each closed-loop phase, s (10)")
     parser.add_argument("--max-seconds", type=float, default=300, help="the participants phase stops here")
@@ -691,7 +693,7 @@ def main() -> None:
         return
     quick = args.quick
     args.participants = args.participants or (30 if quick else 200)
-    args.think = args.think if args.think is not None else (0.2 if quick else 1.0)
+    args.think = args.think if args.think is not None else (0.2 if quick else 3.0)
     args.ramp = args.ramp if args.ramp is not None else (2.0 if quick else 5.0)
     args.bare_seconds = args.bare_seconds or (3.0 if quick else 10.0)
     if "bench" not in args.db:
