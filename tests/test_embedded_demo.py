@@ -28,7 +28,7 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
 
 def manage(*args: str, env: dict[str, str]) -> str:
     result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -104,3 +104,14 @@ def test_rerunning_the_demo_creates_nothing_new_and_keeps_the_links(demo):
     assert re.findall(r"/s/[0-9a-f-]{36}/", demo["first"]) == re.findall(r"/s/[0-9a-f-]{36}/", demo["second"])
     assert re.search(r"password (\S+)\)", demo["first"]).group(1) == re.search(r"password (\S+)\)",
                                                                               demo["second"]).group(1)
+
+
+def test_the_filled_pilot_has_an_analysed_report_of_its_simulated_participants(demo):
+    assert re.search(r"\[closed\], report: http://127\.0\.0\.1:\d+/staff/studies/\d+/report/", demo["first"])
+    out = manage("shell", "-c", "from studyapp.models import AnalysisRun, Participant; "
+                 "run = AnalysisRun.objects.filter(study__slug='demo-breast-cancer-pilot').last(); "
+                 "people = Participant.objects.filter(study__slug='demo-breast-cancer-pilot'); "
+                 "print('analysed', run.results['analysed_participants'], run.kind, people.count(), "
+                 "people.filter(simulated=True).count())", env=embedded_env(demo["data_dir"]))
+    analysed, kind, total, simulated = re.search(r"analysed (\d+) (\w+) (\d+) (\d+)", out).groups()
+    assert kind == "exploratory" and total == simulated == "60" and int(analysed) >= 50

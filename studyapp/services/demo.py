@@ -92,7 +92,11 @@ DEMOS = (
     # Closed, with 60 simulated participants, so a newcomer sees a full report and exports at once.
     DemoSpec("breast_cancer", "tabular_mlp", "Demo breast-cancer MLP", "demo-breast-cancer-pilot",
              "Pilot: how does a computer judge cell measurements? (simulated participants)", CANCER_ARMS,
-             design={**CANCER_DESIGN, "min_instruction_seconds": 0}, outcome="test_accuracy",
+             # Simulated people answer in seconds: no reading time, and no total-time window (it
+             # would exclude every one of them).
+             design={**CANCER_DESIGN, "min_instruction_seconds": 0,
+                     "exclusion_rules": {"max_failed_attention_checks": 1, "straightlining_max_run": 12}},
+             outcome="test_accuracy",
              simulated_accuracy={"control": 0.62, "integrated_gradients": 0.8, "feature_ablation": 0.72,
                                  "integrated_gradients_random_matched": 0.62}),
 )
