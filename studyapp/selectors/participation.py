@@ -47,7 +47,8 @@ PARTICIPANT_REQUEST_DEFERRED = ("study__config", "study__frozen_config", "study_
 def participant_current_trial(*, participant: Participant) -> Trial | None:
     """The first trial without a response, in plan order (None when all are answered)."""
     return (Trial.objects.filter(participant=participant, response__isnull=True)
-            .select_related("stimulus", "edit").order_by("position").first())
+            .select_related("stimulus", "edit").defer("edit__data", "stimulus__source_name")
+            .order_by("position").first())
 
 
 def participant_progress(*, participant: Participant) -> dict:
@@ -70,7 +71,7 @@ def trial_aid(*, participant: Participant, trial: Trial) -> Explanation | None:
 
 def trial_option_edits(*, trial: Trial) -> list[Edit]:
     """counterfactual_choose: the offered edits in the order shown."""
-    by_id = Edit.objects.in_bulk(trial.options)
+    by_id = Edit.objects.defer("data").in_bulk(trial.options)
     return [by_id[pk] for pk in trial.options]
 
 
