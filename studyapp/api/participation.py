@@ -14,6 +14,8 @@ from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -61,6 +63,9 @@ def _problems(exc: ServiceError) -> list[str]:
 class ParticipantView(APIView):
     authentication_classes = [ParticipantAuthentication]
     permission_classes = [IsParticipant]
+    # JSON only: no browsable HTML API for participants, no form or multipart bodies.
+    renderer_classes = [JSONRenderer]
+    parser_classes = [JSONParser]
 
     @property
     def participant(self) -> Participant:
