@@ -8,11 +8,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from studyapp.models import Study
-from studyapp.api.authentication import session_remember
-from studyapp.api.participation import participant_session_for
+from studyapp.api.participation import browser_enroll, participant_session_for
 from studyapp.selectors import study_get_by_public_id
-from studyapp.selectors.participation import study_design
-from studyapp.services.participants import ParticipationError, external_ids_from, participant_enroll
+from studyapp.services.participants import ParticipationError
 
 
 @require_GET
@@ -68,20 +66,11 @@ def study_landing(request: HttpRequest, public_id) -> HttpResponse:
                        "query": request.GET.urlencode()})
     if request.POST.get("choice") != "agree":
         return render(request, "participant/declined.html", {"study": study})
-    if staff:  # staff previews never create participants (they would be counted and analysed)
-        return _polite(request, study, "staff_preview")
-    if preview:  # nobody joins a study that is not live
-        return _polite(request, study, "closed" if study.state == Study.State.CLOSED else "not_open")
     if participant_session_for(request, study) is None:
         try:
-            design = study_design(study=study)
-            external = external_ids_from(request.GET.dict(), design=design)
-            participant, _ = participant_enroll(study=study, external=external)
-        except ParticipationError as exc:
+            browser_enroll(request, study=study, params=request.GET.dict())
+        except ParticipationError as exc:  # staff, not live, closed, full, already taken part
             return _polite(request, study, exc.reason)
-        except ValueError:
-            return _polite(request, study, "not_open")
-        session_remember(request, study.public_id, participant)
     return redirect("study-session", public_id=study.public_id)
 
 

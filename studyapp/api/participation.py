@@ -10,6 +10,7 @@ from django.contrib.auth import get_user
 from django.core import signing
 from django.middleware.csrf import get_token
 from django.http import Http404, HttpResponse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
@@ -118,8 +119,6 @@ def session_state(*, participant: Participant, design) -> dict:
     content: dict = {}
     if step == Step.INSTRUCTIONS:
         svc.participant_instructions_shown(participant=participant)
-        from django.utils import timezone
-
         read = (timezone.now() - participant.instructions_shown_at).total_seconds()
         content = {"text": study.instructions, "min_seconds": design.min_instruction_seconds,
                    "seconds_left": max(0, int(design.min_instruction_seconds - read + 0.999))}
@@ -165,21 +164,9 @@ class ConsentView(ParticipantView):
             participant = request.auth
             return Response(session_state(participant=participant, design=study_design(study=participant.study)))
         simulated, allow_live = _simulation(data.get("simulation"), target)
-        user = get_user(request._request)  # the logged-in user (DRF replaced request.user with the participant's)
-        if not simulated and user.is_authenticated and user.is_staff:
-            raise ParticipationError("You are logged in as staff: previews never create participants. Use a private "
-                                     "window to take part, or manage.py simulate_participants.",
-                                     reason="staff_preview")
-        try:
-            design = study_design(study=target)
-        except ValueError:
-            raise ParticipationError("This study is not open yet.", reason="not_open") from None
-        external = svc.external_ids_from(data.get("params") or {}, design=design)
-        participant, resumed = svc.participant_enroll(study=target, external=external, simulated=simulated,
-                                                      allow_live_simulation=allow_live)
-        session_remember(request._request, study, participant)
-        participant = Participant.objects.select_related("study", "study__model", "arm").get(pk=participant.pk)
-        return Response(session_state(participant=participant, design=design),
+        participant, resumed = browser_enroll(request._request, study=target, params=data.get("params") or {},
+                                              simulated=simulated, allow_live_simulation=allow_live)
+        return Response(session_state(participant=participant, design=study_design(study=target)),
                         status=status.HTTP_200_OK if resumed else status.HTTP_201_CREATED)
 
 
@@ -291,6 +278,27 @@ class MediaView(ParticipantView):
             response = HttpResponse(handle.read(), content_type="image/png")
         response["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+def browser_enroll(request, *, study: Study, params: dict, simulated: bool = False,
+                   allow_live_simulation: bool = False) -> tuple[Participant, bool]:
+    """"I agree" from this browser, by the page or the API: enroll (or resume) and bind the
+    participant to the browser's session. Raises ParticipationError with the polite page's reason."""
+    user = get_user(request)  # the logged-in user (under DRF, request.user is the participant's)
+    if not simulated and user.is_authenticated and user.is_staff:
+        # Staff previews never create participants: they would be counted and analysed.
+        raise ParticipationError("You are logged in as staff: previews never create participants. Use a private "
+                                 "window to take part, or manage.py simulate_participants.", reason="staff_preview")
+    try:
+        design = study_design(study=study)
+    except ValueError:
+        raise ParticipationError("This study is not open yet.", reason="not_open") from None
+    participant, resumed = svc.participant_enroll(
+        study=study, external=svc.external_ids_from(params, design=design), simulated=simulated,
+        allow_live_simulation=allow_live_simulation)
+    session_remember(request, study.public_id, participant)
+    participant.study = study
+    return participant, resumed
 
 
 def participant_session_for(request, study: Study) -> Participant | None:

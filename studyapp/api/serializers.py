@@ -4,6 +4,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from studyapp.services.participants import AGE_BANDS, ML_EXPERIENCE
+from studyapp.services.responses import EVENT_TYPES, MAX_EVENTS
 
 
 class ConsentInput(serializers.Serializer):
@@ -39,7 +40,7 @@ class ComprehensionOutput(serializers.Serializer):
 
 
 class EventInput(serializers.Serializer):
-    type = serializers.ChoiceField(choices=["focus", "blur", "visible", "hidden"])
+    type = serializers.ChoiceField(choices=EVENT_TYPES)
     t_ms = serializers.IntegerField(min_value=0, max_value=86_400_000)
 
 
@@ -49,7 +50,7 @@ class AnswerInput(serializers.Serializer):
     confidence = serializers.IntegerField(min_value=1, max_value=7, required=False, allow_null=True)
     client_rt_ms = serializers.IntegerField(min_value=0, max_value=86_400_000)
     client_sent_at = serializers.DateTimeField(required=False, allow_null=True)
-    events = EventInput(many=True, required=False, max_length=200)
+    events = EventInput(many=True, required=False, max_length=MAX_EVENTS)
 
 
 class AnswerOutput(serializers.Serializer):

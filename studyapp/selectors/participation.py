@@ -7,35 +7,42 @@ opaque id and a slot name, never by their file name.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from django.db.models import Count, Q
 
 from studyapp.design import StudyDesign, design_parse
+from studyapp.services.datasets.common import npy_array, stimulus_array
 from studyapp.models import Arm, Edit, Explanation, ModelOutput, Participant, Response, Study, Trial
 
 
-# Parsed frozen designs by (study, plan hash): the frozen plan never changes, so a live study's
-# design is read and validated once per process instead of once per request.
-_FROZEN_DESIGNS: dict[tuple[int, str], StudyDesign] = {}
-_FROZEN_DESIGNS_MAX = 256
+# Reads of a launched study that never change (its frozen plan cannot): kept per process by
+# (study, plan hash), so they are read and validated once instead of once per request.
+_FROZEN_CACHE: dict[tuple[str, int, str], object] = {}
+_FROZEN_CACHE_MAX = 512
+
+
+def _frozen_cached(kind: str, study: Study, build):
+    """``build()`` once per (kind, study, plan hash) for a launched study; every time before launch."""
+    if not study.frozen_sha256:
+        return build()
+    key = (kind, study.pk, study.frozen_sha256)
+    value = _FROZEN_CACHE.get(key)
+    if value is None:
+        value = build()
+        if len(_FROZEN_CACHE) >= _FROZEN_CACHE_MAX:
+            _FROZEN_CACHE.clear()
+        _FROZEN_CACHE[key] = value
+    return value
 
 
 def study_design(*, study: Study) -> StudyDesign:
     """The design that runs: the frozen one once the study is launched."""
     if not study.frozen_sha256:
         return design_parse(study.config)
-    key = (study.pk, study.frozen_sha256)
-    design = _FROZEN_DESIGNS.get(key)
-    if design is None:
-        frozen = Study.objects.filter(pk=study.pk).values_list("frozen_config", flat=True).get()
-        design = design_parse(frozen["study"]["config"])
-        if len(_FROZEN_DESIGNS) >= _FROZEN_DESIGNS_MAX:
-            _FROZEN_DESIGNS.clear()
-        _FROZEN_DESIGNS[key] = design
-    return design
+    return _frozen_cached("design", study, lambda: design_parse(
+        Study.objects.filter(pk=study.pk).values_list("frozen_config", flat=True).get()["study"]["config"]))
 
 
 # Large JSON columns a participant request never reads (decoding them dominated request time);
@@ -54,7 +61,7 @@ def participant_current_trial(*, participant: Participant) -> Trial | None:
 def participant_progress(*, participant: Participant) -> dict:
     counts = Trial.objects.filter(participant=participant).aggregate(
         total=Count("pk"), answered=Count("pk", filter=Q(response__isnull=False)))
-    return {"answered": counts["total"] and counts["answered"], "total": counts["total"]}
+    return {"answered": counts["answered"], "total": counts["total"]}
 
 
 def participant_failed_checks(*, participant: Participant) -> int:
@@ -101,27 +108,20 @@ class StudyRuntime:
     arms: dict[int, tuple[str, str]]  # arm id -> (kind, method)
 
 
-_RUNTIMES: dict[tuple[int, str], StudyRuntime] = {}
-
-
 def study_runtime(*, study: Study) -> StudyRuntime:
-    key = (study.pk, study.frozen_sha256)
-    runtime = _RUNTIMES.get(key) if study.frozen_sha256 else None
-    if runtime is None:
-        row = Study.objects.filter(pk=study.pk).values(
-            "public_id", "model_id", "model__class_names", "dataset__modality", "dataset__feature_names",
-            "dataset__feature_descriptions").get()
-        runtime = StudyRuntime(
-            public_id=str(row["public_id"]), model_id=row["model_id"], class_names=tuple(row["model__class_names"]),
-            modality=row["dataset__modality"], feature_names=tuple(row["dataset__feature_names"] or ()),
-            feature_descriptions=row["dataset__feature_descriptions"] or {},
-            arms={pk: (kind, method) for pk, kind, method in
-                  Arm.objects.filter(study_id=study.pk).values_list("pk", "kind", "method")})
-        if study.frozen_sha256:
-            if len(_RUNTIMES) >= _FROZEN_DESIGNS_MAX:
-                _RUNTIMES.clear()
-            _RUNTIMES[key] = runtime
-    return runtime
+    return _frozen_cached("runtime", study, lambda: _runtime_read(study))
+
+
+def _runtime_read(study: Study) -> StudyRuntime:
+    row = Study.objects.filter(pk=study.pk).values(
+        "public_id", "model_id", "model__class_names", "dataset__modality", "dataset__feature_names",
+        "dataset__feature_descriptions").get()
+    return StudyRuntime(
+        public_id=str(row["public_id"]), model_id=row["model_id"], class_names=tuple(row["model__class_names"]),
+        modality=row["dataset__modality"], feature_names=tuple(row["dataset__feature_names"] or ()),
+        feature_descriptions=row["dataset__feature_descriptions"] or {},
+        arms={pk: (kind, method) for pk, kind, method in
+              Arm.objects.filter(study_id=study.pk).values_list("pk", "kind", "method")})
 
 
 def _media_url(runtime: StudyRuntime, trial: Trial, slot: str) -> str:
@@ -134,10 +134,6 @@ def _features(runtime: StudyRuntime, values) -> list[dict]:
     return [{"name": name, "value": round(float(v), 6), "unit": described.get(name, {}).get("unit", ""),
              "description": described.get(name, {}).get("description", "")}
             for name, v in zip(runtime.feature_names, values)]
-
-
-def _npy(blob) -> np.ndarray:
-    return np.load(io.BytesIO(bytes(blob)), allow_pickle=False)
 
 
 def _aid(runtime: StudyRuntime, participant: Participant, trial: Trial) -> dict | None:
@@ -154,7 +150,7 @@ def _aid(runtime: StudyRuntime, participant: Participant, trial: Trial) -> dict 
     explanation = trial_aid(participant=participant, trial=trial)
     if explanation is None:
         return None
-    values = _npy(explanation.attributions)
+    values = npy_array(explanation.attributions)
     if kind == "ood_warning":
         flagged = bool(values[2] > 0.5)
         return {"kind": "ood_warning", "flagged": flagged,
@@ -184,7 +180,7 @@ def trial_content(*, participant: Participant, trial: Trial, design: StudyDesign
     if runtime.modality == "image":
         out["input"] = {"image": _media_url(runtime, trial, "input")}
     else:
-        out["input"] = {"features": _features(runtime, _npy(trial.stimulus.data))}
+        out["input"] = {"features": _features(runtime, stimulus_array(trial.stimulus))}
     if trial.show_model_output:
         # Forward learning trials: the output on the item; counterfactual trials: on the original.
         predicted = ModelOutput.objects.filter(model_id=runtime.model_id, stimulus_id=trial.stimulus_id) \
@@ -209,8 +205,8 @@ def trial_content(*, participant: Participant, trial: Trial, design: StudyDesign
 
 def trial_media_file(*, participant: Participant, trial_public_id, slot: str):
     """The file behind a media URL of the participant's own trial, or None (-> 404)."""
-    trial = Trial.objects.filter(participant=participant, public_id=trial_public_id).select_related(
-        "stimulus", "edit").first()
+    trial = (Trial.objects.filter(participant=participant, public_id=trial_public_id)
+             .select_related("stimulus", "edit").defer("stimulus__data", "edit__data").first())
     if trial is None:
         return None
     if slot == "input":
@@ -223,6 +219,6 @@ def trial_media_file(*, participant: Participant, trial_public_id, slot: str):
     if slot.startswith("option-") and slot[7:].isdigit():
         i = int(slot[7:])
         if i < len(trial.options):
-            edit = Edit.objects.filter(pk=trial.options[i]).first()
+            edit = Edit.objects.defer("data").filter(pk=trial.options[i]).first()
             return edit.image if edit is not None and edit.image else None
     return None

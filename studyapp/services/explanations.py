@@ -103,8 +103,9 @@ class PreparationContext:
         train = list(Stimulus.objects.filter(dataset=study.dataset, split=Stimulus.Split.TRAIN)
                      .order_by("index").only("data", "label"))
         X_train, y_train = stimuli_arrays(train, input_shape=study.dataset.input_shape)
-        ctx = cls(study=study, model=model, X_train=X_train, y_train=y_train, stimuli=[],
-                  inputs=np.zeros((0, *study.dataset.input_shape), np.float32), targets=np.zeros(0, np.int64))
+        no_inputs, no_targets = stimuli_arrays([], input_shape=study.dataset.input_shape)
+        ctx = cls(study=study, model=model, X_train=X_train, y_train=y_train, stimuli=[], inputs=no_inputs,
+                  targets=no_targets)
         return ctx.with_stimuli(list(study_stimulus_pool(study=study).only("data", "label"))
                                 if stimuli is None else stimuli)
 
@@ -112,8 +113,7 @@ class PreparationContext:
         """The same context (model, training data) over other stimuli; cached maps are not shared."""
         predicted = dict(ModelOutput.objects.filter(model=self.study.model, stimulus__in=[s.pk for s in stimuli])
                          .values_list("stimulus_id", "predicted"))
-        inputs, _ = stimuli_arrays(stimuli, input_shape=self.study.dataset.input_shape) if stimuli else (
-            np.zeros((0, *self.study.dataset.input_shape), np.float32), None)
+        inputs, _ = stimuli_arrays(stimuli, input_shape=self.study.dataset.input_shape)
         return PreparationContext(study=self.study, model=self.model, X_train=self.X_train, y_train=self.y_train,
                                   stimuli=stimuli, inputs=inputs,
                                   targets=np.array([predicted[s.pk] for s in stimuli], dtype=np.int64))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -130,8 +131,8 @@ STEP_ORDER = list(Step.values)
 
 
 def _past(participant: Participant, step: str) -> bool:
-    """The participant is beyond ``step`` (a resent request for it finds the work done)."""
-    participant.refresh_from_db(fields=["step"])
+    """The participant (as read for this request) is beyond ``step``: a resent request for it
+    finds the work done. A stale read only makes the conditional update below refuse."""
     return STEP_ORDER.index(participant.step) > STEP_ORDER.index(step)
 
 
@@ -159,7 +160,7 @@ def participant_instructions_shown(*, participant: Participant) -> None:
 
 def participant_instructions_done(*, participant: Participant, design: StudyDesign) -> None:
     """Checked on the server: the minimum reading time since the instructions were first served."""
-    if participant.step != Step.INSTRUCTIONS and _past(participant, Step.INSTRUCTIONS):
+    if _past(participant, Step.INSTRUCTIONS):
         return  # a resend after the reply was lost: already done
     if participant.instructions_shown_at is None:
         raise StepConflict("Read the instructions first.")
@@ -215,7 +216,7 @@ def participant_questionnaire(*, participant: Participant, design: StudyDesign, 
         raise ServiceError([*(f"Rate '{i}' (1 to 7)." for i in missing), *(f"'{k}' is not a question here." for k in unknown),
                             *(f"'{k}' must be a whole number from 1 to 7." for k in bad)])
     nxt = Step.DEMOGRAPHICS if design.demographics else Step.DEBRIEF
-    if participant.step != Step.QUESTIONNAIRE and _past(participant, Step.QUESTIONNAIRE):
+    if _past(participant, Step.QUESTIONNAIRE):
         stored = dict(QuestionnaireAnswer.objects.filter(participant=participant).values_list("item", "value"))
         if stored == {i: answers[i] for i in ids}:
             return  # a resend of what is stored: stored once, same reply
@@ -223,14 +224,8 @@ def participant_questionnaire(*, participant: Participant, design: StudyDesign, 
     with transaction.atomic():
         _advance(participant, expected=Step.QUESTIONNAIRE, to=nxt)
         QuestionnaireAnswer.objects.bulk_create([
-            QuestionnaireAnswer(participant=participant, item=i, value=answers[i], idempotency_key=_key())
+            QuestionnaireAnswer(participant=participant, item=i, value=answers[i], idempotency_key=uuid.uuid4())
             for i in ids])
-
-
-def _key():
-    import uuid
-
-    return uuid.uuid4()
 
 
 def participant_demographics(*, participant: Participant, age_band: str, ml_experience: str) -> None:
@@ -242,7 +237,7 @@ def participant_demographics(*, participant: Participant, age_band: str, ml_expe
     if problems:
         raise ServiceError(problems)
     answers = {"age_band": age_band, "ml_experience": ml_experience}
-    if participant.step != Step.DEMOGRAPHICS and _past(participant, Step.DEMOGRAPHICS):
+    if _past(participant, Step.DEMOGRAPHICS):
         participant.refresh_from_db(fields=["demographics"])
         if participant.demographics == answers:
             return  # a resend of what is stored
@@ -252,7 +247,7 @@ def participant_demographics(*, participant: Participant, age_band: str, ml_expe
 
 def participant_complete(*, participant: Participant, design: StudyDesign) -> None:
     """Debrief read: the session ends with the code that matches the outcome."""
-    if participant.step != Step.DEBRIEF and _past(participant, Step.DEBRIEF):
+    if _past(participant, Step.DEBRIEF):
         return  # a resend: the session ended with its code already
     study = participant.study
     failed = participant_failed_checks(participant=participant)

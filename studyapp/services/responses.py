@@ -21,6 +21,7 @@ from studyapp.models import Participant, Response, Trial
 from studyapp.services.errors import ServiceError
 from studyapp.services.participants import participant_touch, participant_trials_finished
 
+# What the page may report about a trial's screen time (the API's input serializer enforces it).
 MAX_EVENTS = 200
 EVENT_TYPES = ("focus", "blur", "visible", "hidden")
 

@@ -48,9 +48,14 @@ def array_to_npy_bytes(arr: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def npy_array(blob) -> np.ndarray:
+    """An array stored as a ``.npy`` blob (model inputs, attributions), pickles refused."""
+    return np.load(io.BytesIO(bytes(blob)), allow_pickle=False)
+
+
 def stimulus_array(stimulus: Stimulus) -> np.ndarray:
-    """The model input of a stimulus, decoded from its ``.npy`` blob (pickles refused)."""
-    return np.load(io.BytesIO(bytes(stimulus.data)), allow_pickle=False)
+    """The model input of a stimulus (or an edit), decoded from its ``.npy`` blob."""
+    return npy_array(stimulus.data)
 
 
 def stimuli_arrays(stimuli: list[Stimulus], *, input_shape) -> tuple[np.ndarray, np.ndarray]:
