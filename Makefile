@@ -22,11 +22,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
-# Debian packages the tests drive: docker-compose (validates docker-compose.yml without an engine).
+# Debian packages the tests drive: docker-compose (validates docker-compose.yml without an engine)
+# and chromium (the browser tests in tests/e2e drive /usr/bin/chromium with Playwright).
 system-deps:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
 	  else echo "Please install Debian's docker-compose package (sudo apt-get install docker-compose)"; fi; }
+	@[ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Please install Debian's chromium package (sudo apt-get install chromium); the browser tests need /usr/bin/chromium"; fi; }
 
 demo: install
 	$(BIN)/python manage.py migrate --noinput

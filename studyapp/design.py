@@ -223,3 +223,12 @@ def _valid_keys(loc: tuple, top: str) -> str:
 def design_json_schema() -> dict:
     return StudyDesign.model_json_schema()
 
+
+
+def trial_asks_confidence(design: StudyDesign, *, task: str, show_model_output: bool) -> bool:
+    """Confidence (1-7) is asked with every answer that is a judgement: not on attention checks
+    (their answer is given) and not on forward trials that show the model's output (learning:
+    the participant looks and continues)."""
+    if design.confidence == "off" or task == "attention_check":
+        return False
+    return not (task == "forward" and show_model_output)

@@ -182,7 +182,7 @@ def test_the_api_never_exposes_database_ids_arm_names_or_answers(client, prepare
     text = str(trial) + str(client.get(api(study, "state")).json())
     for secret in [participant.arm.name, "expected_answer", "correct", "truth", "source_name", study.slug]:
         assert secret not in text
-    assert set(trial) == {"trial", "number", "total", "phase", "task", "question", "options", "input",
+    assert set(trial) == {"trial", "number", "total", "phase", "block", "task", "question", "options", "input",
                           "model_output", "aid", "edit", "confidence"}
 
 
@@ -206,3 +206,44 @@ def test_images_are_png_without_metadata_and_not_cached(client, prepare):
         chunks.append(body[at + 4:at + 8])
         at += 12 + length
     assert set(chunks) <= {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS"}
+
+
+def test_learning_trials_ask_no_confidence_and_judgements_require_it(client, prepare):
+    study = live_images(prepare)
+    to_trials(client, study)
+    trial = client.get(api(study, "trial")).json()
+    assert trial["phase"] == "learning" and trial["model_output"] is not None and trial["block"] == 0
+    assert trial["confidence"] is False
+    # Learning: the participant looks and continues (the page sends the output shown).
+    reply = post(client, api(study, f"trials/{trial['trial']}/answer"), answer_body(trial["model_output"]["value"]))
+    assert reply.status_code == 201, reply.content
+    judged = client.get(api(study, "trial")).json()
+    while judged["task"] == "forward" and judged["model_output"] is None and "choose" in judged["question"]:
+        # an attention check: answered as asked, without confidence
+        assert judged["confidence"] is False
+        post(client, api(study, f"trials/{judged['trial']}/answer"), answer_body(0))
+        judged = client.get(api(study, "trial")).json()
+    assert judged["phase"] == "pre_test" and judged["confidence"] is True and judged["block"] == 1
+    refused = post(client, api(study, f"trials/{judged['trial']}/answer"), answer_body(0))
+    assert refused.status_code == 422 and "confidence (1 to 7) is required" in refused.json()["detail"]
+
+
+def test_the_answer_stores_the_browsers_viewport_and_device_class(client, prepare):
+    from studyapp.models import Response
+
+    study = live_images(prepare)
+    to_trials(client, study)
+    trial = client.get(api(study, "trial")).json()
+    device = {"viewport_width": 390, "viewport_height": 844, "device": "phone", "pointer": "coarse", "pixel_ratio": 3}
+    events = [{"type": "blur", "t_ms": 1200}, {"type": "focus", "t_ms": 4100}]
+    reply = post(client, api(study, f"trials/{trial['trial']}/answer"),
+                 answer_body(trial["model_output"]["value"], client=device, events=events))
+    assert reply.status_code == 201, reply.content
+    stored = Response.objects.get()
+    assert stored.client == device and stored.events == events
+    bad = post(client, api(study, "trial").replace("trial", "trial"), {})  # a GET-only URL: 405, not stored
+    assert bad.status_code == 405
+    nxt = client.get(api(study, "trial")).json()
+    wrong = post(client, api(study, f"trials/{nxt['trial']}/answer"),
+                 answer_body(0, confidence=3, client={**device, "device": "fridge"}))
+    assert wrong.status_code == 422 and "device" in wrong.json()["detail"]

@@ -124,6 +124,7 @@ def session_state(*, participant: Participant, design) -> dict:
                    "seconds_left": max(0, int(design.min_instruction_seconds - read + 0.999))}
     elif step == Step.COMPREHENSION:
         content = {"questions": [{"text": q.text, "options": q.options} for q in design.comprehension.questions],
+                   "instructions": study.instructions,
                    "attempts_left": design.comprehension.max_attempts - participant.comprehension_attempts}
     elif step == Step.QUESTIONNAIRE:
         content = {"items": [{"id": q.id, "text": q.text, "anchors": list(q.anchors)} for q in design.questionnaire]}
@@ -218,7 +219,8 @@ class AnswerView(ParticipantView):
         answer = Answer(idempotency_key=data["idempotency_key"], answer=data["answer"],
                         confidence=data.get("confidence"), client_rt_ms=data["client_rt_ms"],
                         client_sent_at=data.get("client_sent_at"),
-                        events=tuple(dict(e) for e in data.get("events", [])))
+                        events=tuple(dict(e) for e in data.get("events", [])),
+                        client=dict(data["client"]) if data.get("client") else None)
         reply, created = response_record(participant=self.participant, trial_public_id=trial, answer=answer,
                                          design=self.design())
         return Response(s.AnswerOutput(reply).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

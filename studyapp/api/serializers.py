@@ -44,6 +44,16 @@ class EventInput(serializers.Serializer):
     t_ms = serializers.IntegerField(min_value=0, max_value=86_400_000)
 
 
+class ClientInput(serializers.Serializer):
+    """The browser when it answered (bounded: fixed keys, ranged numbers)."""
+
+    viewport_width = serializers.IntegerField(min_value=0, max_value=20_000)
+    viewport_height = serializers.IntegerField(min_value=0, max_value=20_000)
+    device = serializers.ChoiceField(choices=("phone", "tablet", "desktop"))
+    pointer = serializers.ChoiceField(choices=("coarse", "fine"))
+    pixel_ratio = serializers.FloatField(min_value=0.1, max_value=10, required=False)
+
+
 class AnswerInput(serializers.Serializer):
     idempotency_key = serializers.UUIDField(help_text="Made by the browser per answer, kept until it is stored.")
     answer = serializers.IntegerField(min_value=0, max_value=1000, help_text="Option number.")
@@ -51,6 +61,7 @@ class AnswerInput(serializers.Serializer):
     client_rt_ms = serializers.IntegerField(min_value=0, max_value=86_400_000)
     client_sent_at = serializers.DateTimeField(required=False, allow_null=True)
     events = EventInput(many=True, required=False, max_length=MAX_EVENTS)
+    client = ClientInput(required=False, allow_null=True, help_text="Viewport and device class.")
 
 
 class AnswerOutput(serializers.Serializer):
@@ -66,6 +77,7 @@ class TrialOutput(serializers.Serializer):
     number = serializers.IntegerField()
     total = serializers.IntegerField()
     phase = serializers.CharField()
+    block = serializers.IntegerField(help_text="Index of the design block (a new block gets an introduction).")
     task = serializers.CharField()
     question = serializers.CharField()
     options = serializers.ListField(child=serializers.DictField())

@@ -168,6 +168,9 @@ class Response(models.Model):
     received_at = models.DateTimeField(auto_now_add=True)
     # Focus, blur and visibility changes while the trial was on screen: [{"type", "t_ms"}].
     events = models.JSONField(default=list, blank=True)
+    # Viewport and device class of the browser that answered: {"viewport_width", "viewport_height",
+    # "device": phone/tablet/desktop, "pointer": coarse/fine, "pixel_ratio"}.
+    client = models.JSONField(null=True, blank=True)
 
     class Meta:
         constraints = [

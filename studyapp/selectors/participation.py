@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db.models import Count, Q
 
-from studyapp.design import StudyDesign, design_parse
+from studyapp.design import StudyDesign, design_parse, trial_asks_confidence
 from studyapp.services.datasets.common import npy_array, stimulus_array
 from studyapp.models import Arm, Edit, Explanation, ModelOutput, Participant, Response, Study, Trial
 
@@ -175,8 +175,9 @@ def trial_content(*, participant: Participant, trial: Trial, design: StudyDesign
     classes = runtime.class_names
     task = trial.task
     out = {"trial": str(trial.public_id), "number": trial.position + 1, "total": total, "phase": trial.phase,
-           "task": "forward" if task == "attention_check" else task, "model_output": None, "aid": None,
-           "edit": None, "confidence": design.confidence != "off" and task != "attention_check"}
+           "block": trial.block, "task": "forward" if task == "attention_check" else task, "model_output": None,
+           "aid": None, "edit": None,
+           "confidence": trial_asks_confidence(design, task=task, show_model_output=trial.show_model_output)}
     if runtime.modality == "image":
         out["input"] = {"image": _media_url(runtime, trial, "input")}
     else:

@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from studyapp.design import StudyDesign
+from studyapp.design import StudyDesign, trial_asks_confidence
 from studyapp.models import Participant, Response, Trial
 from studyapp.services.errors import ServiceError
 from studyapp.services.participants import participant_touch, participant_trials_finished
@@ -44,12 +44,14 @@ class Answer:
     confidence: int | None = None
     client_sent_at: dt.datetime | None = None
     events: tuple = ()
+    # The browser's viewport and device class when it answered (see the API's ClientInput).
+    client: dict | None = None
 
     def sha256(self) -> str:
         """Of the answer's content, not its transport: a resend with the same content matches."""
         content = {"answer": self.answer, "client_rt_ms": self.client_rt_ms, "confidence": self.confidence,
                    "client_sent_at": self.client_sent_at.isoformat() if self.client_sent_at else None,
-                   "events": list(self.events)}
+                   "events": list(self.events), "client": self.client}
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -60,7 +62,8 @@ def answer_problems(*, trial: Trial, answer: Answer, design: StudyDesign) -> lis
         problems.append(f"answer must be an option number from 0 to {(trial.n_options or 1) - 1}.")
     if design.confidence == "off" and answer.confidence is not None:
         problems.append("this study does not ask for confidence; leave it out.")
-    if design.confidence == "1-7" and trial.task != Trial.Task.ATTENTION_CHECK and answer.confidence is None:
+    if answer.confidence is None and trial_asks_confidence(design, task=trial.task,
+                                                           show_model_output=trial.show_model_output):
         problems.append("confidence (1 to 7) is required in this study.")
     return problems
 
@@ -133,7 +136,8 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
                 correct=None if trial.expected_answer is None else answer.answer == trial.expected_answer,
                 confidence=answer.confidence, client_rt_ms=answer.client_rt_ms,
                 server_rt_ms=max(0, int((now - served).total_seconds() * 1000)),
-                client_sent_at=answer.client_sent_at, events=list(answer.events))
+                client_sent_at=answer.client_sent_at, events=list(answer.events),
+                client=answer.client)
         except IntegrityError:
             raise AnswerConflict("This answer was stored by a concurrent request; resend to get its reply.") from None
         participant.step = step
