@@ -47,6 +47,14 @@ class Walker:
                          if t in (form.get_attribute("class") or "")), None)
         return Seen(el.get_attribute("data-screen"), int(trial) if trial else None, task)
 
+    def wait_past(self, number: int, timeout: float = 30_000) -> None:
+        """Until trial ``number`` is answered and saved: its feedback or a later screen shows (under the page's CSP, a
+        function: Playwright evaluates a bare expression string with eval, which CSP forbids)."""
+        self.page.wait_for_function(
+            """(n) => { const el = document.querySelector('#session .screen');
+              return el && el.dataset.screen !== 'loading' && el.dataset.screen !== 'trial'
+                || (el && el.dataset.screen === 'trial' && Number(el.dataset.trial) > n); }""", arg=number, timeout=timeout)
+
     def shown(self) -> str:
         return self.page.locator(SCREEN).get_attribute("data-shown") or ""
 
