@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from studyapp.models import Study
 from studyapp.api.participation import browser_enroll, participant_session_for
 from studyapp.selectors import study_get_by_public_id
-from studyapp.services.participants import ParticipationError
+from studyapp.services.participants import ParticipationError, consent_version
 
 
 @require_GET
@@ -60,18 +60,25 @@ def study_landing(request: HttpRequest, public_id) -> HttpResponse:
             if study.state == Study.State.CLOSED:
                 return _polite(request, study, "closed")
             raise Http404("No such study.")
-        enrolled = participant_session_for(request, study) is not None
-        return render(request, "participant/landing.html",
-                      {"study": study, "preview": preview, "staff": staff, "enrolled": enrolled,
-                       "query": request.GET.urlencode()})
+        return _landing(request, study, preview=preview, staff=staff)
     if request.POST.get("choice") != "agree":
         return render(request, "participant/declined.html", {"study": study})
     if participant_session_for(request, study) is None:
         try:
-            browser_enroll(request, study=study, params=request.GET.dict())
+            browser_enroll(request, study=study, params=request.GET.dict(),
+                           consent_shown=request.POST.get("consent_version", "")[:12] or None)
         except ParticipationError as exc:  # staff, not live, closed, full, already taken part
+            if exc.reason == "consent_changed":
+                return _landing(request, study, preview=preview, staff=staff, notice=str(exc.messages[0]))
             return _polite(request, study, exc.reason)
     return redirect("study-session", public_id=study.public_id)
+
+
+def _landing(request: HttpRequest, study: Study, *, preview: bool, staff: bool, notice: str = "") -> HttpResponse:
+    enrolled = participant_session_for(request, study) is not None
+    return render(request, "participant/landing.html",
+                  {"study": study, "preview": preview, "staff": staff, "enrolled": enrolled, "notice": notice,
+                   "consent_version": consent_version(study), "query": request.GET.urlencode()})
 
 
 @never_cache

@@ -287,3 +287,38 @@ def test_answers_collected_through_the_api_feed_the_analysis_and_the_exports(pre
     export = staff_client.get(reverse("export-responses", args=[study.pk]))
     lines = b"".join(export.streaming_content).decode().splitlines()
     assert len(lines) == 1 + 6 * 6
+
+
+def test_the_consent_version_agreed_to_is_stored_and_a_text_changed_meanwhile_must_be_read_again(client, prepare):
+    from studyapp.services.participants import consent_version
+
+    study = live_tabular(prepare)
+    url = f"/s/{study.public_id}/"
+    shown = consent_version(study)
+    assert f'value="{shown}"' in client.get(url).content.decode()
+    Study.objects.filter(pk=study.pk).update(consent_text="Amended text: we now also record the time you take.")
+    stale = client.post(url, {"choice": "agree", "consent_version": shown})
+    assert stale.status_code == 200 and "changed after you opened this page" in stale.content.decode()
+    assert "Amended text" in stale.content.decode() and not Participant.objects.exists()
+    study.refresh_from_db()
+    fresh = client.post(url, {"choice": "agree", "consent_version": consent_version(study)})
+    assert fresh.status_code == 302
+    assert Participant.objects.get().consent_version == consent_version(study) != shown
+
+
+def test_participants_csv_names_the_consent_version_and_the_device_of_the_first_answer(client, prepare):
+    from studyapp.exports.columns import participant_columns
+    from studyapp.exports.rows import participant_rows
+
+    study = live_tabular(prepare)
+    enroll(client, study)
+    post(client, api(study, "instructions"))
+    trial = client.get(api(study, "trial")).json()
+    device = {"viewport_width": 390, "viewport_height": 844, "device": "phone", "pointer": "coarse"}
+    assert post(client, api(study, f"trials/{trial['trial']}/answer"),
+                answer_body(trial["model_output"]["value"] if trial["model_output"] else 0,
+                            client=device)).status_code == 201
+    names = [c.name for c in participant_columns(likert_items=[])]
+    row = dict(zip(names, next(iter(participant_rows(study=study, items=[])))))
+    assert row["device"] == "phone" and row["consent_version"] == Participant.objects.get().consent_version
+    assert len(row["consent_version"]) == 12

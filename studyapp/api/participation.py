@@ -166,7 +166,8 @@ class ConsentView(ParticipantView):
             return Response(session_state(participant=participant, design=study_design(study=participant.study)))
         simulated, allow_live = _simulation(data.get("simulation"), target)
         participant, resumed = browser_enroll(request._request, study=target, params=data.get("params") or {},
-                                              simulated=simulated, allow_live_simulation=allow_live)
+                                              simulated=simulated, allow_live_simulation=allow_live,
+                                              consent_shown=data.get("consent_version") or None)
         return Response(session_state(participant=participant, design=study_design(study=target)),
                         status=status.HTTP_200_OK if resumed else status.HTTP_201_CREATED)
 
@@ -283,7 +284,7 @@ class MediaView(ParticipantView):
 
 
 def browser_enroll(request, *, study: Study, params: dict, simulated: bool = False,
-                   allow_live_simulation: bool = False) -> tuple[Participant, bool]:
+                   allow_live_simulation: bool = False, consent_shown: str | None = None) -> tuple[Participant, bool]:
     """"I agree" from this browser, by the page or the API: enroll (or resume) and bind the
     participant to the browser's session. Raises ParticipationError with the polite page's reason."""
     user = get_user(request)  # the logged-in user (under DRF, request.user is the participant's)
@@ -297,7 +298,7 @@ def browser_enroll(request, *, study: Study, params: dict, simulated: bool = Fal
         raise ParticipationError("This study is not open yet.", reason="not_open") from None
     participant, resumed = svc.participant_enroll(
         study=study, external=svc.external_ids_from(params, design=design), simulated=simulated,
-        allow_live_simulation=allow_live_simulation)
+        allow_live_simulation=allow_live_simulation, consent_shown=consent_shown)
     session_remember(request, study.public_id, participant)
     participant.study = study
     return participant, resumed

@@ -11,6 +11,8 @@ class ConsentInput(serializers.Serializer):
     agree = serializers.BooleanField()
     params = serializers.DictField(child=serializers.CharField(max_length=128, allow_blank=True), required=False,
                                    help_text="The link's query parameters (PROLIFIC_PID, STUDY_ID, SESSION_ID, ...).")
+    consent_version = serializers.CharField(required=False, max_length=12, allow_blank=True,
+                                            help_text="The consent text version shown (refused if it changed since).")
     simulation = serializers.CharField(required=False, max_length=500,
                                        help_text="Signed token of manage.py simulate_participants.")
 

@@ -172,11 +172,15 @@ PARTICIPANT_BASE_COLUMNS: tuple[Column, ...] = (
            "targets, never in a confirmatory analysis."),
     Column("started_at", "datetime", "Enrollment time.", unit="UTC"),
     Column("consented_at", "datetime", "Consent time.", unit="UTC"),
+    Column("consent_version", "string", "Version of the consent text agreed to (first 12 hex digits of the text's "
+           "SHA-256, shown under the text on the consent page)."),
     Column("completed_at", "datetime", "Completion time; empty = not completed.", unit="UTC"),
     Column("last_seen_at", "datetime", "Last request from the participant.", unit="UTC"),
     Column("duration_s", "number", "completed_at minus started_at.", unit="s"),
     Column("comprehension_attempts", "integer", "Attempts needed for the comprehension check."),
     Column("instructions_ms", "integer", "Time spent on the instructions.", unit="ms"),
+    Column("device", "categorical", "Device class of the browser at the participant's first answer (touch screen "
+           "with a short side under 600 px = phone); empty = no answer.", allowed=("phone", "tablet", "desktop")),
     Column("n_trials", "integer", "Planned trials."),
     Column("n_answered", "integer", "Answered trials (all phases and tasks)."),
     Column("n_attention_checks", "integer", "Answered attention-check trials."),

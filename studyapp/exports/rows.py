@@ -12,11 +12,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.fields.json import KT
 
 from studyapp.exports.columns import HYPOTHESIS_COLUMNS, PHASES, likert_column_name
 from studyapp.exports.cursors import server_side_rows
-from studyapp.models import AnalysisRun, ModelOutput, Participant, QuestionnaireAnswer, Study, StudyItem, Trial
+from studyapp.models import (AnalysisRun, ModelOutput, Participant, QuestionnaireAnswer, Response, Study, StudyItem,
+                             Trial)
 from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
 
 logger = logging.getLogger(__name__)
@@ -105,10 +107,13 @@ def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: di
         aggregates[f"n_{phase}"] = Count("trials", filter=scored & Q(trials__phase=phase))
         aggregates[f"c_{phase}"] = Count("trials", filter=scored & Q(trials__phase=phase)
                                          & Q(trials__response__correct=True))
+    first_device = (Response.objects.filter(trial__participant=OuterRef("pk")).order_by("received_at", "pk")
+                    .annotate(device=KT("client__device")).values("device")[:1])
     queryset = (Participant.objects.filter(study=study).order_by("id")
                 .values("id", "public_id", "arm__name", "arm__kind", "status", "source", "simulated", "started_at",
-                        "consented_at", "completed_at", "last_seen_at", "comprehension_attempts", "instructions_ms")
-                .annotate(**aggregates))
+                        "consented_at", "consent_version", "completed_at", "last_seen_at", "comprehension_attempts",
+                        "instructions_ms")
+                .annotate(**aggregates, device=Subquery(first_device)))
     for p in queryset.iterator(chunk_size=CHUNK_SIZE):
         duration = ((p["completed_at"] - p["started_at"]).total_seconds()
                     if p["completed_at"] and p["started_at"] else None)
@@ -119,8 +124,8 @@ def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: di
         yield (
             study.slug, p["public_id"], p["arm__name"], p["arm__kind"], p["status"], p["source"], p["simulated"],
             p["started_at"],
-            p["consented_at"], p["completed_at"], p["last_seen_at"], duration, p["comprehension_attempts"],
-            p["instructions_ms"], p["n_trials"], p["n_answered"], p["n_attention_checks"], p["n_attention_failed"],
+            p["consented_at"], p["consent_version"], p["completed_at"], p["last_seen_at"], duration,
+            p["comprehension_attempts"], p["instructions_ms"], p["device"], p["n_trials"], p["n_answered"], p["n_attention_checks"], p["n_attention_failed"],
             *(v for phase in PHASES for v in (p[f"n_{phase}"], accuracy[phase])),
             post - pre if pre is not None and post is not None else None,
             *(answers.get(item) for item in items),

@@ -71,6 +71,8 @@ class Participant(models.Model):
     n_trials = models.PositiveIntegerField(default=0, help_text="Trials in the plan (set at enrollment).")
     started_at = models.DateTimeField(auto_now_add=True)
     consented_at = models.DateTimeField(null=True, blank=True)
+    consent_version = models.CharField(max_length=12, blank=True,
+                                       help_text="Version of the consent text agreed to (first 12 hex digits of its SHA-256).")
     completed_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     # Quality-control measurements used by pre-registered exclusion rules.

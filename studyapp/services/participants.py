@@ -9,6 +9,7 @@ where the participant really is. Lock order, everywhere: study, then participant
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -77,8 +78,14 @@ def participants_release_abandoned(*, study: Study, design: StudyDesign, now: dt
         last_seen_at__lt=_abandonment_cutoff(design, now)).update(status=Status.ABANDONED)
 
 
+def consent_version(study: Study) -> str:
+    """The version of the consent text a person reads: the first 12 hex digits of its SHA-256.
+    Stored with each participant, so an amended text (an ethics amendment) shows who agreed to what."""
+    return hashlib.sha256(study.consent_text.encode()).hexdigest()[:12]
+
+
 def participant_enroll(*, study: Study, external: ExternalIds, simulated: bool = False,
-                       allow_live_simulation: bool = False) -> tuple[Participant, bool]:
+                       allow_live_simulation: bool = False, consent_shown: str | None = None) -> tuple[Participant, bool]:
     """Enroll (or resume) after the person pressed "I agree"; returns (participant, resumed).
 
     Contract: one transaction holding the study row lock for its whole length; the participant,
@@ -89,6 +96,10 @@ def participant_enroll(*, study: Study, external: ExternalIds, simulated: bool =
     with transaction.atomic():
         study = Study.objects.select_for_update().select_related("model").get(pk=study.pk)
         _check_open(study, simulated=simulated, allow_live_simulation=allow_live_simulation)
+        version = consent_version(study)
+        if consent_shown and consent_shown != version:
+            raise ParticipationError("The information and consent text changed after you opened this page. Please "
+                                     "read it again before you agree.", reason="consent_changed")
         design = study_design(study=study)
         now = timezone.now()
         participants_release_abandoned(study=study, design=design, now=now)
@@ -109,7 +120,7 @@ def participant_enroll(*, study: Study, external: ExternalIds, simulated: bool =
             study=study, arm=arm, external_id=external.external_id, source=external.source,
             source_params=external.params, status=Status.CONSENTED, consented_at=now, last_seen_at=now,
             simulated=simulated, assignment=record, plan_seed=secrets.randbits(62),
-            step=Step.INSTRUCTIONS)
+            step=Step.INSTRUCTIONS, consent_version=version)
         participant.study = study
         trial_plan_create(participant=participant, design=design)
         return participant, False
