@@ -240,7 +240,14 @@ def test_the_answer_stores_the_browsers_viewport_and_device_class(client, prepar
                  answer_body(trial["model_output"]["value"], client=device, events=events))
     assert reply.status_code == 201, reply.content
     stored = Response.objects.get()
-    assert stored.client == device and stored.events == events
+    assert stored.client == device and stored.events == events and stored.focus_losses == 1
+    from studyapp.exports.columns import RESPONSE_COLUMNS
+    from studyapp.exports.rows import response_rows
+
+    rows = [dict(zip([c.name for c in RESPONSE_COLUMNS], r)) for r in response_rows(study=study)]
+    answered = [r for r in rows if r["response"] is not None]
+    assert [(r["device"], r["focus_losses"]) for r in answered] == [("phone", 1)]
+    assert all(r["device"] is None and r["focus_losses"] is None for r in rows if r["response"] is None)
     bad = post(client, api(study, "trial").replace("trial", "trial"), {})  # a GET-only URL: 405, not stored
     assert bad.status_code == 405
     nxt = client.get(api(study, "trial")).json()

@@ -133,6 +133,11 @@ _TRIAL_SPEC = {
     "client_sent_at": Column("client_sent_at", "datetime", "Browser clock when the answer was sent.", unit="UTC"),
     "received_at": Column("received_at", "datetime", "Server clock when the answer was stored.", unit="UTC"),
     "idempotency_key": Column("idempotency_key", "uuid", "Browser-generated key of the stored answer."),
+    "focus_losses": Column("focus_losses", "integer", "Times the participant left the trial while it was on screen "
+                           "(browser window lost focus or the tab was hidden); empty = not answered."),
+    "device": Column("device", "categorical", "Device class of the browser that answered (touch screen with a "
+                     "short side under 600 px = phone); empty = not answered or not reported.",
+                     allowed=("phone", "tablet", "desktop")),
 }
 EXCLUSION_COLUMNS = (
     Column("exclusion_rules", "string", "Names of the pre-registered exclusion rules the participant met, joined "

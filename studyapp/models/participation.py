@@ -173,6 +173,9 @@ class Response(models.Model):
     # Viewport and device class of the browser that answered: {"viewport_width", "viewport_height",
     # "device": phone/tablet/desktop, "pointer": coarse/fine, "pixel_ratio"}.
     client = models.JSONField(null=True, blank=True)
+    # How often the participant left the trial (window blurred or tab hidden), from ``events``:
+    # kept as a column so exports and exclusion rules read it without parsing JSON.
+    focus_losses = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -6,6 +6,7 @@ import uuid
 import numpy as np
 
 from django.db.models import F, FilteredRelation, Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 
 from explainers.canonical import canonical_sha256
@@ -27,6 +28,7 @@ COLUMN_SOURCES = {
     "show_explanation": "show_explanation", "show_model_output": "show_model_output", "response": "answer",
     "correct": "correct", "confidence": "confidence", "client_rt_ms": "client_rt_ms", "server_rt_ms": "server_rt_ms",
     "client_sent_at": "client_sent_at", "received_at": "received_at", "idempotency_key": "idempotency_key",
+    "focus_losses": "focus_losses", "device": "device",
 }
 TRIAL_COLUMNS = tuple(COLUMN_SOURCES)
 # What the analysis reads: no timestamps or keys, which are costly to fetch a million times.
@@ -73,6 +75,8 @@ def trials_long_queryset(*, study: Study, answered_only: bool = False,
             client_sent_at=F("response__client_sent_at"),
             received_at=F("response__received_at"),
             idempotency_key=F("response__idempotency_key"),
+            focus_losses=F("response__focus_losses"),
+            device=KeyTextTransform("device", "response__client"),
         )
         .order_by("participant_id", "position")
         .values_list(*(COLUMN_SOURCES[c] for c in columns), *(["participant_id"] if order_key else []))

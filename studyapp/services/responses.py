@@ -47,6 +47,9 @@ class Answer:
     # The browser's viewport and device class when it answered (see the API's ClientInput).
     client: dict | None = None
 
+    def focus_losses(self) -> int:
+        return sum(1 for e in self.events if e.get("type") in ("blur", "hidden"))
+
     def sha256(self) -> str:
         """Of the answer's content, not its transport: a resend with the same content matches."""
         content = {"answer": self.answer, "client_rt_ms": self.client_rt_ms, "confidence": self.confidence,
@@ -137,7 +140,7 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
                 confidence=answer.confidence, client_rt_ms=answer.client_rt_ms,
                 server_rt_ms=max(0, int((now - served).total_seconds() * 1000)),
                 client_sent_at=answer.client_sent_at, events=list(answer.events),
-                client=answer.client)
+                client=answer.client, focus_losses=answer.focus_losses())
         except IntegrityError:
             raise AnswerConflict("This answer was stored by a concurrent request; resend to get its reply.") from None
         participant.step = step
