@@ -297,6 +297,7 @@ function done(state) {
   const [title, text] = OUTCOMES[c.outcome] || ["The study has ended", ""];
   withdrawBox.replaceChildren();
   const parts = [h("h2", { text: title }), h("p", { class: "lead", text })];
+  if (c.debrief) parts.push(h("h3", { text: "About this study" }), paragraphs(c.debrief));
   if (c.code) {
     const copied = h("span", { class: "hint", "aria-live": "polite" });
     const code = h("code", { class: "completion-code", id: "completion-code", text: c.code });

@@ -142,8 +142,13 @@ def _completion(participant: Participant, design) -> dict:
     outcome = {Participant.Status.COMPLETED: "completed", Participant.Status.SCREENED_OUT: "screened_out",
                Participant.Status.FAILED_CHECKS: "failed_checks", Participant.Status.WITHDRAWN: "withdrawn",
                }.get(participant.status, participant.status)
-    return {"outcome": outcome, "code": participant.completion_code,
-            "redirect_url": svc.completion_redirect(participant=participant, design=design)}
+    result = {"outcome": outcome, "code": participant.completion_code,
+              "redirect_url": svc.completion_redirect(participant=participant, design=design)}
+    if outcome == "withdrawn" and participant.study.debrief_text.strip():
+        # Someone who withdraws mid-study may have seen a manipulated explanation: they are
+        # debriefed too (the debrief step itself is only reached by those who finish).
+        result["debrief"] = participant.study.debrief_text
+    return result
 
 
 class ConsentView(ParticipantView):

@@ -323,6 +323,7 @@ def test_withdrawing_ends_the_session_after_a_confirmation(phone, live_server, p
     page.get_by_role("button", name="Yes, withdraw").click()
     page.wait_for_selector('#session .screen[data-screen="done"]')
     assert "You have withdrawn" in page.locator("#session").inner_text()
+    assert study.debrief_text in page.locator("#session").inner_text()  # debriefed all the same
     assert Participant.objects.get(study=study).status == "withdrawn"
 
 
