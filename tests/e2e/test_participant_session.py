@@ -336,3 +336,66 @@ def test_when_the_script_cannot_load_the_page_still_says_what_to_do(phone, live_
     page.wait_for_load_state()
     text = page.locator("main").inner_text()
     assert "please reload the page" in text and "blocking the scripts" in text
+
+
+TABULAR_COUNTERFACTUAL_DESIGN = {
+    "blocks": [{"phase": "learning", "n_items": 1, "show_model_output": True, "show_aid": True},
+               {"phase": "test", "task": "counterfactual_predict", "n_items": 1, "show_aid": True},
+               {"phase": "test", "task": "counterfactual_choose", "n_items": 1, "show_aid": True}],
+    "counterfactual_options": 3, "min_instruction_seconds": 0, "questionnaire": [], "demographics": False,
+}
+
+
+def breast_cancer_live(prepare) -> Study:
+    """The demo's breast-cancer data and MLP (real feature names, units and descriptions), with a
+    small counterfactual design and one explanation arm."""
+    import dataclasses
+
+    from studyapp.services.datasets import dataset_import_builtin
+    from studyapp.services.demo import DEMOS, DemoResult, demo_model, demo_study
+
+    spec = dataclasses.replace(DEMOS[1], slug="e2e-breast-cancer", design=TABULAR_COUNTERFACTUAL_DESIGN,
+                               arms=DEMOS[1].arms[:1])
+    dataset = dataset_import_builtin(which=spec.builtin)
+    result = DemoResult()
+    model = demo_model(spec=spec, dataset=dataset, result=result)
+    study = demo_study(spec=spec, model=model, dataset=dataset, result=result)
+    assert study.state == Study.State.LIVE, study.preparation
+    return study
+
+
+@pytest.mark.slow
+def test_tabular_counterfactual_trials_show_the_changed_feature_and_each_offered_change(page_on, page_errors,
+                                                                                       live_server):
+    study = breast_cancer_live(None)
+    page = page_on
+    checks = ScreenChecks(page, "tabular-cf")
+    shown: dict[str, dict] = {}
+
+    def look(seen) -> None:
+        checks(seen)
+        if seen.screen == "trial" and seen.task in ("counterfactual_predict", "counterfactual_choose"):
+            shown[seen.task] = {
+                "changed": page.locator("li.feature.changed").all_inner_texts(),
+                "summary": page.locator(".edit-summary").all_inner_texts(),
+                "choices": page.locator("fieldset.choices .choice-text").all_inner_texts(),
+                "model_output": page.locator(".model-output").inner_text(),
+                "units": page.locator(".feature-value").all_inner_texts(),
+            }
+    walker = Walker(page, quiz_answers=[1, 1], on_screen=look)
+    walker.consent(url(live_server, study))
+    assert walker.run().screen == "done"
+
+    predict, choose = shown["counterfactual_predict"], shown["counterfactual_choose"]
+    names = study.dataset.feature_names
+    # Predict: the changed feature is highlighted in the table with its old -> new value, and summarised.
+    assert len(predict["changed"]) == 1 and "\u2192" in predict["changed"][0]
+    assert any(name in predict["changed"][0] for name in names)
+    assert predict["summary"] and predict["summary"][0].startswith("Changed:")
+    assert predict["model_output"].startswith("The model's answer for the original example")
+    units = {d.get("unit") for d in study.dataset.feature_descriptions.values()} - {""}
+    assert units and any(any(u in text for u in units) for text in predict["units"])
+    # Choose: K changes, each naming its feature and values.
+    assert len(choose["choices"]) == 3 and all(t.startswith("Change ") and " from " in t for t in choose["choices"])
+    assert checks.problems == []
+    page_errors.assert_none()
