@@ -213,7 +213,8 @@ async function trials(state) {
     const answer = await showTrial(screen, trial, () => mark("trial", trial.number));
     outbox.write({ trial: trial.trial, body: { idempotency_key: newKey(), ...answer, client_sent_at: new Date().toISOString(), client: deviceInfo() } });
     const reply = await flushAnswer();
-    if (reply && reply.feedback) await feedbackScreen(trial, reply.feedback);
+    const lookedAt = trial.task === "forward" && trial.model_output; // learning: nothing to grade
+    if (reply && reply.feedback && !lookedAt) await feedbackScreen(trial, reply.feedback);
     if (trial.number >= trial.total) return (await api.get("state")).data; // the last one: on to the next step
   }
 }

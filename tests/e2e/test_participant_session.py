@@ -61,6 +61,12 @@ class ScreenChecks:
         screenshot(self.page, f"{self.prefix}-{key}")
         if not self.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"):
             self.problems.append(f"{key}: the page scrolls sideways")
+        size = self.page.viewport_size
+        if size["width"] < 600:  # the narrowest phones in use: 360 px
+            self.page.set_viewport_size({"width": 360, "height": size["height"]})
+            if not self.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"):
+                self.problems.append(f"{key}: the page scrolls sideways at 360 px")
+            self.page.set_viewport_size(size)
         self.problems += [f"{key}: {v}" for v in axe_violations(self.page)]
 
 
