@@ -219,6 +219,15 @@ class HypothesisDirection(models.TextChoices):
     EQUIVALENCE = "equivalence", "Equivalent within a margin"
 
 
+class HypothesisTest(models.TextChoices):
+    """The tests the analysis runs (studyapp/services/analysis.py ``_two_sample``); arm-vs-chance
+    hypotheses always use the one-sample test against chance."""
+
+    WELCH_T = "welch_t", "Welch's t-test (unequal variances)"
+    PERMUTATION = "permutation", "Permutation test of the difference in means"
+    MANN_WHITNEY = "mann_whitney", "Mann-Whitney U (rank test, for Likert outcomes)"
+
+
 class HypothesisCorrection(models.TextChoices):
     HOLM = "holm", "Holm"
     BONFERRONI = "bonferroni", "Bonferroni"
@@ -239,6 +248,8 @@ class Hypothesis(TimeStamped):
 
     Correction = HypothesisCorrection
 
+    Test = HypothesisTest
+
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="hypotheses")
     label = models.CharField(max_length=20, help_text="Short code such as H1.")
     statement = models.TextField(help_text="The claim in words.")
@@ -250,7 +261,7 @@ class Hypothesis(TimeStamped):
     likert_item = models.CharField(max_length=64, blank=True)
     direction = models.CharField(max_length=16, choices=Direction.choices, default=Direction.GREATER)
     equivalence_margin = models.FloatField(null=True, blank=True)
-    test = models.CharField(max_length=32, default="welch_t")
+    test = models.CharField(max_length=32, choices=HypothesisTest.choices, default=HypothesisTest.WELCH_T)
     alpha = models.FloatField(default=0.05)
     family = models.CharField(max_length=40, default="primary", help_text="Correction family.")
     correction = models.CharField(max_length=16, choices=Correction.choices, default=Correction.HOLM)
@@ -266,15 +277,25 @@ class Hypothesis(TimeStamped):
             choices_check("outcome", HypothesisOutcome, "hypothesis_outcome_valid"),
             choices_check("direction", HypothesisDirection, "hypothesis_direction_valid"),
             choices_check("correction", HypothesisCorrection, "hypothesis_correction_valid"),
-            models.CheckConstraint(condition=Q(alpha__gt=0) & Q(alpha__lt=1), name="hypothesis_alpha_range"),
+            choices_check("test", HypothesisTest, "hypothesis_test_valid"),
+            # The messages are what a researcher reads in the admin (Django validates constraints
+            # on save), never the constraint's name.
+            models.CheckConstraint(condition=Q(alpha__gt=0) & Q(alpha__lt=1), name="hypothesis_alpha_range",
+                                   violation_error_message="Alpha must be between 0 and 1 (for example 0.05)."),
             models.CheckConstraint(
                 # isnull spelled out: in SQL a NULL margin would make the check pass.
                 condition=~Q(direction="equivalence") | Q(equivalence_margin__isnull=False, equivalence_margin__gt=0),
-                name="hypothesis_equivalence_needs_margin"),
+                name="hypothesis_equivalence_needs_margin",
+                violation_error_message="An equivalence hypothesis needs a positive equivalence margin: the largest "
+                                        "difference you would call equivalent (for example 0.05 = 5 points)."),
             models.CheckConstraint(condition=~Q(outcome="likert") | ~Q(likert_item=""),
-                                   name="hypothesis_likert_needs_item"),
+                                   name="hypothesis_likert_needs_item",
+                                   violation_error_message="A Likert outcome needs the questionnaire item it is "
+                                                           "about (its id, for example trust)."),
             models.CheckConstraint(condition=Q(comparator__isnull=True) | ~Q(comparator=F("arm")),
-                                   name="hypothesis_comparator_differs"),
+                                   name="hypothesis_comparator_differs",
+                                   violation_error_message="The arm cannot be compared with itself: choose another "
+                                                           "comparator arm."),
         ]
 
     def __str__(self) -> str:
