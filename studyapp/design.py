@@ -195,21 +195,29 @@ def design_parse(config: dict | None) -> StudyDesign:
     try:
         design = StudyDesign.model_validate(config)
     except ValidationError as exc:
-        valid = ", ".join(StudyDesign.model_fields)
-        for error in exc.errors():
-            where = _where(error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = f"unknown setting (valid settings here: {_valid_keys(error['loc'], valid)})"
-            problems.append(f"Design, {where}: {message}." if where else f"Design: {message}.")
-        raise DesignError(problems) from None
+        raise DesignError(problems + validation_problems(exc, StudyDesign, "Design")) from None
     if problems:
         raise DesignError(problems)
     return design
 
 
-def _valid_keys(loc: tuple, top: str) -> str:
-    model: type[BaseModel] = StudyDesign
+def validation_problems(exc: ValidationError, model: type[BaseModel], subject: str) -> list[str]:
+    """pydantic's errors as sentences a researcher reads: where, what, and for an unknown key the
+    valid keys at that place (used for the design and for the arms' settings)."""
+    problems = []
+    valid = ", ".join(model.model_fields) or "none"
+    for error in exc.errors():
+        where = _where(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = f"unknown setting (valid settings here: {_valid_keys(error['loc'], valid, model)})"
+        problems.append(f"{subject}, {where}: {message}." if where else f"{subject}: {message}.")
+    return problems
+
+
+def _valid_keys(loc: tuple, top: str, root: type[BaseModel] = None) -> str:
+    root = root or StudyDesign
+    model: type[BaseModel] = root
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
@@ -217,7 +225,7 @@ def _valid_keys(loc: tuple, top: str) -> str:
         annotation = field.annotation
         inner = getattr(annotation, "__args__", (annotation,))
         model = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), model)
-    return ", ".join(model.model_fields) if model is not StudyDesign else top
+    return ", ".join(model.model_fields) if model is not root else top
 
 
 def design_json_schema() -> dict:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 
+from django.db import connection
+
 from studyapp import models as m
 from studyapp.services.studies import study_launch
-from tests.factories import ArmFactory, StudyFactory, npy_bytes
+from tests.factories import ArmFactory, StudyFactory, npy_bytes, with_hypothesis
 
 T0 = dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.timezone.utc)
 
@@ -51,7 +54,9 @@ def model_prediction(index: int, flip_every: int = 5) -> int:
 
 
 def launch(study: m.Study) -> m.Study:
-    """Freeze the plan with the real launch service (preparation is skipped: outputs exist)."""
+    """Freeze the plan with the real launch service (preparation is skipped: outputs exist).
+    A plan needs a hypothesis to launch: H0 (the first non-control arm beats control) when none."""
+    with_hypothesis(study)
     m.Study.objects.filter(pk=study.pk).update(state=m.Study.State.READY)
     study.refresh_from_db()
     return study_launch(study=study)
@@ -155,3 +160,38 @@ def as_analysis_frame(trials: pd.DataFrame, public_ids: dict[int, uuid.UUID]) ->
     out["arm"] = out["arm"].astype(str)
     out["phase"] = out["phase"].astype(str)
     return out
+
+
+@contextmanager
+def append_only_triggers_off(table: str):
+    """Inside: ``table``'s append-only triggers are off, as only someone with the table owner's
+    rights could have them (ALTER TABLE ... DISABLE TRIGGER; on SQLite, dropping them). For tests of
+    the last line of defence (a frozen plan whose hash no longer verifies). The test's transaction
+    keeps the change local; the triggers are back on afterwards in any case."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # ALTER TABLE refuses while deferred foreign-key checks of this transaction are pending.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            try:
+                yield
+            finally:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+            return
+        cursor.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s", [table])
+        triggers = cursor.fetchall()
+        for name, _ in triggers:
+            cursor.execute(f"DROP TRIGGER {name}")
+        try:
+            yield
+        finally:
+            for _, sql in triggers:
+                cursor.execute(sql)
+
+
+def tamper_with_frozen_plan(study: m.Study, frozen_config: dict) -> None:
+    """Change a launched study's frozen plan behind everything's back (see append_only_triggers_off)."""
+    with append_only_triggers_off("studyapp_study"):
+        m.Study.objects.filter(pk=study.pk).update(frozen_config=frozen_config)

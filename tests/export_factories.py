@@ -38,7 +38,7 @@ def _answer(trial: m.Trial, *, answer: int, minutes: int, confidence: int | None
 
 
 def exported_study(*, launch: bool = True, with_run: bool = False) -> ExportedStudy:
-    study = study_with_arms(methods=("saliency",))
+    study = study_with_arms(methods=("saliency",), hypothesis=False)
     study.config = {"exclusion_rules": EXCLUSION_RULES, "sampling": {"n_items": 4, "stratify": "outcome"}}
     study.seed = 7
     study.save()

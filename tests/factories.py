@@ -78,6 +78,7 @@ class StudyFactory(factory.django.DjangoModelFactory):
     model = factory.SubFactory(MLModelFactory)
     dataset = factory.SelfAttribute("model.dataset")
     consent_text = "Please take part."
+    completion_code = "DONE"
     config = factory.LazyFunction(lambda: {**SMALL_DESIGN})
     debrief_text = "Some explanations you saw were altered on purpose."
 
@@ -110,14 +111,37 @@ class TrialFactory(factory.django.DjangoModelFactory):
     stimulus = factory.SubFactory(StimulusFactory, dataset=factory.SelfAttribute("..participant.study.dataset"))
 
 
-def study_with_arms(*, methods=("integrated_gradients",)) -> m.Study:
-    """A draft study with 6 test and 4 training stimuli, a control arm and explanation arms."""
+def study_with_arms(*, methods=("integrated_gradients",), hypothesis: bool = True) -> m.Study:
+    """A draft study with 6 test and 4 training stimuli, a control arm and explanation arms, and
+    one hypothesis unless told not to (the first explanation arm beats control: a plan needs one
+    to launch)."""
     study = StudyFactory()
     StimulusFactory.create_batch(6, dataset=study.dataset, split="test")
     StimulusFactory.create_batch(4, dataset=study.dataset, split="train")
     ArmFactory(study=study, name="control", kind="control", position=0)
     for i, method in enumerate(methods, start=1):
         ArmFactory(study=study, name=method, kind="explanation", method=method, position=i)
+    return with_hypothesis(study) if hypothesis else study
+
+
+def _outcome_for(config: dict) -> str:
+    blocks = (config or {}).get("blocks") or []
+    if any(b.get("phase") == "pre_test" for b in blocks):
+        return "gain"
+    if blocks and not any(b.get("phase") == "test" and b.get("task", "forward") == "forward" for b in blocks):
+        return "counterfactual_accuracy"
+    return "test_accuracy"
+
+
+def with_hypothesis(study: m.Study) -> m.Study:
+    """One hypothesis, H0 (the first non-control arm beats control), unless the study has others;
+    its outcome fits the study's current design (call again after changing the design)."""
+    arm = study.arms.exclude(kind="control").order_by("position").first()
+    others = study.hypotheses.exclude(label="H0")
+    if arm is None or others.exists():
+        return study
+    m.Hypothesis.objects.filter(study=study, label="H0").delete()
+    HypothesisFactory(study=study, arm=arm, label="H0", outcome=_outcome_for(study.config))
     return study
 
 
@@ -146,4 +170,4 @@ def image_study_with_arms(*, arms: list[dict]) -> m.Study:
     ArmFactory(study=study, name="control", kind="control", position=0)
     for i, kwargs in enumerate(arms, start=1):
         ArmFactory(study=study, position=i, **kwargs)
-    return study
+    return with_hypothesis(study)

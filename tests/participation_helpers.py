@@ -14,7 +14,7 @@ from studyapp.models import Study
 from studyapp.services.datasets.store import _png_bytes
 from studyapp.services.studies import study_launch
 from tests.factories import (ArmFactory, DatasetFactory, MLModelFactory, StimulusFactory, StudyFactory, npy_bytes,
-                             study_with_arms)
+                             study_with_arms, with_hypothesis)
 
 # Within-subject pre/post with a counterfactual block of each kind (8 test images in the pool:
 # 1 learning + 2 pre/post items, then counterfactual items from the rest).
@@ -38,6 +38,7 @@ def live(study: Study, prepare, config: dict | None = None) -> Study:
     if config is not None:
         Study.objects.filter(pk=study.pk).update(config=config)
         study.refresh_from_db()
+    with_hypothesis(study)  # its outcome follows the design
     study = prepare(study)
     assert study.state == Study.State.READY, study.preparation
     return study_launch(study=study)
@@ -78,7 +79,7 @@ def image_study(*, arms: list[dict]) -> Study:
     ArmFactory(study=study, name="control", kind="control", position=0)
     for i, kwargs in enumerate(arms, start=1):
         ArmFactory(study=study, position=i, **kwargs)
-    return study
+    return with_hypothesis(study)
 
 
 def live_images(prepare, config: dict = WITHIN_DESIGN) -> Study:

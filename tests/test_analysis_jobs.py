@@ -7,7 +7,7 @@ from django.urls import reverse
 from studyapp import models as m
 from studyapp.services.analysis_jobs import analysis_job_request, analysis_job_run
 from studyapp.services.errors import ServiceError
-from tests.analysis_factories import add_participant, launch, study_with_items
+from tests.analysis_factories import add_participant, launch, study_with_items, tamper_with_frozen_plan
 
 pytestmark = pytest.mark.django_db
 
@@ -69,7 +69,7 @@ def test_a_request_that_cannot_run_is_refused_at_once_and_nothing_is_queued():
 def test_a_job_that_fails_in_the_worker_records_why_and_the_report_says_so(staff_client, study):
     job = analysis_job_request(study=study, seed=0, spec=None)
     frozen = {**study.frozen_config, "title": "edited behind the plan's back"}
-    m.Study.objects.filter(pk=study.pk).update(frozen_config=frozen)  # the plan no longer matches its hash
+    tamper_with_frozen_plan(study, frozen)  # the plan no longer matches its hash
 
     assert analysis_job_run(job_id=job.pk) == "failed"
 

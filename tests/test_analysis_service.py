@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from studyapp import analysis as stats
-from studyapp.models import (AnalysisRun, Edit, Explanation, Participant, QuestionnaireAnswer, Response, Study,
-                             Trial)
+from studyapp.models import AnalysisRun, Edit, Explanation, Participant, QuestionnaireAnswer, Response, Trial
 from studyapp.selectors import edit_settings_key, study_edits
 from studyapp.services.analysis import study_analyze
 from studyapp.services.errors import ServiceError
@@ -21,6 +20,7 @@ from tests.analysis_factories import (
     launch,
     model_prediction,
     study_with_items,
+    tamper_with_frozen_plan,
     write_simulated_trials,
 )
 from tests.factories import HypothesisFactory, npy_bytes
@@ -310,8 +310,7 @@ def test_a_tampered_frozen_plan_gets_no_confirmatory_analysis():
     study = study_with_items(arms=ARMS[:2])
     hypothesis(study, "H1", "explained")
     study = launch(study)
-    tampered = dict(study.frozen_config, hypotheses=[])
-    Study.objects.filter(pk=study.pk).update(frozen_config=tampered)
+    tamper_with_frozen_plan(study, dict(study.frozen_config, hypotheses=[]))
 
     with pytest.raises(ServiceError, match="no longer matches the SHA-256"):
         study_analyze(study=study)

@@ -8,7 +8,7 @@ from studyapp.models import Edit, ModelOutput, Study
 from studyapp.selectors import study_edits
 from studyapp.services.datasets import stimulus_array
 from studyapp.services.preparation import study_run_preparation
-from tests.factories import ArmFactory, StudyFactory, image_study_with_arms, study_with_arms
+from tests.factories import ArmFactory, StudyFactory, image_study_with_arms, study_with_arms, with_hypothesis
 
 pytestmark = pytest.mark.django_db
 # One counterfactual item: every test stimulus of these small pools is a candidate, so all get edits.
@@ -18,7 +18,7 @@ CF = {"blocks": [{"phase": "test", "task": "counterfactual_predict", "n_items": 
 def with_cf(study: Study, **config) -> Study:
     Study.objects.filter(pk=study.pk).update(config={**CF, **config})
     study.refresh_from_db()
-    return study
+    return with_hypothesis(study)
 
 
 def test_tabular_edits_move_exactly_one_feature_and_have_the_models_output(prepare):
@@ -59,7 +59,7 @@ def _study_on(model, **fields) -> Study:
     study = StudyFactory(model=model, **fields)
     ArmFactory(study=study, name="control", kind="control", position=0)
     ArmFactory(study=study, name="edges", kind="baseline", method="sobel_edges", position=1)
-    return study
+    return with_hypothesis(study)
 
 
 def test_two_studies_with_different_edit_settings_each_get_their_own_edits(prepare):

@@ -24,6 +24,7 @@ from studyapp.exports.files import FILES, KINDS
 from studyapp.models import Participant, QuestionnaireAnswer, Study
 from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
 from explainers.canonical import canonical_json
+from tests.analysis_factories import tamper_with_frozen_plan
 from tests.export_factories import EXCLUSION_RULES, exported_study
 
 pytestmark = pytest.mark.django_db
@@ -282,8 +283,7 @@ def test_manifest_hashes_seeds_and_plan_equal_the_database(staff_client):
 
 def test_a_tampered_frozen_plan_is_reported_as_unverified(staff_client):
     data = exported_study(with_run=False)
-    plan = dict(data.study.frozen_config, hypotheses=[])
-    Study.objects.filter(pk=data.study.pk).update(frozen_config=plan)
+    tamper_with_frozen_plan(data.study, dict(data.study.frozen_config, hypotheses=[]))
     manifest = json.loads(_download(staff_client, data.study, "manifest"))
     assert manifest["preregistration"]["frozen_sha256_verified"] is False
 

@@ -193,7 +193,7 @@ def test_simulation_limits_are_explained(staff_client):
 def test_the_simulation_is_prefilled_from_a_study_as_configured(admin_client):
     from tests.factories import HypothesisFactory, study_with_arms
 
-    study = study_with_arms(methods=("integrated_gradients", "saliency"))
+    study = study_with_arms(methods=("integrated_gradients", "saliency"), hypothesis=False)
     study.target_per_arm = 44
     study.save(update_fields=["target_per_arm"])
     HypothesisFactory(study=study, arm=study.arms.get(name="saliency"), correction="hochberg", alpha=0.01)

@@ -20,7 +20,7 @@ from studyapp.services.preregistration import (
     study_update_after_launch,
 )
 from studyapp.services.studies import study_close
-from tests.analysis_factories import launch, study_with_items
+from tests.analysis_factories import launch, study_with_items, tamper_with_frozen_plan
 from tests.factories import HypothesisFactory
 
 pytestmark = pytest.mark.django_db
@@ -138,7 +138,7 @@ def test_study_level_deviations_are_validated():
 def test_verification_recomputes_the_hash_of_the_frozen_plan():
     study, _ = launched_study()
     assert preregistration_verify(study=study) is True
-    Study.objects.filter(pk=study.pk).update(frozen_config={**study.frozen_config, "hypotheses": []})
+    tamper_with_frozen_plan(study, {**study.frozen_config, "hypotheses": []})
     study.refresh_from_db()
     assert preregistration_verify(study=study) is False
     assert preregistration_verify(study=study_with_items()) is False

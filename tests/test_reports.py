@@ -169,7 +169,8 @@ def launched_study() -> m.Study:
 
 def add_run(study, *, kind="confirmatory", results=None) -> m.AnalysisRun:
     results = results_for(kind=kind) if results is None else results
-    return m.AnalysisRun.objects.create(study=study, kind=kind, plan_sha256=study.frozen_sha256, seed=7,
+    number = m.AnalysisRun.objects.filter(study=study, kind=kind).count() + 1  # as the analysis service numbers
+    return m.AnalysisRun.objects.create(study=study, kind=kind, number=number, plan_sha256=study.frozen_sha256, seed=7,
                                         results=results, software=results.get("software", {}))
 
 
@@ -264,7 +265,7 @@ def test_report_shows_every_hypothesis_with_p_values_effect_and_decision(staff_c
     assert h1[9] == "0.150" and h1[10] == "95% [0.050, +\u221e)"  # effect and its one-sided CI
     assert h1[11].startswith("Supported") and h2[11].startswith("Inconclusive")
     assert h1[12] == h2[12] == "Confirmatory"
-    assert f"Confirmatory analysis #{run.pk}" in html
+    assert "Confirmatory analysis, look 1 of 1" in html and f"Run #{run.pk}," in html
     assert "CONFIRMATORY: the pre-registered plan" in html
     assert html.count("<svg") >= 3  # accuracy, pre/post, baselines (+ admin icons)
 
@@ -311,7 +312,7 @@ def test_exploratory_runs_are_labelled_exploratory_wherever_they_appear(staff_cl
     assert all(r["cells"][-1] == "Confirmatory" for r in confirmatory_rows)
     section = html[html.index(f'id="run-{exploratory.pk}"'):]
     section = section[:section.index("</section>")]
-    assert f"Exploratory analysis #{exploratory.pk}" in section
+    assert "Exploratory analysis 1" in section and f"Run #{exploratory.pk}," in section
     assert "EXPLORATORY: not part of the pre-registered plan" in section
     assert "the exclusion rules differ from the frozen ones" in section
     # Every heading, table caption and figure caption of the run says so.
@@ -334,12 +335,12 @@ def test_a_confirmatory_row_inside_an_exploratory_run_is_still_labelled_explorat
 
 
 @pytest.mark.django_db
-def test_the_latest_confirmatory_run_is_shown_and_earlier_ones_counted(staff_client, launched_study):
+def test_the_latest_confirmatory_run_is_shown_as_the_last_look_and_every_look_is_listed(staff_client, launched_study):
     add_run(launched_study)
     latest = add_run(launched_study)
     html = staff_client.get(report_url(launched_study)).content.decode()
-    assert f"Confirmatory analysis #{latest.pk}" in html
-    assert "1 earlier confirmatory run of this plan exists" in html
+    assert "Confirmatory analysis, look 2 of 2" in html and f"Run #{latest.pk}," in html
+    assert "This plan was analysed 2 times: there was more than one look at the data." in html
 
 
 @pytest.mark.django_db
@@ -491,5 +492,5 @@ def test_pilot_analysis_of_a_study_not_launched_is_stored_and_shown_as_explorato
     assert response.status_code == 302
     assert run.kind == "exploratory" and run.results["spec"]["note"] == "first pilot"
     html = staff_client.get(report_url(study)).content.decode()
-    assert f"Exploratory analysis #{run.pk}" in html and "Note: first pilot" in html
+    assert "Exploratory analysis 1" in html and f"Run #{run.pk}," in html and "Note: first pilot" in html
     assert "no confirmatory analysis has been run" in html

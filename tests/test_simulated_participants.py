@@ -7,8 +7,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from studyapp.models import Participant, Response, Study, Trial
+from studyapp.models import AnalysisRun, Participant, Response, Study, Trial
 from studyapp.services.analysis import study_analyze
+from studyapp.services.errors import ServiceError
 from studyapp.services.participants import participants_delete_simulated
 from studyapp.services.studies import study_launch
 from tests.factories import study_with_arms
@@ -59,8 +60,10 @@ def test_simulated_participants_never_fill_real_slots_or_enter_a_confirmatory_an
     study = live_tabular(prepare, target_per_arm=1)
     simulate(study, "--n", "4", "--allow-live")
     assert enroll(Client(), study).status_code == 201  # four simulated, yet the study is not full
-    confirmatory = study_analyze(study=study, seed=0)
-    assert confirmatory.kind == "confirmatory" and confirmatory.results["analysed_participants"] == 0
+    # With no real participant to analyse, a confirmatory run is refused rather than stored as a look.
+    with pytest.raises(ServiceError, match="4 simulated participants are never analysed confirmatorily"):
+        study_analyze(study=study, seed=0)
+    assert not AnalysisRun.objects.filter(study=study).exists()
     pilot = study_analyze(study=study, seed=0, simulated=True)
     assert pilot.kind == "exploratory" and pilot.results["analysed_participants"] == 4
     assert "run on simulated participants only" in pilot.results["exploratory_reasons"]
@@ -116,3 +119,17 @@ def test_the_openapi_schema_documents_the_participant_api_and_is_valid(admin_cli
     answer = paths[prefix + "trials/{trial}/answer"]["post"]
     assert {"200", "201", "409", "422"} <= set(answer["responses"])
     assert "participantSession" in schema["components"]["securitySchemes"]
+
+
+def test_responses_csv_marks_every_row_of_a_simulated_participant(prepare, staff_client):
+    from django.test import Client
+
+    study = live_tabular(prepare)
+    simulate(study, "--n", "2", "--allow-live")
+    assert enroll(Client(), study).status_code == 201  # one real participant, not started
+    csv = b"".join(staff_client.get(reverse("export-responses", args=[study.pk])).streaming_content).decode()
+    header, *rows = csv.splitlines()
+    simulated, participant = header.split(",").index("simulated"), header.split(",").index("participant")
+    flags = {row.split(",")[participant]: row.split(",")[simulated] for row in rows}
+    real = {str(p.public_id) for p in study.participants.filter(simulated=False)}
+    assert sorted(flags.values()) == ["0", "1", "1"] and {pid for pid, flag in flags.items() if flag == "0"} == real

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.db import connection
 
-from studyapp.models import ModelOutput, Study
+from studyapp.models import Hypothesis, ModelOutput, Study
 from studyapp.services.errors import InvalidTransition, ServiceError
 from explainers.canonical import canonical_json
 from studyapp.services.studies import study_close, study_launch, study_prepare
@@ -54,7 +54,7 @@ def test_a_draft_cannot_be_launched_or_closed():
 
 
 def test_launch_freezes_the_plan_with_its_sha256(prepare):
-    study = study_with_arms()
+    study = study_with_arms(hypothesis=False)
     HypothesisFactory(study=study, arm=study.arms.get(name="integrated_gradients"), label="H1")
     study = study_launch(study=prepare(study))
     assert study.state == Study.State.LIVE and study.launched_at is not None
@@ -107,3 +107,80 @@ def test_malformed_exclusion_rules_are_refused_before_they_can_be_frozen():
         study_prepare(study=study)
     study.refresh_from_db()
     assert study.state == Study.State.DRAFT
+
+
+def test_a_plan_without_hypotheses_consent_text_or_completion_code_is_refused_listing_every_problem(prepare):
+    study = study_with_arms(hypothesis=False)
+    Study.objects.filter(pk=study.pk).update(consent_text="", completion_code="")
+    study.refresh_from_db()
+    with pytest.raises(ServiceError) as refused:
+        study_prepare(study=study)
+    problems = " ".join(str(m) for m in refused.value.messages)
+    assert "consent text" in problems and "completion code" in problems and "at least one hypothesis" in problems
+    study.refresh_from_db()
+    assert study.state == Study.State.DRAFT
+
+
+def test_a_hypothesis_about_data_the_design_never_collects_is_refused_before_anything_is_computed(prepare):
+    study = study_with_arms(methods=("integrated_gradients", "saliency"), hypothesis=False)
+    ig, saliency = study.arms.get(name="integrated_gradients"), study.arms.get(name="saliency")
+    HypothesisFactory(study=study, arm=ig, label="H1", outcome="gain")  # a between design has no pre-test
+    HypothesisFactory(study=study, arm=saliency, label="H2", outcome="likert", likert_item="enjoyment")
+    HypothesisFactory(study=study, arm=ig, label="H3", comparison="arm_vs_arm")  # no comparator arm
+    with pytest.raises(ServiceError) as refused:
+        study_prepare(study=study)
+    problems = [str(m) for m in refused.value.messages]
+    assert any(p.startswith("Hypothesis H1:") and "within_pre_post" in p for p in problems)
+    assert any(p.startswith("Hypothesis H2:") and "'enjoyment'" in p and "trust" in p for p in problems)
+    assert any(p.startswith("Hypothesis H3:") and "comparator" in p for p in problems)
+
+
+def test_launch_checks_the_plan_again_and_never_freezes_one_that_cannot_run(prepare):
+    study = prepare(study_with_arms())
+    Hypothesis.objects.filter(study=study).delete()  # e.g. removed in the database after Prepare
+    with pytest.raises(ServiceError, match="at least one hypothesis"):
+        study_launch(study=study)
+    study.refresh_from_db()
+    assert study.state == Study.State.READY and study.frozen_sha256 == "" and study.frozen_config in ({}, None)
+
+
+def test_the_test_is_a_choice_and_constraint_errors_read_as_words_not_constraint_names():
+    from django.core.exceptions import ValidationError
+    from django.db import IntegrityError, transaction
+
+    study = study_with_arms(hypothesis=False)
+    arm = study.arms.get(name="integrated_gradients")
+    free_text = Hypothesis(study=study, arm=arm, label="H1", statement="s", test="t-test")
+    with pytest.raises(ValidationError) as refused:
+        free_text.full_clean()
+    assert "test" in refused.value.message_dict and "t-test" in str(refused.value.message_dict["test"])
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Hypothesis.objects.create(study=study, arm=arm, label="H1", statement="s", test="t-test")
+    no_margin = Hypothesis(study=study, arm=arm, label="H2", statement="s", direction="equivalence")
+    with pytest.raises(ValidationError) as refused:
+        no_margin.full_clean()
+    text = " ".join(refused.value.messages)
+    assert "needs a positive equivalence margin" in text and "hypothesis_equivalence_needs_margin" not in text
+
+
+def test_duplicating_a_launched_study_gives_a_draft_with_the_same_design_arms_and_hypotheses(prepare):
+    from studyapp.services.studies import study_duplicate
+
+    study = study_with_arms(methods=("integrated_gradients", "saliency"), hypothesis=False)
+    ig, saliency = study.arms.get(name="integrated_gradients"), study.arms.get(name="saliency")
+    HypothesisFactory(study=study, arm=ig, label="H1", comparison="arm_vs_arm", comparator=saliency, alpha=0.01)
+    Study.objects.filter(pk=study.pk).update(completion_code="PROLIFIC-CODE")
+    study = study_launch(study=prepare(study))
+
+    copy = study_duplicate(study=study)
+
+    assert copy.state == Study.State.DRAFT and copy.pk != study.pk and copy.public_id != study.public_id
+    assert copy.slug == f"{study.slug}-copy" and copy.title == f"{study.title} (copy)"
+    assert copy.config == study.config and copy.consent_text == study.consent_text and copy.seed == study.seed
+    assert copy.frozen_sha256 == "" and copy.completion_code == "" and not copy.participants.exists()
+    assert [(a.name, a.kind, a.method, a.method_config) for a in copy.arms.order_by("position")] == \
+        [(a.name, a.kind, a.method, a.method_config) for a in study.arms.order_by("position")]
+    h = copy.hypotheses.get()
+    assert (h.label, h.arm.name, h.comparator.name, h.alpha) == ("H1", "integrated_gradients", "saliency", 0.01)
+    assert h.arm.study_id == copy.pk and h.comparator.study_id == copy.pk
+    assert study_duplicate(study=study).slug == f"{study.slug}-copy-2"

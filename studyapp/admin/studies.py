@@ -3,20 +3,83 @@ from __future__ import annotations
 from functools import partial
 
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Q
-from django.http import HttpRequest
+from django.db import IntegrityError, transaction
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from studyapp.admin.form_view import form_view
 from studyapp.admin.forms import DeviationForm
-from studyapp.models import AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study, StudyItem
+from studyapp.models import (AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study, StudyItem, append_only,
+                             append_only_refusal)
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
 from studyapp.reports.admin_links import report_link
 from studyapp.services.participants import participants_delete_simulated
 from studyapp.services.studies import EDITABLE_STATES, study_close, study_launch, study_prepare
+
+
+class AppendOnlyAdminMixin:
+    """No delete, single or bulk, of the records that are append-only, for anyone (superusers too).
+
+    The database refuses it anyway (triggers, studyapp/models/append_only.py); the admin says why
+    before trying, hides the Delete button, and turns a refusal by the database (a race) into the
+    same words instead of a server error. ``refusal(obj)`` gives the words, or None when deletable.
+    """
+
+    def refusal(self, obj) -> str | None:
+        raise NotImplementedError
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return (obj is None or self.refusal(obj) is None) and super().has_delete_permission(request, obj)
+
+    def get_actions(self, request):
+        # Django's "Delete selected" asks has_delete_permission(request) without the objects.
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            actions["delete_selected"] = (delete_selected_unless_append_only, "delete_selected",
+                                          actions["delete_selected"][2])
+        return actions
+
+    def delete_view(self, request, object_id, extra_context=None):
+        obj = self.get_object(request, unquote(object_id))
+        reason = self.refusal(obj) if obj is not None else None
+        if reason is None:
+            try:
+                return super().delete_view(request, object_id, extra_context)
+            except IntegrityError as exc:  # the database refused it: the record changed meanwhile
+                reason = append_only_refusal(exc)
+                if reason is None:
+                    raise
+        self.message_user(request, f"{obj} was not deleted. {reason}", messages.ERROR)
+        return HttpResponseRedirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+                                            args=[obj.pk]))
+
+
+def delete_selected_unless_append_only(model_admin, request, queryset):
+    """Django's "Delete selected", refused as a whole (with the reasons) when one of them is
+    append-only: deleting the others quietly would look like success."""
+    refused = [(obj, model_admin.refusal(obj)) for obj in queryset]
+    refused = [(obj, reason) for obj, reason in refused if reason is not None]
+    if refused:
+        names = ", ".join(str(obj) for obj, _ in refused)
+        reasons = " ".join(dict.fromkeys(reason for _, reason in refused))
+        model_admin.message_user(request, f"Nothing was deleted: {names}. {reasons}", messages.ERROR)
+        return None
+    try:
+        with transaction.atomic():  # the deletion log entries go with the deletion
+            return django_delete_selected(model_admin, request, queryset)
+    except IntegrityError as exc:
+        reason = append_only_refusal(exc)
+        if reason is None:
+            raise
+        model_admin.message_user(request, f"Nothing was deleted. {reason}", messages.ERROR)
+        return None
 
 
 class FrozenAfterDraftMixin:
@@ -69,6 +132,13 @@ class DeviationInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
+    # Append-only (database triggers too): a wrong deviation is corrected by recording another.
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
 
 class HypothesisInline(FrozenAfterDraftMixin, admin.StackedInline):
     model = Hypothesis
@@ -97,7 +167,7 @@ def _run_service(model_admin, request, queryset, service, verb: str) -> None:
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["title", "state", "model", "dataset", "n_arms", "n_participants", "n_completed", "participant_link",
                     "report"]
     list_filter = ["state", "dataset__modality"]
@@ -125,6 +195,13 @@ class StudyAdmin(admin.ModelAdmin):
             _participants=Count("participants", filter=Q(participants__simulated=False), distinct=True),
             _completed=Count("participants", filter=Q(participants__status="completed", participants__simulated=False),
                              distinct=True))
+
+    def refusal(self, obj) -> str | None:
+        return append_only.STUDY_DELETE if obj.frozen_sha256 else None
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # A launched study is shown, not edited: its plan is frozen (deviations are recorded instead).
+        return (obj is None or not obj.frozen_sha256) and super().has_change_permission(request, obj)
 
     def get_prepopulated_fields(self, request, obj=None):
         return self.prepopulated_fields if obj is None or obj.state in EDITABLE_STATES else {}
@@ -240,11 +317,25 @@ class StudyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AnalysisRun)
-class AnalysisRunAdmin(admin.ModelAdmin):
-    list_display = ["study", "kind", "created_at", "plan_sha256"]
+class AnalysisRunAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
+    """Runs are stored by the analysis service; confirmatory ones are append-only, exploratory
+    ones may be deleted. None is edited."""
+
+    list_display = ["__str__", "study", "kind", "number", "seed", "created_at", "plan_sha256"]
     list_filter = ["kind"]
     list_select_related = ["study"]
     search_fields = ["study__title"]
+    exclude = ["results", "software"]
+    readonly_fields = ["study", "kind", "number", "seed", "plan_sha256", "created_at"]
+
+    def get_queryset(self, request):
+        # "look k of n" in every row without a query per row.
+        looks = (AnalysisRun.objects.filter(study=OuterRef("study"), kind=AnalysisRun.Kind.CONFIRMATORY)
+                 .order_by().values("study").annotate(n=Count("pk")).values("n"))
+        return super().get_queryset(request).annotate(_looks=Coalesce(Subquery(looks), 0))
+
+    def refusal(self, obj) -> str | None:
+        return append_only.RUN_DELETE if obj.kind == AnalysisRun.Kind.CONFIRMATORY else None
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False

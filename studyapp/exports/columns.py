@@ -104,6 +104,8 @@ _TRIAL_SPEC = {
     "participant": Column("participant", "uuid", "Participant's opaque id (Participant.public_id)."),
     "participant_status": Column("participant_status", "categorical", "Participant's status at export time.",
                                  allowed=_choices(Participant.Status)),
+    "simulated": Column("simulated", "boolean", "1 = a simulated participant (pilot, demo or load test): never "
+                        "counted toward targets, never in a confirmatory analysis."),
     "arm": Column("arm", "string", "Name of the arm (condition) the participant was assigned to."),
     "arm_kind": Column("arm_kind", "categorical", "Kind of the arm.", allowed=_choices(Arm.Kind)),
     "position": Column("position", "integer", "Position of the trial in the participant's sequence (0-based)."),
@@ -173,8 +175,7 @@ PARTICIPANT_BASE_COLUMNS: tuple[Column, ...] = (
     _TRIAL_SPEC["arm_kind"],
     Column("status", "categorical", "Participant's status at export time.", allowed=_choices(Participant.Status)),
     Column("source", "categorical", "Recruitment channel.", allowed=_choices(Participant.Source)),
-    Column("simulated", "boolean", "1 = a simulated participant (pilot, demo or load test): never counted toward "
-           "targets, never in a confirmatory analysis."),
+    _TRIAL_SPEC["simulated"],
     Column("started_at", "datetime", "Enrollment time.", unit="UTC"),
     Column("consented_at", "datetime", "Consent time.", unit="UTC"),
     Column("consent_version", "string", "Version of the consent text agreed to (first 12 hex digits of the text's "

@@ -4,6 +4,7 @@ Invariants live in the database (unique and check constraints), not only in Pyth
 rely on them for idempotency (a retried task or a resent answer hits a unique constraint instead
 of writing twice).
 """
+from studyapp.models.append_only import append_only_refusal  # also installs the triggers after migrate
 from studyapp.models.data import Dataset, Edit, MLModel, ModelOutput, Stimulus
 from studyapp.models.participation import Participant, QuestionnaireAnswer, Response, Trial
 from studyapp.models.study import (AnalysisJob, AnalysisRun, Arm, Explanation, Hypothesis, PreregistrationDeviation,
@@ -12,4 +13,5 @@ from studyapp.models.study import (AnalysisJob, AnalysisRun, Arm, Explanation, H
 __all__ = [
     "AnalysisJob", "AnalysisRun", "Arm", "Dataset", "Edit", "Explanation", "Hypothesis", "MLModel", "ModelOutput",
     "Participant", "PreregistrationDeviation", "QuestionnaireAnswer", "Response", "Stimulus", "Study", "StudyItem", "Trial",
+    "append_only_refusal",
 ]

@@ -154,6 +154,9 @@ class Edit(models.Model):
             choices_check("kind", EditKind, "edit_kind_valid"),
         ]
 
+    def __str__(self) -> str:
+        return f"Edit {self.position} of stimulus {self.stimulus_id} ({self.get_kind_display().lower()})"
+
 
 class ModelOutput(models.Model):
     """The model's prediction on a stimulus or on an edit (exactly one of the two)."""
@@ -167,3 +170,7 @@ class ModelOutput(models.Model):
 
     class Meta:
         constraints = stimulus_xor_edit_constraints(owner="model", prefix="modeloutput")
+
+    def __str__(self) -> str:
+        on = f"edit {self.edit_id}" if self.edit_id else f"stimulus {self.stimulus_id}"
+        return f"Output of model {self.model_id} on {on}: class {self.predicted}"

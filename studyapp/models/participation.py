@@ -148,6 +148,9 @@ class Trial(models.Model):
                                    name="trial_counterfactual_has_edit"),
         ]
 
+    def __str__(self) -> str:
+        return f"Trial {self.position} ({self.phase}, {self.task}) of participant {self.participant_id}"
+
 
 class Response(models.Model):
     """A participant's answer to a trial: stored exactly once.
@@ -185,6 +188,9 @@ class Response(models.Model):
             models.CheckConstraint(condition=Q(client_rt_ms__lte=86_400_000), name="response_rt_below_a_day"),
         ]
 
+    def __str__(self) -> str:
+        return f"Answer {self.answer} to trial {self.trial_id}"
+
 
 class QuestionnaireAnswer(models.Model):
     """A participant's rating on a questionnaire item (Likert 1-7), e.g. "the explanations were useful"."""
@@ -200,3 +206,6 @@ class QuestionnaireAnswer(models.Model):
             models.UniqueConstraint(fields=["participant", "item"], name="questionnaire_unique_item"),
             models.CheckConstraint(condition=Q(value__gte=1, value__lte=7), name="questionnaire_value_range"),
         ]
+
+    def __str__(self) -> str:
+        return f"Rating {self.value} of {self.item} by participant {self.participant_id}"

@@ -163,6 +163,10 @@ class Explanation(models.Model):
             models.CheckConstraint(condition=Q(compute_seconds__gte=0), name="explanation_seconds_nonnegative"),
         ]
 
+    def __str__(self) -> str:
+        shown = f"edit {self.edit_id}" if self.edit_id else f"stimulus {self.stimulus_id}"
+        return f"Explanation of {shown} in arm {self.arm.name}"
+
 
 class StudyItemRole(models.TextChoices):
     LEARNING = "learning", "Learning and practice"
@@ -197,6 +201,9 @@ class StudyItem(models.Model):
             models.UniqueConstraint(fields=["study", "role", "position"], name="studyitem_unique_position"),
             choices_check("role", StudyItemRole, "studyitem_role_valid"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.get_role_display()} item {self.position} (stimulus {self.stimulus_id})"
 
 
 class HypothesisComparison(models.TextChoices):
@@ -318,6 +325,11 @@ class PreregistrationDeviation(models.Model):
         ordering = ["study", "recorded_at"]
         constraints = [models.CheckConstraint(condition=~Q(reason=""), name="deviation_has_reason")]
 
+    def __str__(self) -> str:
+        concerns = self.hypothesis_label or "the study"
+        when = f", {self.recorded_at:%Y-%m-%d %H:%M}" if self.recorded_at else ""
+        return f"Deviation of {concerns}: {self.field}{when}"
+
 
 class AnalysisRunKind(models.TextChoices):
     CONFIRMATORY = "confirmatory", "Confirmatory (pre-registered)"
@@ -325,12 +337,19 @@ class AnalysisRunKind(models.TextChoices):
 
 
 class AnalysisRun(models.Model):
-    """One run of the analysis: confirmatory (the frozen plan) or exploratory (anything else)."""
+    """One run of the analysis: confirmatory (the frozen plan) or exploratory (anything else).
+
+    Confirmatory runs are append-only (database triggers, migration 0007): every confirmatory look
+    at the data stays on record, so the report can say "look 2 of 2" and a reader can tell a
+    second look from a first. ``number`` counts the runs of one kind per study, 1, 2, ...
+    """
 
     Kind = AnalysisRunKind
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="analysis_runs")
     kind = models.CharField(max_length=16, choices=Kind.choices)
+    number = models.PositiveIntegerField(editable=False,
+                                         help_text="1, 2, ... per study and kind: confirmatory look k of n.")
     plan_sha256 = models.CharField(max_length=64, blank=True)
     seed = models.PositiveIntegerField(default=0)
     results = models.JSONField(default=dict)
@@ -338,7 +357,24 @@ class AnalysisRun(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [choices_check("kind", AnalysisRunKind, "analysisrun_kind_valid")]
+        constraints = [
+            choices_check("kind", AnalysisRunKind, "analysisrun_kind_valid"),
+            models.UniqueConstraint(fields=["study", "kind", "number"], name="analysisrun_unique_number"),
+            models.CheckConstraint(condition=Q(number__gte=1), name="analysisrun_number_positive"),
+        ]
+
+    def looks(self) -> int:
+        """How many confirmatory runs the study has (``_looks`` when the queryset annotated it)."""
+        annotated = getattr(self, "_looks", None)
+        if annotated is not None:
+            return annotated
+        return AnalysisRun.objects.filter(study_id=self.study_id, kind=AnalysisRunKind.CONFIRMATORY).count()
+
+    def __str__(self) -> str:
+        when = f", {self.created_at:%Y-%m-%d %H:%M}" if self.created_at else ""
+        if self.kind == AnalysisRunKind.CONFIRMATORY:
+            return f"Confirmatory analysis, look {self.number} of {self.looks()}{when}"
+        return f"Exploratory analysis {self.number}{when}"
 
 
 class AnalysisJobStatus(models.TextChoices):
@@ -375,3 +411,6 @@ class AnalysisJob(models.Model):
             models.CheckConstraint(condition=~Q(status="failed") | (~Q(error="") & Q(finished_at__isnull=False)),
                                    name="analysisjob_failed_has_error"),
         ]
+
+    def __str__(self) -> str:
+        return f"Analysis request #{self.pk} (seed {self.seed}, {self.get_status_display().lower()})"

@@ -336,8 +336,16 @@ def rating_counts(*, study: Study, results: dict) -> dict[str, dict[str, dict[in
     return {item: {arm: dict(v) for arm, v in per_arm.items()} for item, per_arm in counts.items()}
 
 
-def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: bool = True) -> dict:
-    """Everything the template shows for one analysis run."""
+def run_title(run: AnalysisRun, *, looks: int | None = None) -> str:
+    """"Confirmatory analysis, look 2 of 2" / "Exploratory analysis 3": numbered per study and kind."""
+    if run.kind == AnalysisRun.Kind.CONFIRMATORY:
+        return f"Confirmatory analysis, look {run.number} of {looks if looks is not None else run.looks()}"
+    return f"Exploratory analysis {run.number}"
+
+
+def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: bool = True,
+                looks: int | None = None) -> dict:
+    """Everything the template shows for one analysis run (``looks``: the study's confirmatory runs)."""
     results = run.results if isinstance(run.results, dict) else {}
     exploratory = run.kind == AnalysisRun.Kind.EXPLORATORY or results.get("kind") == "exploratory"
     arms = plots.control_first(_arms(results, study))
@@ -380,6 +388,8 @@ def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: b
         "kind": "exploratory" if exploratory else "confirmatory",
         "exploratory": exploratory,
         "label": "Exploratory" if exploratory else "Confirmatory",
+        "title": run_title(run, looks=looks),
+        "number": run.number,
         "banner": results.get("label") or ("EXPLORATORY: not part of the pre-registered plan" if exploratory
                                            else "CONFIRMATORY: the pre-registered plan, frozen at launch"),
         "exploratory_reasons": results.get("exploratory_reasons") or [],
@@ -471,14 +481,26 @@ def provenance_section(study: Study, run: AnalysisRun | None) -> dict:
     }
 
 
-def _runs(study: Study) -> tuple[AnalysisRun | None, list[AnalysisRun], int]:
+def _verdicts(results) -> str:
+    rows = hypothesis_rows(results if isinstance(results, dict) else {}, exploratory=False)
+    return "; ".join(f"{r['label']}: {r['verdict_text']}" for r in rows) or NOT_COMPUTED
+
+
+def looks_section(confirmatory: list[AnalysisRun]) -> list[dict]:
+    """Every confirmatory look at the data, first to last (they are append-only: none is missing)."""
+    return [{"number": run.number, "id": run.pk, "created_at": run.created_at, "seed": run.seed,
+             "analysed_participants": (run.results or {}).get("analysed_participants"),
+             "verdicts": _verdicts(run.results)}
+            for run in confirmatory]
+
+
+def _runs(study: Study) -> tuple[list[AnalysisRun], list[AnalysisRun]]:
+    """(every confirmatory run, first look first; the latest exploratory runs, latest first)."""
     runs = AnalysisRun.objects.filter(study=study)
-    confirmatory = runs.filter(kind=AnalysisRun.Kind.CONFIRMATORY).order_by("-created_at", "-id")
-    latest = confirmatory.first()
+    confirmatory = list(runs.filter(kind=AnalysisRun.Kind.CONFIRMATORY).order_by("number", "id"))
     exploratory = list(runs.filter(kind=AnalysisRun.Kind.EXPLORATORY).order_by("-created_at", "-id")
                        [:MAX_EXPLORATORY_RUNS])
-    earlier = max(confirmatory.count() - 1, 0)
-    return latest, exploratory, earlier
+    return confirmatory, exploratory
 
 
 def jobs_section(study: Study, *, failed_shown: int = 5) -> dict[str, Any]:
@@ -494,12 +516,14 @@ def jobs_section(study: Study, *, failed_shown: int = 5) -> dict[str, Any]:
 def report_context(*, study: Study) -> dict[str, Any]:
     """The whole report: study, latest confirmatory run, exploratory runs, sanity, provenance."""
     study = Study.objects.select_related("model", "dataset").get(pk=study.pk)
-    latest, exploratory, earlier = _runs(study)
+    confirmatory, exploratory = _runs(study)
+    latest = confirmatory[-1] if confirmatory else None
     n_exploratory = AnalysisRun.objects.filter(study=study, kind=AnalysisRun.Kind.EXPLORATORY).count()
     return {
         "study": study,
-        "confirmatory": run_section(latest, study=study) if latest is not None else None,
-        "earlier_confirmatory_runs": earlier,
+        "confirmatory": run_section(latest, study=study, looks=len(confirmatory)) if latest is not None else None,
+        # More than one look: every look is listed and the report says what that means.
+        "looks": looks_section(confirmatory),
         "exploratory_runs": [run_section(r, study=study) for r in exploratory],
         "exploratory_total": n_exploratory,
         "exploratory_shown": len(exploratory),

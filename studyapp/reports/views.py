@@ -18,7 +18,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from studyapp.models import Study
-from studyapp.reports.context import jobs_section, report_context
+from studyapp.reports.context import jobs_section, report_context, run_title
 from studyapp.reports.forms import RunAnalysisForm, SampleSizeForm, SimulationForm
 from studyapp.reports.planner import sample_size_result, simulation_initial, simulation_result
 from studyapp.services.analysis_jobs import analysis_job_request
@@ -59,8 +59,7 @@ def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
         return HttpResponseRedirect(url)
     job.refresh_from_db()  # without a broker it has already run, in this request
     if job.status == job.Status.DONE:
-        label = "Exploratory" if job.run.kind == "exploratory" else "Confirmatory"
-        messages.success(request, f"{label} analysis #{job.run.pk} stored (seed {job.run.seed}).")
+        messages.success(request, f"{run_title(job.run)} stored (run #{job.run.pk}, seed {job.run.seed}).")
         return HttpResponseRedirect(f"{url}#run-{job.run.pk}")
     if job.status == job.Status.FAILED:
         messages.error(request, f"The analysis was not run: {job.error}")

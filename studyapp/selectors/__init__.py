@@ -22,6 +22,7 @@ def study_get_by_public_id(*, public_id: uuid.UUID) -> Study | None:
 # describe the same data.
 COLUMN_SOURCES = {
     "study": "study_slug", "participant": "participant_public_id", "participant_status": "participant_status",
+    "simulated": "participant_simulated",
     "arm": "arm_name", "arm_kind": "arm_kind", "position": "position", "phase": "phase", "task": "task",
     "stimulus": "stimulus_id", "stimulus_index": "stimulus_index", "edit": "edit_position", "truth": "truth",
     "model_output": "model_output", "expected_answer": "expected_answer", "n_options": "n_options",
@@ -61,6 +62,7 @@ def trials_long_queryset(*, study: Study, answered_only: bool = False,
             study_slug=F("participant__study__slug"),
             participant_public_id=F("participant__public_id"),
             participant_status=F("participant__status"),
+            participant_simulated=F("participant__simulated"),
             arm_name=F("participant__arm__name"),
             arm_kind=F("participant__arm__kind"),
             stimulus_index=F("stimulus__index"),

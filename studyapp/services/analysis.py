@@ -44,7 +44,8 @@ import numpy as np
 from statsmodels.stats.weightstats import DescrStatsW
 import pandas as pd
 from django.conf import settings
-from django.db.models import Count
+from django.db import transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from studyapp import analysis as stats
@@ -195,6 +196,10 @@ def _hypothesis_problems(h: dict, arm_names: list[str], control: str | None) -> 
     if h["comparison"] != "arm_vs_chance" and (h.get("comparator") or control) == h.get("arm"):
         problems.append("the arm cannot be compared with itself")
     return problems
+
+
+# Also checked before Launch (studyapp/services/plan_checks.py): a plan that fails here is never frozen.
+hypothesis_plan_problems = _hypothesis_problems
 
 
 def _two_sample(test: str, x, y, *, alternative: str, seed: int, likert: bool):
@@ -573,15 +578,58 @@ def _run_hypotheses(data: _Data, hypotheses: list[dict], *, cf_chance: float | N
     return entries, secondary
 
 
+def _nobody_to_analyse(data: _Data, hypotheses: list[dict]) -> str | None:
+    """Why a confirmatory run would analyse no one, in words; None when someone can be analysed.
+
+    Analysable: a real (not simulated) participant of an arm the plan compares who completed, is
+    not excluded by the study's rules and answered something. A confirmatory run is a look at the
+    data that stays on the record ("look 2 of 2"), so a look at nobody is refused, not stored.
+    """
+    compared = {h.get("arm") for h in hypotheses}
+    compared |= {h.get("comparator") or data.control for h in hypotheses if h.get("comparison") != "arm_vs_chance"}
+    arms = [a for a in data.arm_names if a in compared] or data.arm_names
+    people = data.people.loc[data.people["arm"].isin(arms)]
+    completed = set(people.loc[people["status"] == Participant.Status.COMPLETED, "participant_id"])
+    kept = completed & data.analysed()
+    answered = set(data.trials["participant_id"]) | set(data.likert["participant_id"])
+    if kept & answered:
+        return None
+    plural = "s" if len(people) != 1 else ""
+    reason = f"of {len(people)} real participant{plural} in those arms, {len(completed)} completed"
+    if completed:
+        reason += f", {len(completed - kept)} of them excluded by the exclusion rules"
+    if kept:
+        reason += f", and none of the {len(kept)} remaining answered a trial or a questionnaire item"
+    simulated = Participant.objects.filter(study=data.study, simulated=True).count()
+    if simulated:
+        reason += (f" ({simulated} simulated participant{'s are' if simulated != 1 else ' is'} never analysed "
+                   "confirmatorily: analyse them as a pilot)")
+    return (f"No confirmatory analysis was stored: there is no one to analyse in the compared arms "
+            f"({', '.join(arms)}): {reason}. A confirmatory run is a look at the data that stays on the study's "
+            "record, so it is refused until participants have completed.")
+
+
+def _store_run(*, study: Study, kind: str, seed: int, results: dict) -> AnalysisRun:
+    """Store the run as the next of its kind for the study (confirmatory look k = k-th stored)."""
+    with transaction.atomic():
+        # Under the study's row lock: two runs finishing at once get numbers k and k+1, never the
+        # same (the unique constraint would refuse the second). Lock order: the study first.
+        Study.objects.select_for_update().filter(pk=study.pk).first()
+        last = AnalysisRun.objects.filter(study=study, kind=kind).aggregate(last=Max("number"))["last"] or 0
+        return AnalysisRun.objects.create(study=study, kind=kind, number=last + 1, plan_sha256=study.frozen_sha256,
+                                          seed=seed, results=results, software=results["software"])
+
+
 def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None = None,
                   simulated: bool = False) -> AnalysisRun:
     """Run the frozen plan (no spec) or an exploratory request, store and return the AnalysisRun.
 
-    A confirmatory run is refused for a study that was never launched, and when the frozen plan
-    no longer matches the SHA-256 recorded at launch. A spec (format: the docstring of
-    ``studyapp.services.preregistration``) that reproduces the frozen plan exactly is
-    confirmatory; any other spec is exploratory and labelled so in the run, its results and each
-    of its hypotheses. An exploratory request may run before launch (pilot data).
+    A confirmatory run is refused for a study that was never launched, when the frozen plan no
+    longer matches the SHA-256 recorded at launch, and when no participant can be analysed (it
+    would stay on the record as a look at the data). Runs are numbered per study and kind. A spec
+    (format: the docstring of ``studyapp.services.preregistration``) that reproduces the frozen
+    plan exactly is confirmatory; any other spec is exploratory and labelled so in the run, its
+    results and each of its hypotheses. An exploratory request may run before launch (pilot data).
     """
     study = Study.objects.select_related("model", "dataset").get(pk=study.pk)
     kind, exploratory_reasons, verified = analysis_request_check(study=study, seed=seed, spec=exploratory_spec)
@@ -597,6 +645,10 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
                     for p in _hypothesis_problems(h, data.arm_names, data.control)]
         if problems:
             raise ServiceError(problems)
+    else:
+        nobody = _nobody_to_analyse(data, hypotheses)
+        if nobody:
+            raise ServiceError(nobody)
 
     analysed = data.analysed()
     trials = data.trials.loc[data.trials["participant_id"].isin(analysed)]
@@ -633,6 +685,4 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
         "software": software_versions(),
         "created_at": timezone.now().isoformat(),
     }
-    results = _jsonable(results)
-    return AnalysisRun.objects.create(study=study, kind=kind, plan_sha256=study.frozen_sha256, seed=seed,
-                                      results=results, software=results["software"])
+    return _store_run(study=study, kind=kind, seed=seed, results=_jsonable(results))

@@ -27,6 +27,7 @@ from explainers.aids import build_exemplar_index, fit_ood_detector
 from explainers.demo_data import train_test_split_indices
 from explainers.methods import METHODS, data_reference_overrides, explain, resolve_config
 from explainers.methods import config_sha256 as method_config_sha256
+from studyapp.arm_settings import manipulation_settings_problems
 from studyapp.models import Arm, Explanation, ModelOutput, Stimulus, Study
 from studyapp.services.datasets import array_to_npy_bytes, stimuli_arrays
 
@@ -68,6 +69,9 @@ def arm_problem(*, arm: Arm, modality: str) -> str | None:
         return None
     if arm.kind != Arm.Kind.EXPLANATION:
         return None
+    settings = manipulation_settings_problems(arm.manipulation, arm.manipulation_config or {})
+    if settings:
+        return f"Arm '{arm.name}': " + " ".join(settings)
     info = METHODS.get(arm.method)
     if info is None or modality not in info.modalities:
         return f"Arm '{arm.name}': {arm.get_method_display()} does not work on {modality} data."
@@ -77,6 +81,50 @@ def arm_problem(*, arm: Arm, modality: str) -> str | None:
     except ValueError as exc:
         return f"Arm '{arm.name}': {exc}"
     return None
+
+
+def placebo_real_arm(arm: Arm, arms: list[Arm]) -> Arm | None:
+    """The real arm a manipulated arm is the placebo of: the real (unmanipulated) explanation arm
+    with the same method, when there is exactly one; None otherwise (and for real arms)."""
+    if arm.kind != Arm.Kind.EXPLANATION or arm.manipulation == Arm.Manipulation.NONE:
+        return None
+    real = [a for a in arms if a.kind == Arm.Kind.EXPLANATION and a.manipulation == Arm.Manipulation.NONE
+            and a.method == arm.method]
+    return real[0] if len(real) == 1 else None
+
+
+def placebo_settings_problems(*, arms: list[Arm], modality: str) -> list[str]:
+    """A placebo compared with a real arm must differ from it only in the manipulation: the same
+    method settings (a real IG arm at 32 steps against its randomized twin at the default 50 would
+    confound the comparison). An empty placebo configuration inherits the real arm's."""
+    problems = []
+    for arm in arms:
+        if arm.kind != Arm.Kind.EXPLANATION or arm.manipulation == Arm.Manipulation.NONE:
+            continue
+        real = [a for a in arms if a.kind == Arm.Kind.EXPLANATION and a.manipulation == Arm.Manipulation.NONE
+                and a.method == arm.method]
+        if not real:
+            continue
+        if len(real) > 1 and not arm.method_config:
+            problems.append(f"Arm '{arm.name}' is a placebo of {arm.method}, which has several real arms "
+                            f"({', '.join(repr(a.name) for a in real)}): copy the method settings of the one it "
+                            "is the placebo of, so that the two differ only in the manipulation.")
+            continue
+        try:
+            mine = resolve_config(arm.method, arm.method_config or real[0].method_config or {}, modality=modality,
+                                  allow_incomplete=True)
+            theirs = [resolve_config(a.method, a.method_config or {}, modality=modality, allow_incomplete=True)
+                      for a in real]
+        except ValueError:
+            continue  # the settings themselves are wrong: arm_problem says so
+        if mine not in theirs:
+            other = theirs[0]
+            differ = ", ".join(f"{k}={mine.get(k)!r} (real arm '{real[0].name}': {other.get(k)!r})"
+                               for k in sorted(set(mine) | set(other)) if mine.get(k) != other.get(k))
+            problems.append(f"Arm '{arm.name}' is a placebo of the real arm '{real[0].name}' but uses other method "
+                            f"settings: {differ}. The comparison would be confounded by the settings; give the "
+                            "placebo the real arm's settings (or leave its settings empty to inherit them).")
+    return problems
 
 
 def is_signed(config: dict) -> bool:
@@ -124,8 +172,12 @@ class PreparationContext:
 
     def method_config(self, arm: Arm) -> dict:
         """Researcher overrides on top of explicit defaults. Tabular baselines default to the training
-        mean (zeros in raw units would be an arbitrary, often impossible, patient)."""
+        mean (zeros in raw units would be an arbitrary, often impossible, patient). A manipulated
+        arm without settings of its own takes its real arm's (``placebo_real_arm``)."""
         overrides = dict(arm.method_config or {})
+        real = placebo_real_arm(arm, list(self.study.arms.all()))
+        if real is not None and not overrides:
+            overrides = dict(real.method_config or {})
         if self.modality == "tabular":
             overrides = {**data_reference_overrides(arm.method, self.X_train, modality=self.modality), **overrides}
         return resolve_config(arm.method, overrides, modality=self.modality)

@@ -58,7 +58,8 @@ ANALYSIS_FIELDS = (
 # Study-level plan entries a deviation may concern.
 STUDY_DEVIATION_FIELDS = ("exclusion_rules", "target_per_arm")
 # Test names accepted in Hypothesis.test (aliases map to one implementation in the analysis).
-KNOWN_TESTS = ("welch_t", "welch", "permutation", "mann_whitney")
+# The tests a hypothesis may name (the model's choices) and "welch", an alias accepted in specs.
+KNOWN_TESTS = (*Hypothesis.Test.values, "welch")
 SPEC_KEYS = ("hypotheses", "exclusion_rules", "use_amended_plan", "note")
 
 

@@ -6,15 +6,17 @@ matches a row, the other gets a clear InvalidTransition.
 """
 from __future__ import annotations
 
+import copy
 
 from django.db import transaction
 from django.utils import timezone
 
 from explainers.canonical import canonical_sha256
 from studyapp.design import DesignError, design_parse
-from studyapp.models import Arm, Study
+from studyapp.models import Arm, Hypothesis, Study
 from studyapp.selectors.plans import study_plan_document
 from studyapp.services.errors import InvalidTransition, ServiceError
+from studyapp.services.plan_checks import plan_problems
 
 State = Study.State
 
@@ -54,6 +56,7 @@ def study_validate_design(*, study: Study) -> None:
     if not study.consent_text.strip():
         problems.append("Write the consent text: participants read it before they agree to take part.")
     problems += _exclusion_rule_problems(study=study)
+    problems += plan_problems(study=study)
     if any(a.manipulation != Arm.Manipulation.NONE for a in arms) and not study.debrief_text.strip():
         # Participants shown manipulated explanations must be told so before they leave.
         problems.append("This study shows manipulated explanations: write a debrief text that tells "
@@ -97,9 +100,10 @@ def design_problems(*, study: Study, arms: list[Arm]) -> list[str]:
 
 def _arm_problems(*, study: Study, arms: list[Arm]) -> list[str]:
     """Each arm must be computable before preparation spends anything on it."""
-    from studyapp.services.explanations import arm_problem
+    from studyapp.services.explanations import arm_problem, placebo_settings_problems
 
-    return [p for p in (arm_problem(arm=arm, modality=study.dataset.modality) for arm in arms) if p]
+    problems = [p for p in (arm_problem(arm=arm, modality=study.dataset.modality) for arm in arms) if p]
+    return problems + placebo_settings_problems(arms=arms, modality=study.dataset.modality)
 
 
 def _exclusion_rule_problems(*, study: Study) -> list[str]:
@@ -133,12 +137,18 @@ def study_back_to_draft(*, study: Study) -> Study:
 
 
 def study_launch(*, study: Study) -> Study:
-    """ready -> live, freezing configuration, arms and hypotheses (canonical JSON + SHA-256 + time)."""
+    """ready -> live, freezing configuration, arms and hypotheses (canonical JSON + SHA-256 + time).
+    Refused, listing every problem, when the plan could not be run (``plan_problems``)."""
     with transaction.atomic():
         # Lock the row so arms/hypotheses cannot change between reading the plan and freezing it.
         locked = Study.objects.select_for_update().get(pk=study.pk)
         if locked.state != State.READY:
             raise InvalidTransition(f"The study '{locked.title}' is {locked.state}; only a ready study can be launched.")
+        # Again, under the lock: a plan that cannot run is never frozen. (The design and arms
+        # were validated by Prepare and cannot change while the study is prepared.)
+        problems = plan_problems(study=locked)
+        if problems:
+            raise ServiceError(problems)
         plan = study_plan_document(study=locked)
         return _transition(study=locked, to=State.LIVE, extra={
             "frozen_config": plan, "frozen_sha256": canonical_sha256(plan),
@@ -147,3 +157,32 @@ def study_launch(*, study: Study) -> Study:
 
 def study_close(*, study: Study) -> Study:
     return _transition(study=study, to=State.CLOSED, extra={"closed_at": timezone.now()})
+
+
+def _free_slug(base: str) -> str:
+    stem = f"{base[:70]}-copy"
+    taken = set(Study.objects.filter(slug__startswith=stem).values_list("slug", flat=True))
+    return next(s for s in (stem, *(f"{stem}-{n}" for n in range(2, 10_000))) if s not in taken)
+
+
+def _copied_fields(obj, *, skip: tuple[str, ...]) -> dict:
+    return {f.name: copy.deepcopy(getattr(obj, f.name)) for f in obj._meta.concrete_fields
+            if f.name not in ("id", "created_at", "updated_at", *skip)}
+
+
+def study_duplicate(*, study: Study) -> Study:
+    """A new draft with the same design, texts, arms and hypotheses: for a replication, the next
+    study, or a change to a launched study (whose plan is frozen). Nothing computed, nobody
+    enrolled, a new participant link; the completion codes are left empty, because each study on
+    a crowd platform has codes of its own."""
+    with transaction.atomic():
+        duplicate = Study.objects.create(**_copied_fields(study, skip=(
+            "slug", "title", "state", "public_id", "frozen_config", "frozen_sha256", "launched_at", "closed_at",
+            "preparation", "item_sample", "completion_code", "screened_out_code", "failed_checks_code")),
+            slug=_free_slug(study.slug), title=f"{study.title} (copy)"[:200])
+        arms = {arm.pk: Arm.objects.create(**_copied_fields(arm, skip=("study",)), study=duplicate)
+                for arm in study.arms.order_by("position", "id")}
+        for h in study.hypotheses.order_by("label"):
+            Hypothesis.objects.create(**_copied_fields(h, skip=("study", "arm", "comparator")), study=duplicate,
+                                      arm=arms[h.arm_id], comparator=arms.get(h.comparator_id))
+    return duplicate

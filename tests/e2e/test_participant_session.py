@@ -361,7 +361,7 @@ def breast_cancer_live(prepare) -> Study:
     from studyapp.services.demo import DEMOS, DemoResult, demo_model, demo_study
 
     spec = dataclasses.replace(DEMOS[1], slug="e2e-breast-cancer", design=TABULAR_COUNTERFACTUAL_DESIGN,
-                               arms=DEMOS[1].arms[:1])
+                               arms=DEMOS[1].arms[:1], outcome="counterfactual_accuracy")
     dataset = dataset_import_builtin(which=spec.builtin)
     result = DemoResult()
     model = demo_model(spec=spec, dataset=dataset, result=result)
