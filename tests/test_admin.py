@@ -220,3 +220,54 @@ def test_a_deviation_before_launch_is_refused_with_a_reason(admin_client):
     from studyapp.models import PreregistrationDeviation
     assert not PreregistrationDeviation.objects.exists()
     assert "launch" in page.content.decode().lower()
+
+
+def test_prepare_in_the_admin_lists_every_problem_of_the_plan_at_once_in_words(admin_client):
+    study = study_with_arms(hypothesis=False)
+    Study.objects.filter(pk=study.pk).update(consent_text="", completion_code="")
+    response = admin_client.post(reverse("admin:studyapp_study_changelist"),
+                                 {"action": "prepare", "_selected_action": [study.pk]}, follow=True)
+    page = response.content.decode()
+    assert "not prepared; 3 things to fix:" in page
+    for words in ("Write the consent text", "Set the completion code", "Add at least one hypothesis"):
+        assert words in page
+    assert "hypothesis_" not in page  # no constraint names
+
+
+def test_saving_a_draft_says_what_still_stands_between_it_and_prepare(admin_client):
+    study = study_with_arms(hypothesis=False)
+    url = reverse("admin:studyapp_study_change", args=[study.pk])
+    form = admin_client.get(url).context["adminform"].form
+    data = {k: ("" if v is None else v) for k, v in form.initial.items() if k in form.fields}
+    data.update(model=study.model_id, dataset=study.dataset_id, config='{"blocks": [{"phase": "test", "n_items": 2}]}',
+                **{f"{prefix}-{k}": v for prefix in ("arms", "hypotheses", "deviations", "items")
+                   for k, v in (("TOTAL_FORMS", 0), ("INITIAL_FORMS", 0))})
+    arms = list(study.arms.order_by("position"))
+    data.update({"arms-TOTAL_FORMS": len(arms), "arms-INITIAL_FORMS": len(arms)})
+    for i, arm in enumerate(arms):
+        data.update({f"arms-{i}-id": arm.pk, f"arms-{i}-study": study.pk, f"arms-{i}-name": arm.name,
+                     f"arms-{i}-kind": arm.kind, f"arms-{i}-method": arm.method, f"arms-{i}-method_config": "{}",
+                     f"arms-{i}-manipulation": arm.manipulation, f"arms-{i}-manipulation_config": "{}",
+                     f"arms-{i}-allocation_weight": 1, f"arms-{i}-position": arm.position})
+    response = admin_client.post(url, data, follow=True)
+    page = response.content.decode()
+    assert "Before this study can be prepared, fix 1 thing:" in page, page[:3000]
+    assert "Add at least one hypothesis" in page
+
+
+def test_a_prepared_study_reverts_to_draft_and_a_launched_one_is_duplicated_from_the_admin(
+        admin_client, django_capture_on_commit_callbacks):
+    study = study_with_arms()
+    url = reverse("admin:studyapp_study_changelist")
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(url, {"action": "prepare", "_selected_action": [study.pk]})
+    admin_client.post(url, {"action": "revert_to_draft", "_selected_action": [study.pk]})
+    study.refresh_from_db()
+    assert study.state == Study.State.DRAFT
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(url, {"action": "prepare", "_selected_action": [study.pk]})
+    admin_client.post(url, {"action": "launch", "_selected_action": [study.pk]})
+    page = admin_client.post(url, {"action": "duplicate", "_selected_action": [study.pk]}, follow=True).content.decode()
+    copy = Study.objects.exclude(pk=study.pk).get()
+    assert copy.state == Study.State.DRAFT and copy.arms.count() == study.arms.count() == 2
+    assert "duplicated as a new draft" in page and reverse("admin:studyapp_study_change", args=[copy.pk]) in page

@@ -21,7 +21,8 @@ from studyapp.models import (AnalysisRun, Arm, Hypothesis, PreregistrationDeviat
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
 from studyapp.reports.admin_links import report_link
 from studyapp.services.participants import participants_delete_simulated
-from studyapp.services.studies import EDITABLE_STATES, study_close, study_launch, study_prepare
+from studyapp.services.studies import (EDITABLE_STATES, study_back_to_draft, study_close, study_duplicate, study_launch,
+                                      study_prepare, study_problems)
 
 
 class AppendOnlyAdminMixin:
@@ -156,14 +157,23 @@ class HypothesisInline(FrozenAfterDraftMixin, admin.StackedInline):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
-def _run_service(model_admin, request, queryset, service, verb: str) -> None:
+def _run_service(model_admin, request, queryset, service, verb: str, refused: str) -> None:
     for study in queryset:
         try:
-            service(study=study)
+            result = service(study=study)
         except ValidationError as exc:
-            model_admin.message_user(request, f"{study}: " + " ".join(exc.messages), messages.ERROR)
+            # Every problem at once, one message each: a researcher fixes them in one go.
+            problems = exc.messages
+            if len(problems) == 1:
+                model_admin.message_user(request, f"{study}: {refused}: {problems[0]}", messages.ERROR)
+                continue
+            model_admin.message_user(request, f"{study}: {refused}; {len(problems)} things to fix:", messages.ERROR)
+            for problem in problems:
+                model_admin.message_user(request, problem, messages.ERROR)
         else:
-            model_admin.message_user(request, f"{study}: {verb}.", messages.SUCCESS)
+            done = result if isinstance(result, Study) else study
+            link = format_html('<a href="{}">{}</a>', reverse("admin:studyapp_study_change", args=[done.pk]), done)
+            model_admin.message_user(request, format_html("{}: {}.", link, verb), messages.SUCCESS)
 
 
 @admin.register(Study)
@@ -174,7 +184,7 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ["title", "slug", "description"]
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
-    actions = ["prepare", "launch", "close", "delete_simulated", *EXPORT_ACTIONS]
+    actions = ["prepare", "launch", "close", "revert_to_draft", "duplicate", "delete_simulated", *EXPORT_ACTIONS]
     readonly_fields = ["state", "participant_link", "report", "public_id", "frozen_sha256", "launched_at", "closed_at",
                        "preparation_summary", "item_sample_summary", "record_deviation"]
     inlines = [ArmInline, HypothesisInline, DeviationInline, StudyItemInline]
@@ -299,15 +309,36 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Prepare selected studies (predict, compute explanations)")
     def prepare(self, request, queryset):
-        _run_service(self, request, queryset, study_prepare, "preparation started")
+        _run_service(self, request, queryset, study_prepare, "preparation started", "not prepared")
 
     @admin.action(description="Launch selected studies (freeze plan and open to participants)")
     def launch(self, request, queryset):
-        _run_service(self, request, queryset, study_launch, "launched")
+        _run_service(self, request, queryset, study_launch, "launched", "not launched")
+
+    @admin.action(description="Revert selected prepared studies to draft (to change them before launch)")
+    def revert_to_draft(self, request, queryset):
+        _run_service(self, request, queryset, study_back_to_draft, "back to draft", "not reverted")
+
+    @admin.action(description="Duplicate selected studies (a new draft with the same design, arms and hypotheses)")
+    def duplicate(self, request, queryset):
+        _run_service(self, request, queryset, study_duplicate, "duplicated as a new draft", "not duplicated")
+
+    def save_related(self, request, form, formsets, change):
+        """After each save of a draft (arms and hypotheses included): what still stands between it
+        and Prepare, every problem at once. A draft may be incomplete; Prepare refuses it."""
+        super().save_related(request, form, formsets, change)
+        study = form.instance
+        if study.state == Study.State.DRAFT:
+            problems = study_problems(study=study)
+            if problems:
+                self.message_user(request, f"Saved. Before this study can be prepared, fix {len(problems)} "
+                                           f"thing{'s' if len(problems) > 1 else ''}:", messages.WARNING)
+                for problem in problems:
+                    self.message_user(request, problem, messages.WARNING)
 
     @admin.action(description="Close selected studies")
     def close(self, request, queryset):
-        _run_service(self, request, queryset, study_close, "closed")
+        _run_service(self, request, queryset, study_close, "closed", "not closed")
 
     @admin.action(description="Delete the simulated participants of selected studies")
     def delete_simulated(self, request, queryset):

@@ -44,7 +44,16 @@ def _transition(*, study: Study, to: str, extra: dict | None = None) -> Study:
 
 
 def study_validate_design(*, study: Study) -> None:
-    """Checks that must hold before any computation is spent on a study."""
+    """Checks that must hold before any computation is spent on a study (ServiceError listing
+    every problem)."""
+    problems = study_problems(study=study)
+    if problems:
+        raise ServiceError(problems)
+
+
+def study_problems(*, study: Study) -> list[str]:
+    """Every reason the study cannot be prepared and launched as it stands, in words (empty: none).
+    Shown after each save of a draft, enforced by Prepare and (the plan part) by Launch."""
     arms = list(study.arms.all())
     problems = []
     if not any(a.kind == Arm.Kind.CONTROL for a in arms):
@@ -64,8 +73,7 @@ def study_validate_design(*, study: Study) -> None:
     if study.model.dataset_id != study.dataset_id:
         problems.append(f"The model '{study.model.name}' was validated against the dataset "
                         f"'{study.model.dataset.name}', not '{study.dataset.name}'.")
-    if problems:
-        raise ServiceError(problems)
+    return problems
 
 
 def output_conditioned(arm: Arm) -> bool:
