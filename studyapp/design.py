@@ -109,6 +109,34 @@ DEFAULT_QUESTIONNAIRE = (
 )
 
 
+class ExclusionRules(Strict):
+    """Pre-registered exclusion rules (applied blind to arm by studyapp/services/exclusions.py,
+    which also checks their values together); an empty rule is not applied."""
+
+    max_failed_attention_checks: int | None = Field(None, ge=0, description="Exclude a participant with more "
+                                                                            "failed attention checks than this.")
+    total_seconds_window: list[float | None] | None = Field(
+        None, min_length=2, max_length=2, description="[low, high] seconds from start to completion; outside it the "
+                                                      "participant is excluded (null for an open side).")
+    straightlining_max_run: int | None = Field(None, ge=2, description="Exclude the same answer on more consecutive "
+                                                                       "trials than this.")
+    max_comprehension_attempts: int | None = Field(None, ge=1, description="Exclude from the analysis a participant "
+                                                                           "who needed more quiz attempts than this.")
+    min_instructions_seconds: float | None = Field(None, ge=0, description="Exclude less time on the instructions "
+                                                                           "than this.")
+
+
+class EditSettings(Strict):
+    """How counterfactual edits are made (studyapp/selectors edit_settings; defaults per modality)."""
+
+    grid: list[int] | None = Field(None, min_length=2, max_length=2, description="Images: occlusion grid [rows, "
+                                                                                 "columns] (default [4, 4]).")
+    fill: Literal["mean", "zero"] | float | None = Field(None, description="Images: what fills an occluded cell: "
+                                                                           "mean, zero or a number (default mean).")
+    quantiles: list[float] | None = Field(None, min_length=1, max_length=9, description="Tabular: the training "
+                                          "quantiles a feature is moved to (default [0.1, 0.5, 0.9]).")
+
+
 class StudyDesign(Strict):
     design: Literal["between", "within_pre_post"] = Field(
         "between", description="between: one arm, its aid where blocks allow; within_pre_post: learning without "
@@ -127,9 +155,8 @@ class StudyDesign(Strict):
     crowd: Crowd = Crowd()
     acknowledge_aid_leak: bool = Field(False, description="Allow an aid computed for the model's answer in forward "
                                                           "trials that hide it (AI-assisted decision studies).")
-    # Validated by their own services (exclusions, edits); kept here so the design is one document.
-    exclusion_rules: dict = Field(default_factory=dict)
-    edits: dict = Field(default_factory=dict)
+    exclusion_rules: ExclusionRules = ExclusionRules()
+    edits: EditSettings = EditSettings()
 
     @model_validator(mode="after")
     def _shape(self) -> StudyDesign:
@@ -232,6 +259,31 @@ def design_json_schema() -> dict:
     return StudyDesign.model_json_schema()
 
 
+def design_form_schema() -> dict:
+    """The JSON Schema as the admin's form generator (django-jsonform) shows it best: an optional
+    setting ("X or null") becomes a plain X field left empty, and each description is shown as
+    help text under its field. The design itself is still validated by ``design_parse``."""
+    def simplify(node):
+        if isinstance(node, list):
+            return [simplify(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: simplify(v) for k, v in node.items()}
+        options = node.get("anyOf")
+        if options and sum(o != {"type": "null"} for o in options) == 1 and {"type": "null"} in options:
+            inner = next(o for o in options if o != {"type": "null"})
+            node = {**{k: v for k, v in node.items() if k not in ("anyOf", "default")}, **inner}
+        if "description" in node and "type" in node:
+            node["help_text"] = node["description"]
+        if node.get("type") == "array":
+            node.pop("minItems", None)  # the form would start with empty items; Prepare checks the count
+            prefix = node.pop("prefixItems", None)
+            if prefix:  # a fixed-length tuple (Likert anchors): a list of the same kind in the form
+                node["items"] = prefix[0]
+        return node
+    return simplify(design_json_schema())
+
+
 
 def trial_asks_confidence(design: StudyDesign, *, task: str, show_model_output: bool) -> bool:
     """Confidence (1-7) is asked with every answer that is a judgement: not on attention checks
@@ -240,3 +292,23 @@ def trial_asks_confidence(design: StudyDesign, *, task: str, show_model_output: 
     if design.confidence == "off" or task == "attention_check":
         return False
     return not (task == "forward" and show_model_output)
+
+
+def _blank(value) -> bool:
+    return value is None or value == "" or (isinstance(value, list) and all(_blank(v) for v in value))
+
+
+def without_empty_settings(value, *, optional: bool = False):
+    """The design as stored: settings left empty in the admin form (null) are dropped, so they
+    take their defaults instead of overriding them with null. Inside the optional groups
+    (exclusion rules, edit settings) an empty list or text is also "not set"; elsewhere an empty
+    list is a choice (no questionnaire) and kept."""
+    if isinstance(value, dict):
+        return {k: without_empty_settings(v, optional=optional or k in OPTIONAL_GROUPS) for k, v in value.items()
+                if not (v is None or (optional and _blank(v)))}
+    if isinstance(value, list):
+        return [without_empty_settings(v, optional=optional) for v in value]
+    return value
+
+
+OPTIONAL_GROUPS = ("exclusion_rules", "edits")

@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "csp",
+    # The study design as a form in the admin, generated from its JSON Schema (studyapp/design.py).
+    "django_jsonform",
     "studyapp",
 ]
 

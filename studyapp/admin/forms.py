@@ -98,3 +98,26 @@ class DeviationForm(forms.Form):
         self.fields["target"].choices = [("", "The study")] + [(label, f"Hypothesis {label}")
                                                                for label in hypothesis_labels]
         self.fields["target"].required = False
+
+
+class StudyForm(forms.ModelForm):
+    """The study change form: the design comes from a form generated from its JSON Schema, whose
+    empty settings arrive as null; they are dropped so that they keep their defaults. The form
+    opens on the design in effect (defaults filled in), so what a researcher sees is what runs and
+    a save does not turn an unset default (the standard questionnaire) into an empty list."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from studyapp.design import DesignError, design_parse
+
+        if "config" in self.fields and self.instance.pk and not self.is_bound:
+            try:
+                design = design_parse(self.instance.config)
+            except DesignError:
+                return  # shown as stored; the problems are listed after saving
+            self.initial["config"] = design.model_dump(mode="json", exclude_none=True)
+
+    def clean_config(self):
+        from studyapp.design import without_empty_settings
+
+        return without_empty_settings(self.cleaned_data.get("config") or {})

@@ -15,7 +15,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from studyapp.admin.form_view import form_view
-from studyapp.admin.forms import DeviationForm
+from studyapp.admin.forms import DeviationForm, StudyForm
 from studyapp.models import (AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study, StudyItem, append_only,
                              append_only_refusal)
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
@@ -178,6 +178,7 @@ def _run_service(model_admin, request, queryset, service, verb: str, refused: st
 
 @admin.register(Study)
 class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
+    form = StudyForm
     list_display = ["title", "state", "model", "dataset", "n_arms", "n_participants", "n_completed", "participant_link",
                     "report"]
     list_filter = ["state", "dataset__modality"]
@@ -197,6 +198,19 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                                                         "record_deviation", "preparation_summary", "public_id"]}),
         ("Item sample", {"fields": ["item_sample_summary"]}),
     ]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "config":
+            # The typed design as a form (its JSON Schema; validated by pydantic on Prepare and
+            # after each save), instead of a JSON box.
+            from django_jsonform.widgets import JSONFormWidget
+
+            from studyapp.design import design_form_schema
+
+            kwargs["widget"] = JSONFormWidget(schema=design_form_schema())
+            kwargs.setdefault("help_text", "The study design: blocks of trials, checks, questionnaire and recruitment. "
+                                           "Each setting says what it does; Prepare checks the whole design.")
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_queryset(self, request):
         # Counts in one query for the whole change list (no N+1).

@@ -118,7 +118,8 @@ DEFAULT_EDITS = {"image": {"grid": [4, 4], "fill": "mean"}, "tabular": {"quantil
 def edit_settings(*, study) -> dict:
     """The study's edit settings (config["edits"]) over the defaults for its modality."""
     modality = study.dataset.modality
-    return {**DEFAULT_EDITS[modality], **(study.config or {}).get("edits", {})}
+    chosen = {k: v for k, v in ((study.config or {}).get("edits") or {}).items() if v is not None}
+    return {**DEFAULT_EDITS[modality], **chosen}
 
 
 def edit_settings_key(*, study) -> str:

@@ -1,0 +1,54 @@
+"""Experimenter screens in a real browser: the study design as a form, under the admin's CSP."""
+from __future__ import annotations
+
+from tests.e2e.conftest import screenshot
+from tests.factories import study_with_arms
+
+
+def login(page, live_server, admin_user) -> None:
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", admin_user.username)
+    page.fill("#id_password", "password")  # pytest-django's admin_user
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/")
+
+
+def test_the_study_design_is_a_form_and_saving_it_keeps_a_valid_design(desktop, page_errors, live_server,
+                                                                        admin_user):
+    study = study_with_arms()
+    page = page_errors.watch(desktop.new_page())
+    login(page, live_server, admin_user)
+    page.goto(f"{live_server.url}/admin/studyapp/study/{study.pk}/change/")
+    # The design's settings are form fields with their descriptions, not a JSON box.
+    page.get_by_text("How many items (the same items for every arm).").first.wait_for()
+    assert page.locator("textarea[name=config]").is_hidden()
+    screenshot(page, "admin-study-design")
+    page.get_by_role("button", name="Save and continue editing").click()
+    page.wait_for_load_state()
+    study.refresh_from_db()
+    assert study.config["blocks"][0]["phase"] == "learning" and study.config["blocks"][1]["n_items"] == 3
+    # Defaults in effect were shown and kept (not emptied): the standard questionnaire stays.
+    assert [q["id"] for q in study.config["questionnaire"]] == ["trust", "helpfulness", "understanding"]
+    assert "Before this study can be prepared" not in page.content()
+    page_errors.assert_none()
+
+
+def test_a_full_design_round_trips_through_the_form_unchanged(desktop, page_errors, live_server, admin_user):
+    from studyapp.design import design_parse
+    from studyapp.models import Study
+    from studyapp.services.demo import DIGITS_DESIGN
+
+    study = study_with_arms()
+    design = {**DIGITS_DESIGN, "crowd": {"source": "prolific"}, "edits": {"grid": [2, 2]},
+              "questionnaire": [{"id": "trust", "text": "I trusted it.", "anchors": ["No", "Yes"]}]}
+    Study.objects.filter(pk=study.pk).update(config=design)
+    page = page_errors.watch(desktop.new_page())
+    login(page, live_server, admin_user)
+    page.goto(f"{live_server.url}/admin/studyapp/study/{study.pk}/change/")
+    page.get_by_text("How many items (the same items for every arm).").first.wait_for()
+    page.get_by_role("button", name="Save and continue editing").click()
+    page.wait_for_load_state()
+    study.refresh_from_db()
+    assert design_parse(study.config) == design_parse(design)
+    assert study.config["exclusion_rules"]["total_seconds_window"] == [120, 3600]
+    page_errors.assert_none()
