@@ -271,3 +271,11 @@ def test_a_prepared_study_reverts_to_draft_and_a_launched_one_is_duplicated_from
     copy = Study.objects.exclude(pk=study.pk).get()
     assert copy.state == Study.State.DRAFT and copy.arms.count() == study.arms.count() == 2
     assert "duplicated as a new draft" in page and reverse("admin:studyapp_study_change", args=[copy.pk]) in page
+
+
+def test_the_admin_names_the_product_and_a_new_arm_comes_after_the_existing_ones(admin_client):
+    study = study_with_arms(methods=("integrated_gradients", "saliency"))
+    page = admin_client.get(reverse("admin:studyapp_study_change", args=[study.pk]))
+    assert "Explanation studies" in page.content.decode()
+    formset = next(f for f in page.context["inline_admin_formsets"] if f.formset.prefix == "arms").formset
+    assert formset.empty_form["position"].initial == 3  # control 0, two arms at 1 and 2

@@ -105,6 +105,25 @@ class ArmInline(FrozenAfterDraftMixin, admin.TabularInline):
     fields = ["position", "name", "kind", "method", "method_config", "manipulation", "manipulation_config",
               "allocation_weight"]
 
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        # Compact settings boxes and a narrow position, so that the inline fits a 1280 px screen.
+        if db_field.name in ("method_config", "manipulation_config") and field is not None:
+            field.widget.attrs.update(rows=2, cols=28)
+        elif db_field.name in ("position", "allocation_weight") and field is not None:
+            field.widget.attrs.update(style="width: 4em")
+        elif db_field.name == "name" and field is not None:
+            field.widget.attrs.update(size=18)
+        return field
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        # A new arm comes after the existing ones (not at position 0 beside the control arm).
+        next_position = (max((a.position for a in obj.arms.all()), default=-1) + 1) if obj is not None else 0
+        if "position" in formset.form.base_fields:  # absent when the study is no longer editable
+            formset.form.base_fields["position"].initial = next_position
+        return formset
+
 
 class StudyItemInline(admin.TabularInline):
     """The study's item sample (read-only: it is drawn and recorded by preparation)."""
