@@ -78,7 +78,10 @@ def test_prepare_and_launch_actions_move_a_study_to_live(admin_client, django_ca
     url = reverse("admin:studyapp_study_changelist")
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(url, {"action": "prepare", "_selected_action": [study.pk]})
-    admin_client.post(url, {"action": "launch", "_selected_action": [study.pk]})
+    review = admin_client.post(url, {"action": "launch", "_selected_action": [study.pk]})
+    assert review.status_code == 302 and review["Location"] == reverse("admin:studyapp_study_launch_review",
+                                                                        args=[study.pk])
+    admin_client.post(review["Location"], {"confirm": "on"})
     study.refresh_from_db()
     assert study.state == Study.State.LIVE and len(study.frozen_sha256) == 64
 
@@ -266,7 +269,7 @@ def test_a_prepared_study_reverts_to_draft_and_a_launched_one_is_duplicated_from
     assert study.state == Study.State.DRAFT
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(url, {"action": "prepare", "_selected_action": [study.pk]})
-    admin_client.post(url, {"action": "launch", "_selected_action": [study.pk]})
+    admin_client.post(reverse("admin:studyapp_study_launch_review", args=[study.pk]), {"confirm": "on"})
     page = admin_client.post(url, {"action": "duplicate", "_selected_action": [study.pk]}, follow=True).content.decode()
     copy = Study.objects.exclude(pk=study.pk).get()
     assert copy.state == Study.State.DRAFT and copy.arms.count() == study.arms.count() == 2
@@ -279,3 +282,48 @@ def test_the_admin_names_the_product_and_a_new_arm_comes_after_the_existing_ones
     assert "Explanation studies" in page.content.decode()
     formset = next(f for f in page.context["inline_admin_formsets"] if f.formset.prefix == "arms").formset
     assert formset.empty_form["position"].initial == 3  # control 0, two arms at 1 and 2
+
+
+def _ready(study, django_capture_on_commit_callbacks, admin_client):
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(reverse("admin:studyapp_study_changelist"), {"action": "prepare", "_selected_action": [study.pk]})
+    study.refresh_from_db()
+    assert study.state == Study.State.READY
+    return study
+
+
+def test_the_launch_review_shows_the_plan_and_launches_only_when_confirmed(admin_client,
+                                                                         django_capture_on_commit_callbacks):
+    study = _ready(study_with_arms(), django_capture_on_commit_callbacks, admin_client)
+    url = reverse("admin:studyapp_study_launch_review", args=[study.pk])
+    page = admin_client.get(url).content.decode()
+    assert "Launch review" in page and "integrated_gradients" in page and "H0" in page
+    assert "The arm beats control." in page and "n_steps" in page  # arms with their full settings
+    refused = admin_client.post(url, {}).content.decode()
+    assert "This field is required" in refused
+    study.refresh_from_db()
+    assert study.state == Study.State.READY
+    response = admin_client.post(url, {"confirm": "on"}, follow=True)
+    study.refresh_from_db()
+    assert study.state == Study.State.LIVE
+    page = response.content.decode()
+    assert "The frozen plan of" in page and study.frozen_sha256 in page
+
+
+def test_an_arm_that_failed_its_sanity_check_launches_only_with_an_acknowledgement_recorded_in_the_plan(
+        admin_client, admin_user, django_capture_on_commit_callbacks):
+    study = _ready(study_with_arms(), django_capture_on_commit_callbacks, admin_client)
+    prep = dict(study.preparation)
+    prep["sanity"] = {**prep.get("sanity", {}), "integrated_gradients": {"verdict": "not_model_sensitive"}}
+    Study.objects.filter(pk=study.pk).update(preparation=prep)
+    url = reverse("admin:studyapp_study_launch_review", args=[study.pk])
+    assert "do not depend on the model" in admin_client.get(url).content.decode()
+    assert "Acknowledge the failed sanity check" in admin_client.post(url, {"confirm": "on"}).content.decode()
+    study.refresh_from_db()
+    assert study.state == Study.State.READY
+    admin_client.post(url, {"confirm": "on", "acknowledge_sanity_failures": "on"})
+    study.refresh_from_db()
+    assert study.state == Study.State.LIVE
+    assert study.frozen_config["launch_acknowledgements"] == {"sanity_failures": ["integrated_gradients"],
+                                                              "by": admin_user.username}
+    assert "acknowledged sanity-check failure" in admin_client.get(url).content.decode()

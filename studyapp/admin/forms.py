@@ -121,3 +121,21 @@ class StudyForm(forms.ModelForm):
         from studyapp.design import without_empty_settings
 
         return without_empty_settings(self.cleaned_data.get("config") or {})
+
+
+class LaunchForm(forms.Form):
+    confirm = forms.BooleanField(label="I have read this plan. Launching freezes it and opens the study to "
+                                       "participants.")
+    acknowledge_sanity_failures = forms.BooleanField(
+        required=False, label="I launch knowing that the sanity check found maps that do not depend on the model; "
+                              "record this acknowledgement with the plan.")
+
+    def __init__(self, *args, failures: list[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failures = list(failures)
+
+    def clean(self):
+        data = super().clean()
+        if self.failures and not data.get("acknowledge_sanity_failures"):
+            raise forms.ValidationError(f"Acknowledge the failed sanity check of {', '.join(self.failures)} to launch.")
+        return data

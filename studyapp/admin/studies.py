@@ -15,7 +15,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from studyapp.admin.form_view import form_view
-from studyapp.admin.forms import DeviationForm, StudyForm
+from studyapp.admin.forms import DeviationForm, LaunchForm, StudyForm
 from studyapp.models import (AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study, StudyItem, append_only,
                              append_only_refusal)
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
@@ -205,11 +205,11 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
     actions = ["prepare", "launch", "close", "revert_to_draft", "duplicate", "delete_simulated", *EXPORT_ACTIONS]
-    readonly_fields = ["state", "participant_link", "report", "public_id", "frozen_sha256", "launched_at", "closed_at",
+    readonly_fields = ["state", "participant_link", "report", "launch_review", "public_id", "frozen_sha256", "launched_at", "closed_at",
                        "preparation_summary", "item_sample_summary", "record_deviation"]
     inlines = [ArmInline, HypothesisInline, DeviationInline, StudyItemInline]
     fieldsets = [
-        (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report"]}),
+        (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report", "launch_review"]}),
         ("Model and data", {"fields": ["model", "dataset", "seed", "config", "target_per_arm"]}),
         ("Participant texts", {"fields": ["consent_text", "instructions", "debrief_text"]}),
         ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
@@ -269,7 +269,9 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     def get_urls(self):
         extra = [path("<int:pk>/deviation/", self.admin_site.admin_view(self.deviation_view),
-                      name="studyapp_study_deviation")]
+                      name="studyapp_study_deviation"),
+                 path("<int:pk>/launch/", self.admin_site.admin_view(self.launch_review_view),
+                      name="studyapp_study_launch_review")]
         return extra + super().get_urls()
 
     def deviation_view(self, request: HttpRequest, pk: int):
@@ -290,6 +292,48 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         return form_view(self, request, submit_label="Record the deviation", form_class=partial(DeviationForm, hypothesis_labels=labels),
                           title=f"Record a deviation from the plan of {study}", submit=submit,
                           done_url=reverse("admin:studyapp_study_change", args=[study.pk]))
+
+    def launch_review_view(self, request: HttpRequest, pk: int):
+        """The plan as Launch freezes it (or as it was frozen), then Launch with a confirmation and,
+        for a failed sanity check, an acknowledgement recorded with the plan."""
+        from django.http import HttpResponseRedirect
+        from django.template.response import TemplateResponse
+
+        from studyapp.selectors.plans import plan_review
+        from studyapp.services.plan_checks import plan_problems
+        from studyapp.services.studies import sanity_failures
+
+        study = get_object_or_404(Study, pk=pk)
+        launched = bool(study.frozen_sha256)
+        failures = [] if launched else sanity_failures(study=study)
+        problems = [] if launched else plan_problems(study=study)
+        can_launch = study.state == Study.State.READY and not problems and self.has_change_permission(request, study)
+        form = LaunchForm(request.POST if request.method == "POST" else None, failures=failures)
+        if request.method == "POST":
+            if not can_launch:
+                raise PermissionDenied
+            if form.is_valid():
+                try:
+                    study_launch(study=study, acknowledge_sanity_failures=form.cleaned_data["acknowledge_sanity_failures"],
+                                 by=request.user.get_username())
+                except ValidationError as exc:
+                    for message in exc.messages:
+                        form.add_error(None, message)
+                else:
+                    self.message_user(request, f"{study} is live: its plan is frozen.", messages.SUCCESS)
+                    return HttpResponseRedirect(reverse("admin:studyapp_study_launch_review", args=[study.pk]))
+        context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
+                   "title": f"The frozen plan of {study}" if launched else f"Launch review: {study}",
+                   "review": plan_review(study=study), "problems": problems, "failures": failures, "form": form,
+                   "can_launch": can_launch}
+        return TemplateResponse(request, "admin/studyapp/launch_review.html", context)
+
+    @admin.display(description="plan")
+    def launch_review(self, obj) -> str:
+        if obj is None or obj.pk is None:
+            return "—"
+        label = "The frozen plan, readable" if obj.frozen_sha256 else "Review the plan and launch"
+        return format_html('<a href="{}">{}</a>', reverse("admin:studyapp_study_launch_review", args=[obj.pk]), label)
 
     @admin.display(description="deviations")
     def record_deviation(self, obj) -> str:
@@ -344,9 +388,17 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def prepare(self, request, queryset):
         _run_service(self, request, queryset, study_prepare, "preparation started", "not prepared")
 
-    @admin.action(description="Launch selected studies (freeze plan and open to participants)")
+    @admin.action(description="Launch: review the plan, confirm, freeze it and open the study")
     def launch(self, request, queryset):
-        _run_service(self, request, queryset, study_launch, "launched", "not launched")
+        """Launch is confirmed on the study's Launch review page (one study at a time)."""
+        from django.http import HttpResponseRedirect
+
+        studies = list(queryset[:2])
+        if len(studies) != 1:
+            self.message_user(request, "Select one study to launch: each plan is reviewed and confirmed on its own.",
+                              messages.WARNING)
+            return None
+        return HttpResponseRedirect(reverse("admin:studyapp_study_launch_review", args=[studies[0].pk]))
 
     @admin.action(description="Revert selected prepared studies to draft (to change them before launch)")
     def revert_to_draft(self, request, queryset):

@@ -29,3 +29,30 @@ def study_plan_document(*, study: Study) -> dict:
             for h in Hypothesis.objects.filter(study=study).select_related("arm", "comparator").order_by("label")
         ],
     }
+
+
+SANITY_MEANING = {
+    "model_sensitive": "The maps change when the model's weights are randomized: they depend on the model.",
+    "not_model_sensitive": "The maps barely change when the model's weights are randomized: they do not explain "
+                           "this model (like an edge detector, they would look the same for any model). Launching "
+                           "needs an explicit acknowledgement, recorded with the plan.",
+    "inconclusive": "The check could not tell whether the maps depend on the model (too few items or too much "
+                    "variation). Treat conclusions about this arm with caution, or prepare with more sanity-check "
+                    "items.",
+}
+
+
+def plan_review(*, study: Study) -> dict:
+    """What the Launch review page shows: the plan as Launch would freeze it (or as it was frozen),
+    with each method's sanity verdict explained in words."""
+    plan = study.frozen_config if study.frozen_sha256 else study_plan_document(study=study)
+    sanity = (study.preparation or {}).get("sanity") or {}
+    arms = []
+    for arm in plan["arms"]:
+        report = sanity.get(arm["method"]) or {}
+        verdict = report.get("verdict") if arm["kind"] == "explanation" else None
+        arms.append({**arm, "verdict": verdict, "verdict_meaning": SANITY_MEANING.get(verdict, ""),
+                     "checked_config": report.get("config")})
+    config = plan["study"]["config"] or {}
+    return {"plan": plan, "arms": arms, "blocks": config.get("blocks") or [], "config": config,
+            "acknowledgements": plan.get("launch_acknowledgements")}

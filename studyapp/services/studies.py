@@ -144,9 +144,19 @@ def study_back_to_draft(*, study: Study) -> Study:
     return _transition(study=study, to=State.DRAFT)
 
 
-def study_launch(*, study: Study) -> Study:
+def sanity_failures(*, study: Study) -> list[str]:
+    """Methods of the study's real explanation arms whose maps failed the model-randomization
+    sanity check at preparation (``not_model_sensitive``: they do not depend on the model)."""
+    sanity = (study.preparation or {}).get("sanity") or {}
+    methods = {a.method for a in study.arms.filter(kind=Arm.Kind.EXPLANATION, manipulation=Arm.Manipulation.NONE)}
+    return sorted(m for m in methods if (sanity.get(m) or {}).get("verdict") == "not_model_sensitive")
+
+
+def study_launch(*, study: Study, acknowledge_sanity_failures: bool = False, by: str = "") -> Study:
     """ready -> live, freezing configuration, arms and hypotheses (canonical JSON + SHA-256 + time).
-    Refused, listing every problem, when the plan could not be run (``plan_problems``)."""
+    Refused, listing every problem, when the plan could not be run (``plan_problems``). An arm whose
+    method failed its sanity check launches only with ``acknowledge_sanity_failures``, which is
+    frozen with the plan (who acknowledged which methods)."""
     with transaction.atomic():
         # Lock the row so arms/hypotheses cannot change between reading the plan and freezing it.
         locked = Study.objects.select_for_update().get(pk=study.pk)
@@ -155,9 +165,17 @@ def study_launch(*, study: Study) -> Study:
         # Again, under the lock: a plan that cannot run is never frozen. (The design and arms
         # were validated by Prepare and cannot change while the study is prepared.)
         problems = plan_problems(study=locked)
+        failures = sanity_failures(study=locked)
+        if failures and not acknowledge_sanity_failures:
+            problems.append(
+                f"The sanity check found that the maps of {', '.join(failures)} do not depend on the model (they "
+                "barely change when its weights are randomized), so they cannot explain it. Launch from the Launch "
+                "review page, acknowledging this; the acknowledgement is recorded with the plan.")
         if problems:
             raise ServiceError(problems)
         plan = study_plan_document(study=locked)
+        if failures:
+            plan["launch_acknowledgements"] = {"sanity_failures": failures, "by": by}
         return _transition(study=locked, to=State.LIVE, extra={
             "frozen_config": plan, "frozen_sha256": canonical_sha256(plan),
             "launched_at": timezone.now()})

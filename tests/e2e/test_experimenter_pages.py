@@ -52,3 +52,22 @@ def test_a_full_design_round_trips_through_the_form_unchanged(desktop, page_erro
     assert design_parse(study.config) == design_parse(design)
     assert study.config["exclusion_rules"]["total_seconds_window"] == [120, 3600]
     page_errors.assert_none()
+
+
+def test_the_launch_review_reads_as_a_plan_and_launches_after_confirmation(desktop, page_errors, live_server,
+                                                                         admin_user, prepare):
+    from studyapp.models import Study
+
+    study = prepare(study_with_arms())
+    page = page_errors.watch(desktop.new_page())
+    login(page, live_server, admin_user)
+    page.goto(f"{live_server.url}/admin/studyapp/study/{study.pk}/launch/")
+    assert page.get_by_role("heading", name="Hypotheses").is_visible()
+    screenshot(page, "admin-launch-review")
+    page.get_by_label("I have read this plan").check()
+    page.get_by_role("button", name="Launch: freeze this plan and open the study").click()
+    page.get_by_text("It cannot change; changes are recorded as dated deviations.").wait_for()
+    study.refresh_from_db()
+    assert study.state == Study.State.LIVE and study.frozen_sha256 in page.content()
+    screenshot(page, "admin-frozen-plan")
+    page_errors.assert_none()
