@@ -34,6 +34,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 PAGES = {
     "closed": ("participant/closed.html", 410),
     "full": ("participant/full.html", 200),
+    "paused": ("participant/paused.html", 503),
     "not_open": ("participant/not_open.html", 200),
     "already_taken_part": ("participant/already_taken_part.html", 200),
     "staff_preview": ("participant/staff_preview.html", 200),

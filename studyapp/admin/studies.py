@@ -199,17 +199,18 @@ def _run_service(model_admin, request, queryset, service, verb: str, refused: st
 class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     form = StudyForm
     list_display = ["title", "state", "model", "dataset", "n_arms", "n_participants", "n_completed", "participant_link",
-                    "report"]
+                    "report", "monitor_link"]
     list_filter = ["state", "dataset__modality"]
     search_fields = ["title", "slug", "description"]
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
     actions = ["prepare", "launch", "close", "revert_to_draft", "duplicate", "delete_simulated", *EXPORT_ACTIONS]
-    readonly_fields = ["state", "participant_link", "report", "launch_review", "public_id", "frozen_sha256", "launched_at", "closed_at",
+    readonly_fields = ["state", "participant_link", "report", "launch_review", "monitor_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
                        "preparation_summary", "item_sample_summary", "record_deviation"]
     inlines = [ArmInline, HypothesisInline, DeviationInline, StudyItemInline]
     fieldsets = [
-        (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report", "launch_review"]}),
+        (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report", "launch_review",
+                           "monitor_link"]}),
         ("Model and data", {"fields": ["model", "dataset", "seed", "config", "target_per_arm"]}),
         ("Participant texts", {"fields": ["consent_text", "instructions", "debrief_text"]}),
         ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
@@ -271,7 +272,9 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         extra = [path("<int:pk>/deviation/", self.admin_site.admin_view(self.deviation_view),
                       name="studyapp_study_deviation"),
                  path("<int:pk>/launch/", self.admin_site.admin_view(self.launch_review_view),
-                      name="studyapp_study_launch_review")]
+                      name="studyapp_study_launch_review"),
+                 path("<int:pk>/monitor/", self.admin_site.admin_view(self.monitor_view),
+                      name="studyapp_study_monitor")]
         return extra + super().get_urls()
 
     def deviation_view(self, request: HttpRequest, pk: int):
@@ -327,6 +330,43 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                    "review": plan_review(study=study), "problems": problems, "failures": failures, "form": form,
                    "can_launch": can_launch}
         return TemplateResponse(request, "admin/studyapp/launch_review.html", context)
+
+    def monitor_view(self, request: HttpRequest, pk: int):
+        """The live monitor: who is where, per arm, refreshed every 5 s; pause or resume new
+        participants for the study or one arm."""
+        from django.http import HttpResponseRedirect
+        from django.template.response import TemplateResponse
+
+        from studyapp.selectors.participation import study_monitor
+        from studyapp.services.studies import study_set_ingest
+
+        study = get_object_or_404(Study, pk=pk)
+        if request.method == "POST":
+            if not self.has_view_permission(request, study) or not request.user.has_perm("studyapp.change_study"):
+                raise PermissionDenied
+            paused = request.POST.get("paused") == "1"
+            arm = study.arms.filter(pk=request.POST.get("arm") or 0).first()
+            try:
+                study_set_ingest(study=study, paused=paused, arm=arm)
+            except ValidationError as exc:
+                self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            else:
+                what = f"arm {arm.name}" if arm else "the study"
+                self.message_user(request, f"New participants {'paused' if paused else 'resumed'} for {what}.",
+                                  messages.SUCCESS)
+            return HttpResponseRedirect(request.path)
+        context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
+                   "title": f"Live monitor: {study}", "monitor": study_monitor(study=study)}
+        template = "admin/studyapp/_monitor.html" if request.GET.get("fragment") else "admin/studyapp/monitor.html"
+        response = TemplateResponse(request, template, context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.display(description="monitor")
+    def monitor_link(self, obj) -> str:
+        if obj is None or obj.pk is None or obj.state not in (Study.State.LIVE, Study.State.CLOSED):
+            return "Once the study is live"
+        return format_html('<a href="{}">Live monitor</a>', reverse("admin:studyapp_study_monitor", args=[obj.pk]))
 
     @admin.display(description="plan")
     def launch_review(self, obj) -> str:

@@ -38,6 +38,9 @@ class Study(TimeStamped):
     target_per_arm = models.PositiveIntegerField(default=30)
     # The participant link uses this random id, not the slug, so links cannot be guessed.
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    ingest_paused = models.BooleanField(default=False, editable=False,
+                                        help_text="New participants are refused while paused (the live monitor's "
+                                                  "switch); those already in the study go on.")
     completion_code = models.CharField(max_length=64, blank=True)
     screened_out_code = models.CharField(max_length=64, blank=True)
     failed_checks_code = models.CharField(max_length=64, blank=True)
@@ -119,6 +122,8 @@ class Arm(models.Model):
     manipulation = models.CharField(max_length=32, choices=Manipulation.choices, default=Manipulation.NONE)
     manipulation_config = models.JSONField(default=dict, blank=True)
     allocation_weight = models.PositiveSmallIntegerField(default=1, help_text="Relative share of participants.")
+    ingest_paused = models.BooleanField(default=False, editable=False,
+                                        help_text="No new participant is assigned to this arm while paused.")
     position = models.PositiveSmallIntegerField(default=0)
 
     class Meta:

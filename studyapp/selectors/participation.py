@@ -223,3 +223,41 @@ def trial_media_file(*, participant: Participant, trial_public_id, slot: str):
             edit = Edit.objects.defer("data").filter(pk=trial.options[i]).first()
             return edit.image if edit is not None and edit.image else None
     return None
+
+
+# ---------------------------------------------------------------- the live monitor (staff)
+
+def study_monitor(*, study: Study, recent: int = 10) -> dict:
+    """What the live monitor shows: real participants per arm and status, completion, exclusions
+    so far, the median duration, recent activity and the pause switches (simulated participants
+    are counted apart). A few aggregate queries, whatever the number of participants."""
+    import statistics
+
+    from django.utils import timezone
+
+    real = Participant.objects.filter(study=study, simulated=False)
+    by_arm_status = {(arm, status): n for arm, status, n in
+                     real.values_list("arm_id", "status").annotate(n=Count("pk")).values_list("arm_id", "status", "n")}
+    statuses = [s for s, _ in Participant.Status.choices]
+    arms = []
+    for arm in Arm.objects.filter(study=study).order_by("position", "id"):
+        counts = {s: by_arm_status.get((arm.pk, s), 0) for s in statuses}
+        arms.append({"pk": arm.pk, "name": arm.name, "kind": arm.kind, "paused": arm.ingest_paused,
+                     "counts": counts, "completed": counts["completed"], "target": study.target_per_arm,
+                     "active": counts["consented"] + counts["in_progress"]})
+    totals = {s: sum(a["counts"][s] for a in arms) for s in statuses}
+    durations = [(done - start).total_seconds() / 60 for start, done in
+                 real.filter(status="completed").values_list("started_at", "completed_at") if start and done]
+    now = timezone.now()
+    latest = [{"id": str(p.public_id)[:8], "arm": p.arm.name if p.arm_id else "", "step": p.step,
+               "status": p.status, "seconds_ago": int((now - p.last_seen_at).total_seconds()) if p.last_seen_at else None}
+              for p in real.select_related("arm").only("public_id", "arm__name", "step", "status", "last_seen_at")
+              .order_by("-last_seen_at")[:recent]]
+    from studyapp.exports.rows import exclusion_flags
+
+    flags = exclusion_flags(study=study)  # None when the rules cannot be evaluated (shown as such)
+    excluded = None if flags is None else sum(1 for _, flag in flags.values() if flag)
+    return {"arms": arms, "totals": totals, "enrolled": sum(totals.values()), "excluded": excluded,
+            "median_minutes": round(statistics.median(durations), 1) if durations else None,
+            "simulated": Participant.objects.filter(study=study, simulated=True).count(),
+            "recent": latest, "paused": study.ingest_paused, "updated": now}

@@ -37,6 +37,8 @@ def arm_counts(*, study: Study, simulated: bool, active_since: dt.datetime) -> d
 def arm_assign(*, study: Study, simulated: bool, active_since: dt.datetime) -> tuple[Arm, dict]:
     """The arm for the next participant and the record of how it was chosen (stored with them)."""
     arms = list(study.arms.order_by("position", "id"))
+    if not simulated:  # a paused arm takes no new real participant (the live monitor's switch)
+        arms = [a for a in arms if not a.ingest_paused] or arms
     counts = arm_counts(study=study, simulated=simulated, active_since=active_since)
     load = {a.pk: counts.get(a.pk, 0) / a.allocation_weight for a in arms}
     lowest = min(load.values())

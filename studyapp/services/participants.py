@@ -113,6 +113,8 @@ def participant_enroll(*, study: Study, external: ExternalIds, simulated: bool =
                 Participant.objects.filter(pk=existing.pk).update(last_seen_at=now)
                 return existing, True
         cutoff = _abandonment_cutoff(design, now)
+        if not simulated and (study.ingest_paused or not study.arms.filter(ingest_paused=False).exists()):
+            raise ParticipationError("This study is paused and takes no new participants right now.", reason="paused")
         if not simulated and study_is_full(study=study, active_since=cutoff):
             raise ParticipationError("This study has all the participants it needs.", reason="full")
         arm, record = arm_assign(study=study, simulated=simulated, active_since=cutoff)

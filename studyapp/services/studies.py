@@ -212,3 +212,16 @@ def study_duplicate(*, study: Study) -> Study:
             Hypothesis.objects.create(**_copied_fields(h, skip=("study", "arm", "comparator")), study=duplicate,
                                       arm=arms[h.arm_id], comparator=arms.get(h.comparator_id))
     return duplicate
+
+
+def study_set_ingest(*, study: Study, paused: bool, arm: Arm | None = None) -> Study:
+    """Pause or resume taking new participants, for the whole study or one arm (the live
+    monitor's switch). Participants already enrolled go on; a paused arm gets no new ones."""
+    if study.state != State.LIVE:
+        raise ServiceError(f"Only a live study takes participants; '{study.title}' is {study.state}.")
+    if arm is not None:
+        Arm.objects.filter(pk=arm.pk, study=study).update(ingest_paused=paused)
+    else:
+        Study.objects.filter(pk=study.pk).update(ingest_paused=paused, updated_at=timezone.now())
+    study.refresh_from_db()
+    return study

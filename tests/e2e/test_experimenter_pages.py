@@ -71,3 +71,23 @@ def test_the_launch_review_reads_as_a_plan_and_launches_after_confirmation(deskt
     assert study.state == Study.State.LIVE and study.frozen_sha256 in page.content()
     screenshot(page, "admin-frozen-plan")
     page_errors.assert_none()
+
+
+def test_the_live_monitor_changes_without_reloading_as_participants_arrive(desktop, page_errors, live_server,
+                                                                         admin_user, prepare):
+    from django.test import Client
+
+    from tests.participation_helpers import enroll, live_tabular
+
+    study = live_tabular(prepare)
+    page = page_errors.watch(desktop.new_page())
+    login(page, live_server, admin_user)
+    page.goto(f"{live_server.url}/admin/studyapp/study/{study.pk}/monitor/")
+    page.get_by_text("0 real participants").first.wait_for()
+    for _ in range(2):
+        assert enroll(Client(), study).status_code == 201
+    page.locator("#monitor").get_by_text("2 real participants").wait_for(timeout=15_000)  # polled, no reload
+    screenshot(page, "admin-live-monitor")
+    page.get_by_role("button", name="Pause new participants (all arms)").click()
+    page.get_by_text("New participants paused for the study.").wait_for()
+    page_errors.assert_none()
