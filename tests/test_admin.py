@@ -327,3 +327,23 @@ def test_an_arm_that_failed_its_sanity_check_launches_only_with_an_acknowledgeme
     assert study.frozen_config["launch_acknowledgements"] == {"sanity_failures": ["integrated_gradients"],
                                                               "by": admin_user.username}
     assert "acknowledged sanity-check failure" in admin_client.get(url).content.decode()
+
+
+def test_the_arm_gallery_shows_every_arm_for_the_same_items_with_edits_and_serves_images_to_staff(
+        admin_client, client, prepare):
+    from tests.participation_helpers import WITHIN_DESIGN, image_study, live
+
+    study = image_study(arms=[{"name": "saliency", "kind": "explanation", "method": "saliency"},
+                              {"name": "saliency_inverted", "kind": "explanation", "method": "saliency",
+                               "manipulation": "inverted"}])
+    study = live(study, prepare, WITHIN_DESIGN)
+    page = admin_client.get(reverse("admin:studyapp_study_gallery", args=[study.pk])).content.decode()
+    assert "<th>saliency</th>" in page and "<th>saliency_inverted</th>" in page
+    assert "Counterfactual edits:" in page and "(changes the answer)" in page
+    assert "Sanity checks" in page and "model_sensitive" in page
+    prefix = reverse("admin:studyapp_study_gallery", args=[study.pk])
+    first = next(m.split('"')[0] for m in page.split('src="')[1:] if m.startswith(prefix))
+    assert admin_client.get(first).status_code == 200
+    assert client.get(first).status_code == 302  # not public: the login page
+    other = reverse("admin:studyapp_study_gallery_image", args=[study.pk, "explanation", 10 ** 9])
+    assert admin_client.get(other).status_code == 404

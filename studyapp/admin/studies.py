@@ -205,12 +205,12 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
     actions = ["prepare", "launch", "close", "revert_to_draft", "duplicate", "delete_simulated", *EXPORT_ACTIONS]
-    readonly_fields = ["state", "participant_link", "report", "launch_review", "monitor_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
+    readonly_fields = ["state", "participant_link", "report", "launch_review", "monitor_link", "gallery_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
                        "preparation_summary", "item_sample_summary", "record_deviation"]
     inlines = [ArmInline, HypothesisInline, DeviationInline, StudyItemInline]
     fieldsets = [
         (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report", "launch_review",
-                           "monitor_link"]}),
+                           "gallery_link", "monitor_link"]}),
         ("Model and data", {"fields": ["model", "dataset", "seed", "config", "target_per_arm"]}),
         ("Participant texts", {"fields": ["consent_text", "instructions", "debrief_text"]}),
         ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
@@ -274,7 +274,11 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                  path("<int:pk>/launch/", self.admin_site.admin_view(self.launch_review_view),
                       name="studyapp_study_launch_review"),
                  path("<int:pk>/monitor/", self.admin_site.admin_view(self.monitor_view),
-                      name="studyapp_study_monitor")]
+                      name="studyapp_study_monitor"),
+                 path("<int:pk>/gallery/", self.admin_site.admin_view(self.gallery_view),
+                      name="studyapp_study_gallery"),
+                 path("<int:pk>/gallery/<slug:kind>/<int:obj>/", self.admin_site.admin_view(self.gallery_image_view),
+                      name="studyapp_study_gallery_image")]
         return extra + super().get_urls()
 
     def deviation_view(self, request: HttpRequest, pk: int):
@@ -361,6 +365,40 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         response = TemplateResponse(request, template, context)
         response["Cache-Control"] = "no-store"
         return response
+
+    def gallery_view(self, request: HttpRequest, pk: int):
+        """After Prepare: every arm's aid for the same sampled items, edits and sanity verdicts."""
+        from django.template.response import TemplateResponse
+
+        from studyapp.selectors.gallery import study_gallery
+
+        study = get_object_or_404(Study, pk=pk)
+        if not self.has_view_permission(request, study):
+            raise PermissionDenied
+        context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
+                   "title": f"Arm gallery: {study}", "gallery": study_gallery(study=study)}
+        return TemplateResponse(request, "admin/studyapp/gallery.html", context)
+
+    def gallery_image_view(self, request: HttpRequest, pk: int, kind: str, obj: int):
+        """Staff-only images of the gallery (not public media)."""
+        from django.http import FileResponse, Http404
+
+        from studyapp.selectors.gallery import gallery_image
+
+        study = get_object_or_404(Study, pk=pk)
+        if not self.has_view_permission(request, study):
+            raise PermissionDenied
+        image = gallery_image(study=study, kind=kind, pk=obj)
+        if image is None:
+            raise Http404("No such image in this study's item sample.")
+        return FileResponse(image.open("rb"), content_type="image/png")
+
+    @admin.display(description="gallery")
+    def gallery_link(self, obj) -> str:
+        if obj is None or obj.pk is None or not obj.item_sample:
+            return "After Prepare"
+        return format_html('<a href="{}">Every arm side by side</a>', reverse("admin:studyapp_study_gallery",
+                                                                             args=[obj.pk]))
 
     @admin.display(description="monitor")
     def monitor_link(self, obj) -> str:

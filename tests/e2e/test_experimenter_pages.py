@@ -91,3 +91,20 @@ def test_the_live_monitor_changes_without_reloading_as_participants_arrive(deskt
     page.get_by_role("button", name="Pause new participants (all arms)").click()
     page.get_by_text("New participants paused for the study.").wait_for()
     page_errors.assert_none()
+
+
+def test_the_arm_gallery_shows_real_and_placebo_maps_side_by_side(desktop, page_errors, live_server, admin_user,
+                                                                  prepare):
+    from tests.participation_helpers import WITHIN_DESIGN, image_study, live
+
+    study = live(image_study(arms=[{"name": "saliency", "kind": "explanation", "method": "saliency"},
+                                   {"name": "saliency_random", "kind": "explanation", "method": "saliency",
+                                    "manipulation": "random_matched"}]), prepare, WITHIN_DESIGN)
+    page = page_errors.watch(desktop.new_page())
+    login(page, live_server, admin_user)
+    page.goto(f"{live_server.url}/admin/studyapp/study/{study.pk}/gallery/")
+    images = page.locator("#content img")
+    assert images.count() > 6
+    assert page.evaluate("[...document.querySelectorAll('#content img')].every(i => i.complete && i.naturalWidth > 0)")
+    screenshot(page, "admin-arm-gallery")
+    page_errors.assert_none()
