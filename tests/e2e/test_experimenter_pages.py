@@ -108,3 +108,16 @@ def test_the_arm_gallery_shows_real_and_placebo_maps_side_by_side(desktop, page_
     assert page.evaluate("[...document.querySelectorAll('#content img')].every(i => i.complete && i.naturalWidth > 0)")
     screenshot(page, "admin-arm-gallery")
     page_errors.assert_none()
+
+
+def test_the_report_reads_at_phone_width_without_sideways_scrolling(phone, page_errors, live_server, admin_user):
+    from tests.export_factories import exported_study
+
+    data = exported_study(with_run=True)
+    page = page_errors.watch(phone.new_page())
+    login(page, live_server, admin_user)
+    page.goto(f"{live_server.url}/staff/studies/{data.study.pk}/report/")
+    page.get_by_text("Confirmatory analysis").first.wait_for()
+    screenshot(page, "staff-report")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "the report scrolls sideways"
+    page_errors.assert_none()
