@@ -494,3 +494,14 @@ def test_pilot_analysis_of_a_study_not_launched_is_stored_and_shown_as_explorato
     html = staff_client.get(report_url(study)).content.decode()
     assert "Exploratory analysis 1" in html and f"Run #{run.pk}," in html and "Note: first pilot" in html
     assert "no confirmatory analysis has been run" in html
+
+
+def test_the_report_links_the_plan_the_monitor_and_every_export(staff_client):
+    from tests.export_factories import exported_study
+
+    data = exported_study(with_run=True)
+    page = staff_client.get(reverse("report-study", args=[data.study.pk])).content.decode()
+    links = page.split('id="control-links"')[1].split("</p>")[0]
+    for name in ("responses.csv", "participants.csv", "hypotheses.csv", "items.csv", "codebook.csv", "manifest.json"):
+        assert f">{name}</a>" in links
+    assert "Live monitor" in links and "The plan (frozen)" in links

@@ -36,8 +36,20 @@ def study_report(request: HttpRequest, pk: int) -> HttpResponse:
     context = {**_admin_context(request, f"Report: {study.title}"), **report_context(study=study),
                "run_form": RunAnalysisForm(initial={"seed": study.seed}), "jobs": jobs_section(study),
                "launched": study.frozen_config is not None,
-               "has_deviations": study.deviations.exists()}
+               "has_deviations": study.deviations.exists(), "control_links": _control_links(study)}
     return render(request, "reports/study_report.html", context)
+
+
+def _control_links(study: Study) -> dict:
+    """The report as the study's control centre: its plan, gallery, monitor and every export."""
+    from studyapp.exports.files import FILES
+
+    return {"plan": reverse("admin:studyapp_study_launch_review", args=[study.pk]),
+            "gallery": reverse("admin:studyapp_study_gallery", args=[study.pk]) if study.item_sample else None,
+            "monitor": reverse("admin:studyapp_study_monitor", args=[study.pk])
+            if study.state in (Study.State.LIVE, Study.State.CLOSED) else None,
+            "exports": [(name, reverse(f"export-{kind.replace('_', '-')}", args=[study.pk]))
+                        for kind, name in FILES.items()]}
 
 
 @never_cache
