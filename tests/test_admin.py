@@ -347,3 +347,21 @@ def test_the_arm_gallery_shows_every_arm_for_the_same_items_with_edits_and_serve
     assert client.get(first).status_code == 302  # not public: the login page
     other = reverse("admin:studyapp_study_gallery_image", args=[study.pk, "explanation", 10 ** 9])
     assert admin_client.get(other).status_code == 404
+
+
+def test_a_model_at_chance_or_registered_twice_is_flagged_and_a_dataset_shows_items_per_class_and_split(
+        admin_client):
+    from studyapp.models import MLModel
+    from tests.factories import MLModelFactory, StimulusFactory
+
+    model = MLModelFactory(metrics={"test_accuracy": 0.5})
+    for label in (0, 0, 1, 1):
+        StimulusFactory(dataset=model.dataset, split="test", label=label)
+    StimulusFactory(dataset=model.dataset, split="train", label=1)
+    twin = MLModelFactory(dataset=model.dataset, name="again", weights_sha256=model.weights_sha256)
+    page = admin_client.get(reverse("admin:studyapp_mlmodel_change", args=[model.pk])).content.decode()
+    assert "is at chance level" in page and "scores 0.500" in page and "Same weights as &#x27;again&#x27;" in page
+    assert MLModel.objects.filter(pk=twin.pk).exists()
+    page = admin_client.get(reverse("admin:studyapp_dataset_change", args=[model.dataset.pk])).content.decode()
+    names = model.dataset.class_names
+    assert f"{names[0]}: 0 training, 2 test" in page and f"{names[1]}: 1 training, 2 test" in page

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import FileResponse, Http404, HttpRequest
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from studyapp.admin.form_view import form_view
 from studyapp.admin.forms import DatasetImportForm, MLModelUploadForm
@@ -27,8 +27,16 @@ class DatasetAdmin(ReadOnlyAdmin):
     list_display = ["name", "modality", "source", "n_items", "created_at"]
     list_filter = ["modality", "source"]
     search_fields = ["name", "description"]
-    readonly_fields = ["name", "modality", "source", "description", "input_shape", "class_names", "feature_names",
-                       "feature_descriptions", "content_sha256", "n_items", "value_range", "created_at"]
+    readonly_fields = ["name", "modality", "source", "description", "class_counts", "input_shape", "class_names",
+                       "feature_names", "feature_descriptions", "content_sha256", "n_items", "value_range", "created_at"]
+
+    @admin.display(description="items per class and split")
+    def class_counts(self, obj) -> str:
+        from studyapp.selectors.data_checks import dataset_class_counts
+
+        rows = dataset_class_counts(dataset=obj)
+        return format_html_join("", "<div>{}: {} training, {} test</div>",
+                                ((r["label"], r["train"], r["test"]) for r in rows)) or "—"
 
     def has_add_permission(self, request, obj=None) -> bool:
         return request.user.has_perm("studyapp.add_dataset")
@@ -90,12 +98,20 @@ class StimulusAdmin(ReadOnlyAdmin):
 
 @admin.register(MLModel)
 class MLModelAdmin(ReadOnlyAdmin):
+    # Warnings are on the model's page (two queries each; the list stays constant in queries).
     list_display = ["name", "architecture", "dataset", "role", "format", "short_sha", "test_accuracy", "created_at"]
     list_filter = ["architecture", "role", "format"]
     search_fields = ["name", "weights_sha256"]
     list_select_related = ["dataset"]
-    readonly_fields = ["name", "architecture", "dataset", "input_shape", "class_names", "hyperparameters",
+    readonly_fields = ["name", "warnings", "architecture", "dataset", "input_shape", "class_names", "hyperparameters",
                        "weights_sha256", "format", "role", "derived_from", "training", "metrics", "created_at"]
+
+    @admin.display(description="warnings")
+    def warnings(self, obj) -> str:
+        from studyapp.selectors.data_checks import model_warnings
+
+        found = model_warnings(model=obj)
+        return format_html_join("", "<div>{}</div>", ((w,) for w in found)) if found else "none"
     exclude = ["weights"]
 
     @admin.display(description="SHA-256")
