@@ -8,9 +8,17 @@ from studyapp.models import Edit, ModelOutput, Study
 from studyapp.selectors import study_edits
 from studyapp.services.datasets import stimulus_array
 from studyapp.services.preparation import study_run_preparation
-from tests.factories import ArmFactory, StudyFactory, image_study_with_arms, study_with_arms, with_hypothesis
+from tests.factories import (ArmFactory, StimulusFactory, StudyFactory, image_study_with_arms, study_with_arms,
+                             with_hypothesis)
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _same_stimuli_whatever_ran_before():
+    # Stimulus values are seeded by the factory's global index sequence: without a reset, which
+    # items have an edit that changes the model's answer depended on how many tests ran earlier.
+    StimulusFactory.reset_sequence(0)
 # One counterfactual item: every test stimulus of these small pools is a candidate, so all get edits.
 CF = {"blocks": [{"phase": "test", "task": "counterfactual_predict", "n_items": 1}], "min_instruction_seconds": 0}
 
