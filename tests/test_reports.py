@@ -505,3 +505,14 @@ def test_the_report_links_the_plan_the_monitor_and_every_export(staff_client):
     for name in ("responses.csv", "participants.csv", "hypotheses.csv", "items.csv", "codebook.csv", "manifest.json"):
         assert f">{name}</a>" in links
     assert "Live monitor" in links and "The plan (frozen)" in links
+
+
+def test_the_report_shows_preparation_progress_while_a_study_is_being_prepared(staff_client):
+    from studyapp.models import Study
+    from tests.factories import study_with_arms
+
+    study = study_with_arms()
+    Study.objects.filter(pk=study.pk).update(state="preparing", preparation={"status": "running",
+                                                                             "step": "explanations"})
+    page = staff_client.get(reverse("report-study", args=[study.pk])).content.decode()
+    assert "Preparation: running, step: explanations" in page
