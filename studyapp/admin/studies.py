@@ -277,6 +277,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                       name="studyapp_study_monitor"),
                  path("<int:pk>/gallery/", self.admin_site.admin_view(self.gallery_view),
                       name="studyapp_study_gallery"),
+                 path("<int:pk>/preview/", self.admin_site.admin_view(self.preview_view),
+                      name="studyapp_study_preview"),
                  path("<int:pk>/gallery/<slug:kind>/<int:obj>/", self.admin_site.admin_view(self.gallery_image_view),
                       name="studyapp_study_gallery_image")]
         return extra + super().get_urls()
@@ -393,12 +395,40 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
             raise Http404("No such image in this study's item sample.")
         return FileResponse(image.open("rb"), content_type="image/png")
 
+    def preview_view(self, request: HttpRequest, pk: int):
+        """"Preview as participant": a staff walk through the real pages of a chosen arm."""
+        from django.http import HttpResponseRedirect
+        from django.template.response import TemplateResponse
+
+        from studyapp.api.authentication import session_participant_id, session_remember
+        from studyapp.services.participants import participant_preview_start
+
+        study = get_object_or_404(Study, pk=pk)
+        if not self.has_view_permission(request, study):
+            raise PermissionDenied
+        can_preview = study.state in (Study.State.READY, Study.State.LIVE)
+        if request.method == "POST":
+            arm = get_object_or_404(Arm, pk=request.POST.get("arm") or 0, study=study)
+            try:
+                participant = participant_preview_start(
+                    study=study, arm=arm, replaces=session_participant_id(request, study.public_id))
+            except ValidationError as exc:
+                self.message_user(request, " ".join(exc.messages), messages.ERROR)
+                return HttpResponseRedirect(request.path)
+            session_remember(request, study.public_id, participant)
+            return HttpResponseRedirect(reverse("study-session", args=[study.public_id]))
+        context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
+                   "title": f"Preview as participant: {study}", "can_preview": can_preview,
+                   "arms": study.arms.order_by("position", "id")}
+        return TemplateResponse(request, "admin/studyapp/preview.html", context)
+
     @admin.display(description="gallery")
     def gallery_link(self, obj) -> str:
         if obj is None or obj.pk is None or not obj.item_sample:
             return "After Prepare"
-        return format_html('<a href="{}">Every arm side by side</a>', reverse("admin:studyapp_study_gallery",
-                                                                             args=[obj.pk]))
+        return format_html('<a href="{}">Every arm side by side</a> · <a href="{}">Preview as participant</a>',
+                           reverse("admin:studyapp_study_gallery", args=[obj.pk]),
+                           reverse("admin:studyapp_study_preview", args=[obj.pk]))
 
     @admin.display(description="monitor")
     def monitor_link(self, obj) -> str:

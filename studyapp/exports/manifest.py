@@ -66,7 +66,7 @@ def _arms(*, study: Study) -> list[dict]:
 
 
 def _stimuli(*, study: Study) -> dict:
-    used = (Trial.objects.filter(participant__study=study)
+    used = (Trial.objects.filter(participant__study=study, participant__preview=False)
             .values_list("stimulus__index", "stimulus__split").distinct().order_by("stimulus__index"))
     indices, splits = [], Counter()
     for index, split in used:

@@ -67,13 +67,13 @@ def _response_rows(*, study: Study, flags: dict[str, tuple[str, int]], chunk_siz
 
 def likert_items(*, study: Study) -> list[str]:
     """Questionnaire items answered in the study, sorted (one participants.csv column each)."""
-    return sorted(QuestionnaireAnswer.objects.filter(participant__study=study)
+    return sorted(QuestionnaireAnswer.objects.filter(participant__study=study, participant__preview=False)
                   .values_list("item", flat=True).distinct())
 
 
 def _likert_answers(*, study: Study) -> dict[int, dict[str, int]]:
     answers: dict[int, dict[str, int]] = defaultdict(dict)
-    for participant_id, item, value in (QuestionnaireAnswer.objects.filter(participant__study=study)
+    for participant_id, item, value in (QuestionnaireAnswer.objects.filter(participant__study=study, participant__preview=False)
                                         .values_list("participant_id", "item", "value").iterator(chunk_size=CHUNK_SIZE)):
         answers[participant_id][item] = value
     return answers
@@ -109,7 +109,7 @@ def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: di
                                          & Q(trials__response__correct=True))
     first_device = (Response.objects.filter(trial__participant=OuterRef("pk")).order_by("received_at", "pk")
                     .annotate(device=KT("client__device")).values("device")[:1])
-    queryset = (Participant.objects.filter(study=study).order_by("id")
+    queryset = (Participant.objects.filter(study=study, preview=False).order_by("id")
                 .values("id", "public_id", "arm__name", "arm__kind", "status", "source", "simulated", "started_at",
                         "consented_at", "consent_version", "completed_at", "last_seen_at", "comprehension_attempts",
                         "instructions_ms")

@@ -62,6 +62,9 @@ class Participant(models.Model):
     # Simulated participants (pilots, load tests, the demo) never count toward targets, are
     # balanced among themselves and never enter a confirmatory analysis.
     simulated = models.BooleanField(default=False)
+    # A staff member's "Preview as participant" (also simulated): never counted, analysed or
+    # exported, and deleted when the same browser starts another preview.
+    preview = models.BooleanField(default=False)
     # What balanced assignment saw: per-arm counts, weights, the candidates and the seeded draw.
     assignment = models.JSONField(default=dict, blank=True)
     plan_seed = models.PositiveBigIntegerField(null=True, blank=True, help_text="Seeds this participant's trial order.")

@@ -50,7 +50,7 @@ def trials_long_queryset(*, study: Study, answered_only: bool = False,
     to the study's model (FilteredRelation), not correlated subqueries: PostgreSQL re-ran those
     once per trial row when the output table was small.
     """
-    queryset = Trial.objects.filter(participant__study=study).annotate(
+    queryset = Trial.objects.filter(participant__study=study, participant__preview=False).annotate(
         stimulus_output=FilteredRelation("stimulus__outputs", condition=Q(stimulus__outputs__model_id=study.model_id)),
         edit_output=FilteredRelation("edit__outputs", condition=Q(edit__outputs__model_id=study.model_id)),
     )

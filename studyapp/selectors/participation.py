@@ -259,5 +259,5 @@ def study_monitor(*, study: Study, recent: int = 10) -> dict:
     excluded = None if flags is None else sum(1 for _, flag in flags.values() if flag)
     return {"arms": arms, "totals": totals, "enrolled": sum(totals.values()), "excluded": excluded,
             "median_minutes": round(statistics.median(durations), 1) if durations else None,
-            "simulated": Participant.objects.filter(study=study, simulated=True).count(),
+            "simulated": Participant.objects.filter(study=study, simulated=True, preview=False).count(),
             "recent": latest, "paused": study.ingest_paused, "updated": now}

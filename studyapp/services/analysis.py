@@ -531,12 +531,12 @@ def _load(study: Study, rules: dict, *, simulated: bool = False) -> _Data:
     arms = plan["arms"]
     # Real and simulated participants are never analysed together (simulated: pilots and demos).
     people = pd.DataFrame.from_records(
-        Participant.objects.filter(study=study, simulated=simulated).values_list(
+        Participant.objects.filter(study=study, simulated=simulated, preview=False).values_list(
             "public_id", "arm__name", "status", "consented_at"),
         columns=["participant_id", "arm", "status", "consented_at"])
     people["consented"] = people["consented_at"].notna()
     likert = pd.DataFrame.from_records(
-        QuestionnaireAnswer.objects.filter(participant__study=study).values_list(
+        QuestionnaireAnswer.objects.filter(participant__study=study, participant__preview=False).values_list(
             "participant__public_id", "participant__arm__name", "item", "value"),
         columns=["participant_id", "arm", "item", "value"])
     keep = set(people["participant_id"])
@@ -600,7 +600,7 @@ def _nobody_to_analyse(data: _Data, hypotheses: list[dict]) -> str | None:
         reason += f", {len(completed - kept)} of them excluded by the exclusion rules"
     if kept:
         reason += f", and none of the {len(kept)} remaining answered a trial or a questionnaire item"
-    simulated = Participant.objects.filter(study=data.study, simulated=True).count()
+    simulated = Participant.objects.filter(study=data.study, simulated=True, preview=False).count()
     if simulated:
         reason += (f" ({simulated} simulated participant{'s are' if simulated != 1 else ' is'} never analysed "
                    "confirmatorily: analyse them as a pilot)")

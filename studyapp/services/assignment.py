@@ -24,7 +24,7 @@ HOLDING = (Status.CONSENTED, Status.IN_PROGRESS)
 
 def slot_holders(*, study: Study, simulated: bool, active_since: dt.datetime):
     """Participants that hold a slot: completed, or in progress and seen since ``active_since``."""
-    return Participant.objects.filter(study=study, simulated=simulated).filter(
+    return Participant.objects.filter(study=study, simulated=simulated, preview=False).filter(
         Q(status=Status.COMPLETED) | Q(status__in=HOLDING, last_seen_at__gte=active_since))
 
 
@@ -45,7 +45,7 @@ def arm_assign(*, study: Study, simulated: bool, active_since: dt.datetime) -> t
     candidates = [a for a in arms if load[a.pk] == lowest]
     # Seeded by the study's seed and how many have enrolled so far: reproducible, not guessable
     # by the participant (who never sees any of it).
-    enrolled = Participant.objects.filter(study=study, simulated=simulated).count()
+    enrolled = Participant.objects.filter(study=study, simulated=simulated, preview=False).count()
     draw = int(np.random.default_rng([study.seed, enrolled, int(simulated)]).integers(len(candidates)))
     chosen = candidates[draw]
     record = {"counts": {a.name: counts.get(a.pk, 0) for a in arms},

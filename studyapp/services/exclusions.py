@@ -116,7 +116,7 @@ def study_exclusion_rules(*, study: Study) -> dict:
 
 def _failed_attention_checks(*, study: Study) -> dict[int, int]:
     """participant pk -> number of answered attention checks not answered as instructed (one query)."""
-    return dict(Trial.objects.filter(participant__study_id=study.pk, task=Trial.Task.ATTENTION_CHECK,
+    return dict(Trial.objects.filter(participant__study_id=study.pk, participant__preview=False, task=Trial.Task.ATTENTION_CHECK,
                                      response__isnull=False, expected_answer__isnull=False)
                 .exclude(response__answer=F("expected_answer"))
                 .values("participant_id").annotate(n=Count("pk")).values_list("participant_id", "n"))
@@ -125,7 +125,7 @@ def _failed_attention_checks(*, study: Study) -> dict[int, int]:
 def _longest_runs(*, study: Study) -> dict[int, int]:
     """participant pk -> longest run of identical answers over answered non-attention trials where the
     model's output was hidden, in trial order. Vectorized: a million trials take about a second."""
-    queryset = (Trial.objects.filter(participant__study_id=study.pk, response__isnull=False,
+    queryset = (Trial.objects.filter(participant__study_id=study.pk, participant__preview=False, response__isnull=False,
                                      show_model_output=False)
                 .exclude(task=Trial.Task.ATTENTION_CHECK)
                 .order_by("participant_id", "position").values_list("participant_id", "response__answer"))
@@ -160,7 +160,7 @@ def participant_exclusions(*, study: Study, rules: dict | None = None) -> dict[u
     problems = exclusion_rules_validate(rules)
     if problems:
         raise ServiceError(problems)
-    people = list(Participant.objects.filter(study=study).order_by("id").values_list(
+    people = list(Participant.objects.filter(study=study, preview=False).order_by("id").values_list(
         "id", "public_id", "status", "started_at", "completed_at", "comprehension_attempts", "instructions_ms"))
     failed_checks = _failed_attention_checks(study=study) if "max_failed_attention_checks" in rules else {}
     longest_runs = _longest_runs(study=study) if "straightlining_max_run" in rules else {}
@@ -190,6 +190,6 @@ def participants_analysed(*, study: Study, exclusions: dict[uuid.UUID, list[str]
     """Public ids of the participants in the analysis: completed and excluded by no rule."""
     if exclusions is None:
         exclusions = participant_exclusions(study=study, rules=rules)
-    completed = set(Participant.objects.filter(study=study, status=Participant.Status.COMPLETED)
+    completed = set(Participant.objects.filter(study=study, preview=False, status=Participant.Status.COMPLETED)
                     .values_list("public_id", flat=True))
     return {pid for pid, reasons in exclusions.items() if pid in completed and not reasons}

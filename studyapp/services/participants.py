@@ -285,7 +285,7 @@ def participant_withdraw(*, participant: Participant) -> None:
 def completion_redirect(*, participant: Participant, design: StudyDesign) -> str | None:
     """Where the finished participant goes: Prolific's or SONA's completion URL with the code."""
     code = participant.completion_code
-    if not code or participant.step != Step.DONE:
+    if not code or participant.step != Step.DONE or participant.preview:  # a staff preview stays here
         return None
     if design.crowd.source == "prolific":
         return PROLIFIC_COMPLETE.format(code=quote(code, safe=""))
@@ -314,3 +314,25 @@ def participants_delete_simulated(*, study: Study) -> int:
         QuestionnaireAnswer.objects.filter(participant_id__in=ids).delete()
         deleted, _ = Participant.objects.filter(pk__in=ids).delete()
     return len(ids)
+
+
+def participant_preview_start(*, study: Study, arm, replaces: str | None = None) -> Participant:
+    """A staff member walks through the real pages of ``arm``: a participant marked simulated and
+    preview, with a trial plan like anyone's. Never counted toward targets, never in an analysis or
+    an export; the preview this browser held before (``replaces``, a public id) is deleted."""
+    if study.state not in (Study.State.READY, Study.State.LIVE):
+        raise ServiceError(f"Preview a prepared (ready) or live study; '{study.title}' is {study.state}.")
+    if arm.study_id != study.pk:
+        raise ServiceError("That arm is not in this study.")
+    design = study_design(study=study)
+    now = timezone.now()
+    with transaction.atomic():
+        if replaces:
+            Participant.objects.filter(public_id=replaces, study=study, preview=True).delete()
+        participant = Participant.objects.create(
+            study=study, arm=arm, simulated=True, preview=True, status=Status.CONSENTED, consented_at=now,
+            last_seen_at=now, assignment={"preview": True, "arm": arm.name}, plan_seed=secrets.randbits(62),
+            step=Step.INSTRUCTIONS, consent_version=consent_version(study))
+        participant.study = study
+        trial_plan_create(participant=participant, design=design)
+    return participant

@@ -121,3 +121,24 @@ def test_the_report_reads_at_phone_width_without_sideways_scrolling(phone, page_
     screenshot(page, "staff-report")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "the report scrolls sideways"
     page_errors.assert_none()
+
+
+def test_each_arm_can_be_previewed_through_the_real_pages_and_nothing_is_kept_as_data(
+        desktop, page_errors, live_server, admin_user, prepare):
+    from studyapp.exports.rows import participant_rows
+    from tests.e2e.walker import Walker
+    from tests.participation_helpers import live_tabular
+
+    study = live_tabular(prepare)
+    page = page_errors.watch(desktop.new_page())
+    login(page, live_server, admin_user)
+    for arm in study.arms.order_by("position"):
+        page.goto(f"{live_server.url}/admin/studyapp/study/{study.pk}/preview/")
+        page.get_by_role("button", name=f"Preview as a participant in {arm.name}").click()
+        page.wait_for_selector('#session .screen[data-screen]:not([data-screen="loading"])')
+        walker = Walker(page)
+        assert walker.run().screen == "done"
+        assert any(s.screen == "trial" for s in walker.seen)
+    screenshot(page, "admin-preview-done")
+    assert list(participant_rows(study=study, items=[])) == []
+    page_errors.assert_none()
