@@ -57,3 +57,15 @@ def test_only_a_live_study_can_be_paused(admin_client, prepare):
     page = admin_client.post(reverse("admin:studyapp_study_monitor", args=[study.pk]), {"paused": "1"},
                              follow=True).content.decode()
     assert "Only a live study takes participants" in page
+
+
+def test_the_monitor_releases_slots_of_participants_gone_past_the_timeout(admin_client, prepare):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    study = live_tabular(prepare)
+    assert enroll(Client(), study).status_code == 201
+    Participant.objects.update(last_seen_at=timezone.now() - dt.timedelta(hours=3))  # the default timeout is 60 min
+    body = admin_client.get(reverse("admin:studyapp_study_monitor", args=[study.pk]) + "?fragment=1").content.decode()
+    assert Participant.objects.get().status == "abandoned" and "1 abandoned (slot released)" in body

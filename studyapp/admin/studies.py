@@ -361,6 +361,13 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                 self.message_user(request, f"New participants {'paused' if paused else 'resumed'} for {what}.",
                                   messages.SUCCESS)
             return HttpResponseRedirect(request.path)
+        if study.state == Study.State.LIVE:
+            # Slots of participants gone past the abandonment timeout are released now, not only
+            # when the next person enrolls, so the counts shown are the counts assignment uses.
+            from studyapp.selectors.participation import study_design
+            from studyapp.services.participants import participants_release_abandoned
+
+            participants_release_abandoned(study=study, design=study_design(study=study))
         context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
                    "title": f"Live monitor: {study}", "monitor": study_monitor(study=study)}
         template = "admin/studyapp/_monitor.html" if request.GET.get("fragment") else "admin/studyapp/monitor.html"
