@@ -576,3 +576,9 @@ def test_import_dataset_command_lists_validation_errors_without_traceback_and_ex
     assert "The dataset was not imported:\n  - patients.csv, column 'age'" in err
     assert "Traceback" not in err
     assert_nothing_written(media_root)
+
+
+def test_an_upload_of_the_other_kind_says_which_kind_to_choose(media_root):
+    assert "choose the kind 'tabular'" in image_error(b"age,weight,label\n30,70,yes\n41,80,no\n")
+    assert "choose the kind 'images'" in tabular_error(make_zip(image_files()))
+    assert_nothing_written(media_root)

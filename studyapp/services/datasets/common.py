@@ -120,7 +120,14 @@ def display_name(source: object, *, default: str) -> str:
     return PurePosixPath(name.replace("\\", "/")).name
 
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
 def decode_text(data: bytes, *, filename: str) -> str:
+    if data.startswith(ZIP_MAGIC):
+        raise DatasetValidationError(
+            f"{filename} is a zip archive, not a CSV table. For images (a zip with labels.csv), choose the kind "
+            "'images'; for a table, upload the .csv file itself.")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DatasetValidationError(
             f"{filename} is saved as UTF-16. Save it as UTF-8 instead (in Excel: File > Save As > "

@@ -48,6 +48,11 @@ def _unsafe_reason(name: str) -> str | None:
 
 def _archive_entries(data: bytes) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
     """Open the zip and vet every entry from its headers alone, before anything is decompressed."""
+    head = data[:2048]
+    if not data.startswith(common.ZIP_MAGIC) and b"," in head and b"\x00" not in head:
+        raise DatasetValidationError(
+            "The upload is a text table (CSV), not a zip archive of images. For a table of features, choose the kind "
+            "'tabular'; for images, upload a zip with the images and labels.csv.")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
