@@ -582,3 +582,13 @@ def test_an_upload_of_the_other_kind_says_which_kind_to_choose(media_root):
     assert "choose the kind 'tabular'" in image_error(b"age,weight,label\n30,70,yes\n41,80,no\n")
     assert "choose the kind 'images'" in tabular_error(make_zip(image_files()))
     assert_nothing_written(media_root)
+
+
+def test_a_label_seen_once_among_frequent_ones_is_questioned_and_listing_the_classes_confirms_it(media_root):
+    rows = [f"{i},{i % 7},{'cat' if i % 2 else 'dog'}" for i in range(40)] + ["99,1,dgo"]
+    text = "a,b,label\n" + "\n".join(rows) + "\n"
+    message = tabular_error(text)
+    assert "the label 'dgo' appears once" in message and "Did you mean 'dog'" in message
+    assert_nothing_written(media_root)
+    dataset = dataset_import_tabular(name="Pets", csv_file=text.encode(), class_names=["cat", "dgo", "dog"])
+    assert dataset.class_names == ["cat", "dgo", "dog"]

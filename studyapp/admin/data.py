@@ -50,7 +50,8 @@ class DatasetAdmin(ReadOnlyAdmin):
                     name=data["name"], archive=data["data_file"], description=data["description"])
             return dataset_services.dataset_import_tabular(
                 name=data["name"], csv_file=data["data_file"], label_column=data["label_column"] or "label",
-                descriptions=data["descriptions_file"], description=data["description"])
+                descriptions=data["descriptions_file"], description=data["description"],
+                class_names=data.get("class_names"))
 
         return form_view(self, request, form_class=DatasetImportForm, title="Import a dataset", submit=submit)
 

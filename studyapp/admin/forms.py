@@ -72,9 +72,15 @@ class DatasetImportForm(forms.Form):
     kind = forms.ChoiceField(choices=KINDS, widget=forms.RadioSelect)
     data_file = forms.FileField()
     label_column = forms.CharField(initial="label", required=False, help_text="Tabular only.")
+    class_names = forms.CharField(required=False, help_text="Tabular only, optional: every class, comma-separated, "
+                                                            "in order (confirms a class with very few items).")
     descriptions_file = forms.FileField(required=False, help_text="Tabular only: CSV with columns "
                                                                   "feature,description,unit.")
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+    def clean_class_names(self) -> list[str] | None:
+        names = [n.strip() for n in self.cleaned_data.get("class_names", "").split(",") if n.strip()]
+        return names or None
 
     def clean_data_file(self) -> bytes:
         return _read_upload(self.cleaned_data["data_file"], label="data file")

@@ -45,6 +45,7 @@ def labels_to_indices(labels: list[str], row_numbers: list[int], *, class_names:
         if len(class_names) < 2:
             problems.append(f"{filename} has fewer than 2 classes (found: {', '.join(class_names) or 'none'}). "
                             f"A classification dataset needs items of at least 2 classes.")
+        problems += _rare_label_questions(labels, row_numbers, filename=filename)
     else:
         rows_by_unknown: dict[str, list[int]] = defaultdict(list)
         for n, lab in zip(row_numbers, labels):
@@ -61,6 +62,28 @@ def labels_to_indices(labels: list[str], row_numbers: list[int], *, class_names:
     lookup = {name: i for i, name in enumerate(class_names)}
     indices = np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int64)
     return class_names, indices, problems
+
+
+RARE_AMONG_FREQUENT = 10  # a label seen once where the other classes have at least this many items
+
+
+def _rare_label_questions(labels: list[str], row_numbers: list[int], *, filename: str) -> list[str]:
+    """A label that appears once among frequent ones is more often a typo than a class: asked about
+    before a new class is created from it (listing the classes explicitly confirms it)."""
+    counts = Counter(lab for lab in labels if lab)
+    frequent = [lab for lab, n in counts.items() if n >= RARE_AMONG_FREQUENT]
+    if len(frequent) < 2:
+        return []
+    questions = []
+    for lab, n in counts.items():
+        if n == 1:
+            row = next(r for r, value in zip(row_numbers, labels) if value == lab)
+            others = [counts[f] for f in frequent]
+            questions.append(
+                f"{filename} row {row}: the label '{lab}' appears once, while the other classes have {min(others)} "
+                f"to {max(others)} items: a typo?{common.did_you_mean(lab, frequent)} Fix it, or if it is a real "
+                "class, list all the classes (classes.txt in an image zip, or the class names field) to confirm it.")
+    return questions
 
 
 # --------------------------------------------------------------------------- train/test splits
