@@ -201,3 +201,8 @@ def test_the_simulation_is_prefilled_from_a_study_as_configured(admin_client):
     assert "Prefilled from the study" in page and study.title in page
     assert "integrated_gradients: 0.70, saliency: 0.70" in page
     assert 'value="44"' in page and 'value="hochberg" selected' in page and 'value="0.01"' in page
+
+
+def test_the_planner_explains_why_its_two_calculators_can_disagree(admin_client):
+    page = admin_client.get(reverse("report-planner")).content.decode()
+    assert 'id="two-calculators"' in page and "treats each participant as" in page and "standard deviation of" in page
