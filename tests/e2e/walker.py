@@ -52,8 +52,8 @@ class Walker:
         function: Playwright evaluates a bare expression string with eval, which CSP forbids)."""
         self.page.wait_for_function(
             """(n) => { const el = document.querySelector('#session .screen');
-              return el && el.dataset.screen !== 'loading' && el.dataset.screen !== 'trial'
-                || (el && el.dataset.screen === 'trial' && Number(el.dataset.trial) > n); }""", arg=number, timeout=timeout)
+              if (!el || !el.dataset.screen || el.dataset.screen === 'loading') return false;  // not drawn yet
+              return el.dataset.screen !== 'trial' || Number(el.dataset.trial) > n; }""", arg=number, timeout=timeout)
 
     def shown(self) -> str:
         return self.page.locator(SCREEN).get_attribute("data-shown") or ""
