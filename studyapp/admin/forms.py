@@ -106,6 +106,10 @@ class DeviationForm(forms.Form):
         self.fields["target"].required = False
 
 
+NEW_STUDY_DESIGN = {"blocks": [{"phase": "learning", "n_items": 10, "show_model_output": True, "show_aid": True},
+                               {"phase": "test", "n_items": 20}]}
+
+
 class StudyForm(forms.ModelForm):
     """The study change form: the design comes from a form generated from its JSON Schema, whose
     empty settings arrive as null; they are dropped so that they keep their defaults. The form
@@ -116,12 +120,16 @@ class StudyForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         from studyapp.design import DesignError, design_parse
 
-        if "config" in self.fields and self.instance.pk and not self.is_bound:
-            try:
-                design = design_parse(self.instance.config)
-            except DesignError:
-                return  # shown as stored; the problems are listed after saving
-            self.initial["config"] = design.model_dump(mode="json", exclude_none=True)
+        if "config" not in self.fields or self.is_bound:
+            return
+        # A new study starts on a design that runs (learning with the aid, then a forward test, the
+        # defaults for everything else); an existing one on the design in effect.
+        stored = self.instance.config if self.instance.pk else NEW_STUDY_DESIGN
+        try:
+            design = design_parse(stored)
+        except DesignError:
+            return  # shown as stored; the problems are listed after saving
+        self.initial["config"] = design.model_dump(mode="json", exclude_none=True)
 
     def clean_config(self):
         from studyapp.design import without_empty_settings

@@ -142,3 +142,61 @@ def test_each_arm_can_be_previewed_through_the_real_pages_and_nothing_is_kept_as
     screenshot(page, "admin-preview-done")
     assert list(participant_rows(study=study, items=[])) == []
     page_errors.assert_none()
+
+
+def test_a_researcher_builds_a_study_from_scratch_through_the_forms_and_launches_it(
+        desktop, page_errors, live_server, admin_user, django_capture_on_commit_callbacks):
+    from studyapp.models import Study
+    from tests.factories import MLModelFactory, StimulusFactory
+
+    model = MLModelFactory()
+    StimulusFactory.create_batch(8, dataset=model.dataset, split="test")
+    StimulusFactory.create_batch(4, dataset=model.dataset, split="train")
+    page = page_errors.watch(desktop.new_page())
+    login(page, live_server, admin_user)
+    page.goto(f"{live_server.url}/admin/studyapp/study/add/")
+    page.fill("#id_title", "Do maps help people predict a model?")
+    page.select_option("#id_model", str(model.pk))
+    page.select_option("#id_dataset", str(model.dataset.pk))
+    page.fill("#id_consent_text", "You will predict what a computer model answers.")
+    page.fill("#id_completion_code", "THANKS-1")
+    # The design form starts on a design that runs; the test block gets 3 items (the pool is small).
+    page.locator('[name="rjf§blocks§0§n_items"]').fill("2")
+    page.locator('[name="rjf§blocks§1§n_items"]').fill("3")
+    # Arms: control and integrated gradients.
+    page.get_by_text("Add another Arm").click()
+    page.get_by_text("Add another Arm").click()
+    page.fill("#id_arms-0-name", "control")
+    page.select_option("#id_arms-0-kind", "control")
+    page.fill("#id_arms-1-name", "ig")
+    page.select_option("#id_arms-1-kind", "explanation")
+    page.select_option("#id_arms-1-method", "integrated_gradients")
+    page.get_by_role("button", name="Save and continue editing").click()
+    page.get_by_text("Before this study can be prepared, fix 1 thing:").wait_for()
+    page.get_by_text("Add at least one hypothesis").wait_for()
+    # The hypothesis, now that the arms exist.
+    page.get_by_text("Add another Hypothesis").click()
+    page.fill("#id_hypotheses-0-label", "H1")
+    page.fill("#id_hypotheses-0-statement", "Participants shown IG maps predict the model better than control.")
+    page.select_option("#id_hypotheses-0-arm", label="Study 0: ig".replace("Study 0", Study.objects.get().slug))
+    page.get_by_role("button", name="Save and continue editing").click()
+    page.wait_for_load_state()
+    assert "Before this study can be prepared" not in page.content()
+    screenshot(page, "admin-study-built")
+    study = Study.objects.get()
+    assert [(b["phase"], b["n_items"]) for b in study.config["blocks"]] == [("learning", 2), ("test", 3)]
+    # Prepare from the study list, then review and launch.
+    page.goto(f"{live_server.url}/admin/studyapp/study/")
+    page.locator(f'input[name="_selected_action"][value="{study.pk}"]').check()
+    page.select_option('select[name="action"]', "prepare")
+    page.locator("button[name=index]").click()
+    page.get_by_text("preparation started").wait_for()
+    study.refresh_from_db()
+    assert study.state == Study.State.READY, study.preparation
+    page.goto(f"{live_server.url}/admin/studyapp/study/{study.pk}/launch/")
+    page.get_by_label("I have read this plan").check()
+    page.get_by_role("button", name="Launch: freeze this plan and open the study").click()
+    page.get_by_text("It cannot change; changes are recorded as dated deviations.").wait_for()
+    study.refresh_from_db()
+    assert study.state == Study.State.LIVE and study.frozen_config["hypotheses"][0]["label"] == "H1"
+    page_errors.assert_none()
