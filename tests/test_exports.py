@@ -274,8 +274,8 @@ def test_manifest_hashes_seeds_and_plan_equal_the_database(staff_client):
                                          "pandas"}
     assert manifest["software"]["django"] and manifest["software"]["pandas"] == pd.__version__
     assert [d["reason"] for d in manifest["deviations"]] == ["Pilot only."]
-    assert [(r["id"], r["kind"], r["plan_matches"]) for r in manifest["analysis_runs"]] == [
-        (data.run.pk, "confirmatory", True), (data.exploratory.pk, "exploratory", True)]
+    assert [(r["id"], r["kind"], r["number"], r["plan_matches"]) for r in manifest["analysis_runs"]] == [
+        (data.run.pk, "confirmatory", 1, True), (data.exploratory.pk, "exploratory", 1, True)]
     assert manifest["exclusions"] == {"evaluated": True, "rules": EXCLUSION_RULES, "n_participants": 6,
                                       "n_excluded": 1, "per_rule": {"max_failed_attention_checks": 1}}
     assert manifest["exported_at"].endswith("Z")

@@ -134,7 +134,7 @@ def manifest_build(*, study: Study) -> dict:
             for d in PreregistrationDeviation.objects.filter(study=study).order_by("recorded_at", "id")
         ],
         "analysis_runs": [
-            {"id": r.pk, "kind": r.kind, "plan_sha256": r.plan_sha256 or None, "seed": r.seed,
+            {"id": r.pk, "kind": r.kind, "number": r.number, "plan_sha256": r.plan_sha256 or None, "seed": r.seed,
              "plan_matches": bool(study.frozen_sha256) and r.plan_sha256 == study.frozen_sha256,
              "software": r.software, "created_at": iso_utc(r.created_at)}
             for r in runs
