@@ -242,8 +242,7 @@ def validation_problems(exc: ValidationError, model: type[BaseModel], subject: s
     return problems
 
 
-def _valid_keys(loc: tuple, top: str, root: type[BaseModel] = None) -> str:
-    root = root or StudyDesign
+def _valid_keys(loc: tuple, top: str, root: type[BaseModel]) -> str:
     model: type[BaseModel] = root
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
@@ -284,7 +283,6 @@ def design_form_schema() -> dict:
     return simplify(design_json_schema())
 
 
-
 def trial_asks_confidence(design: StudyDesign, *, task: str, show_model_output: bool) -> bool:
     """Confidence (1-7) is asked with every answer that is a judgement: not on attention checks
     (their answer is given) and not on forward trials that show the model's output (learning:
@@ -292,6 +290,9 @@ def trial_asks_confidence(design: StudyDesign, *, task: str, show_model_output: 
     if design.confidence == "off" or task == "attention_check":
         return False
     return not (task == "forward" and show_model_output)
+
+
+OPTIONAL_GROUPS = ("exclusion_rules", "edits")
 
 
 def _blank(value) -> bool:
@@ -309,6 +310,3 @@ def without_empty_settings(value, *, optional: bool = False):
     if isinstance(value, list):
         return [without_empty_settings(v, optional=optional) for v in value]
     return value
-
-
-OPTIONAL_GROUPS = ("exclusion_rules", "edits")

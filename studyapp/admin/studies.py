@@ -9,20 +9,29 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import FileResponse, Http404, HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django_jsonform.widgets import JSONFormWidget
 
 from studyapp.admin.form_view import form_view
 from studyapp.admin.forms import DeviationForm, LaunchForm, StudyForm
+from studyapp.api.authentication import session_participant_id, session_remember
+from studyapp.design import design_form_schema
 from studyapp.models import (AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study, StudyItem, append_only,
                              append_only_refusal)
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
 from studyapp.reports.admin_links import report_link
-from studyapp.services.participants import participants_delete_simulated
-from studyapp.services.studies import (EDITABLE_STATES, study_back_to_draft, study_close, study_duplicate, study_launch,
-                                      study_prepare, study_problems)
+from studyapp.selectors.gallery import gallery_image, study_gallery
+from studyapp.selectors.participation import study_design, study_monitor
+from studyapp.selectors.plans import plan_review
+from studyapp.services.participants import (participant_preview_start, participants_delete_simulated,
+                                            participants_release_abandoned)
+from studyapp.services.plan_checks import plan_problems
+from studyapp.services.studies import (EDITABLE_STATES, sanity_failures, study_back_to_draft, study_close,
+                                      study_duplicate, study_launch, study_prepare, study_problems, study_set_ingest)
 
 
 class AppendOnlyAdminMixin:
@@ -223,10 +232,6 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         if db_field.name == "config":
             # The typed design as a form (its JSON Schema; validated by pydantic on Prepare and
             # after each save), instead of a JSON box.
-            from django_jsonform.widgets import JSONFormWidget
-
-            from studyapp.design import design_form_schema
-
             kwargs["widget"] = JSONFormWidget(schema=design_form_schema())
             kwargs.setdefault("help_text", "The study design: blocks of trials, checks, questionnaire and recruitment. "
                                            "Each setting says what it does; Prepare checks the whole design.")
@@ -305,13 +310,6 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def launch_review_view(self, request: HttpRequest, pk: int):
         """The plan as Launch freezes it (or as it was frozen), then Launch with a confirmation and,
         for a failed sanity check, an acknowledgement recorded with the plan."""
-        from django.http import HttpResponseRedirect
-        from django.template.response import TemplateResponse
-
-        from studyapp.selectors.plans import plan_review
-        from studyapp.services.plan_checks import plan_problems
-        from studyapp.services.studies import sanity_failures
-
         study = get_object_or_404(Study, pk=pk)
         launched = bool(study.frozen_sha256)
         failures = [] if launched else sanity_failures(study=study)
@@ -340,12 +338,6 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def monitor_view(self, request: HttpRequest, pk: int):
         """The live monitor: who is where, per arm, refreshed every 5 s; pause or resume new
         participants for the study or one arm."""
-        from django.http import HttpResponseRedirect
-        from django.template.response import TemplateResponse
-
-        from studyapp.selectors.participation import study_monitor
-        from studyapp.services.studies import study_set_ingest
-
         study = get_object_or_404(Study, pk=pk)
         if request.method == "POST":
             if not self.has_view_permission(request, study) or not request.user.has_perm("studyapp.change_study"):
@@ -364,9 +356,6 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         if study.state == Study.State.LIVE:
             # Slots of participants gone past the abandonment timeout are released now, not only
             # when the next person enrolls, so the counts shown are the counts assignment uses.
-            from studyapp.selectors.participation import study_design
-            from studyapp.services.participants import participants_release_abandoned
-
             participants_release_abandoned(study=study, design=study_design(study=study))
         context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
                    "title": f"Live monitor: {study}", "monitor": study_monitor(study=study)}
@@ -377,10 +366,6 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     def gallery_view(self, request: HttpRequest, pk: int):
         """After Prepare: every arm's aid for the same sampled items, edits and sanity verdicts."""
-        from django.template.response import TemplateResponse
-
-        from studyapp.selectors.gallery import study_gallery
-
         study = get_object_or_404(Study, pk=pk)
         if not self.has_view_permission(request, study):
             raise PermissionDenied
@@ -390,10 +375,6 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     def gallery_image_view(self, request: HttpRequest, pk: int, kind: str, obj: int):
         """Staff-only images of the gallery (not public media)."""
-        from django.http import FileResponse, Http404
-
-        from studyapp.selectors.gallery import gallery_image
-
         study = get_object_or_404(Study, pk=pk)
         if not self.has_view_permission(request, study):
             raise PermissionDenied
@@ -404,12 +385,6 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     def preview_view(self, request: HttpRequest, pk: int):
         """"Preview as participant": a staff walk through the real pages of a chosen arm."""
-        from django.http import HttpResponseRedirect
-        from django.template.response import TemplateResponse
-
-        from studyapp.api.authentication import session_participant_id, session_remember
-        from studyapp.services.participants import participant_preview_start
-
         study = get_object_or_404(Study, pk=pk)
         if not self.has_view_permission(request, study):
             raise PermissionDenied
@@ -506,8 +481,6 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     @admin.action(description="Launch: review the plan, confirm, freeze it and open the study")
     def launch(self, request, queryset):
         """Launch is confirmed on the study's Launch review page (one study at a time)."""
-        from django.http import HttpResponseRedirect
-
         studies = list(queryset[:2])
         if len(studies) != 1:
             self.message_user(request, "Select one study to launch: each plan is reviewed and confirmed on its own.",

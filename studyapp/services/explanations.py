@@ -83,13 +83,19 @@ def arm_problem(*, arm: Arm, modality: str) -> str | None:
     return None
 
 
-def placebo_real_arm(arm: Arm, arms: list[Arm]) -> Arm | None:
-    """The real arm a manipulated arm is the placebo of: the real (unmanipulated) explanation arm
-    with the same method, when there is exactly one; None otherwise (and for real arms)."""
+def _real_arms_of(arm: Arm, arms: list[Arm]) -> list[Arm]:
+    """The real (unmanipulated) explanation arms with the method of ``arm`` when ``arm`` is a
+    placebo (a manipulated explanation arm); empty otherwise."""
     if arm.kind != Arm.Kind.EXPLANATION or arm.manipulation == Arm.Manipulation.NONE:
-        return None
-    real = [a for a in arms if a.kind == Arm.Kind.EXPLANATION and a.manipulation == Arm.Manipulation.NONE
+        return []
+    return [a for a in arms if a.kind == Arm.Kind.EXPLANATION and a.manipulation == Arm.Manipulation.NONE
             and a.method == arm.method]
+
+
+def placebo_real_arm(arm: Arm, arms: list[Arm]) -> Arm | None:
+    """The real arm a manipulated arm is the placebo of, when there is exactly one; None otherwise
+    (and for real arms)."""
+    real = _real_arms_of(arm, arms)
     return real[0] if len(real) == 1 else None
 
 
@@ -99,10 +105,7 @@ def placebo_settings_problems(*, arms: list[Arm], modality: str) -> list[str]:
     confound the comparison). An empty placebo configuration inherits the real arm's."""
     problems = []
     for arm in arms:
-        if arm.kind != Arm.Kind.EXPLANATION or arm.manipulation == Arm.Manipulation.NONE:
-            continue
-        real = [a for a in arms if a.kind == Arm.Kind.EXPLANATION and a.manipulation == Arm.Manipulation.NONE
-                and a.method == arm.method]
+        real = _real_arms_of(arm, arms)
         if not real:
             continue
         if len(real) > 1 and not arm.method_config:

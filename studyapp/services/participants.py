@@ -118,14 +118,21 @@ def participant_enroll(*, study: Study, external: ExternalIds, simulated: bool =
         if not simulated and study_is_full(study=study, active_since=cutoff):
             raise ParticipationError("This study has all the participants it needs.", reason="full")
         arm, record = arm_assign(study=study, simulated=simulated, active_since=cutoff)
-        participant = Participant.objects.create(
-            study=study, arm=arm, external_id=external.external_id, source=external.source,
-            source_params=external.params, status=Status.CONSENTED, consented_at=now, last_seen_at=now,
-            simulated=simulated, assignment=record, plan_seed=secrets.randbits(62),
-            step=Step.INSTRUCTIONS, consent_version=version)
-        participant.study = study
-        trial_plan_create(participant=participant, design=design)
+        participant = _participant_start(
+            study=study, arm=arm, design=design, now=now, consent_version=version, external_id=external.external_id,
+            source=external.source, source_params=external.params, simulated=simulated, assignment=record)
         return participant, False
+
+
+def _participant_start(*, study: Study, arm, design: StudyDesign, now: dt.datetime, **fields) -> Participant:
+    """A participant who has just agreed, at the instructions, with their trial plan (inside the
+    caller's transaction)."""
+    participant = Participant.objects.create(
+        study=study, arm=arm, status=Status.CONSENTED, consented_at=now, last_seen_at=now,
+        plan_seed=secrets.randbits(62), step=Step.INSTRUCTIONS, **fields)
+    participant.study = study
+    trial_plan_create(participant=participant, design=design)
+    return participant
 
 
 def _check_open(study: Study, *, simulated: bool, allow_live_simulation: bool) -> None:
@@ -329,10 +336,6 @@ def participant_preview_start(*, study: Study, arm, replaces: str | None = None)
     with transaction.atomic():
         if replaces:
             Participant.objects.filter(public_id=replaces, study=study, preview=True).delete()
-        participant = Participant.objects.create(
-            study=study, arm=arm, simulated=True, preview=True, status=Status.CONSENTED, consented_at=now,
-            last_seen_at=now, assignment={"preview": True, "arm": arm.name}, plan_seed=secrets.randbits(62),
-            step=Step.INSTRUCTIONS, consent_version=consent_version(study))
-        participant.study = study
-        trial_plan_create(participant=participant, design=design)
-    return participant
+        return _participant_start(study=study, arm=arm, design=design, now=now,
+                                  consent_version=consent_version(study), simulated=True, preview=True,
+                                  assignment={"preview": True, "arm": arm.name})

@@ -70,6 +70,21 @@ class ScreenChecks:
         self.problems += [f"{key}: {v}" for v in axe_violations(self.page)]
 
 
+def at_first_trial(context, live_server, study: Study):
+    """A new participant in ``context`` (a browser profile) at their first trial: (page, walker,
+    trial number, participant)."""
+    page = context.new_page()
+    walker = Walker(page, quiz_answers=[1])
+    walker.consent(url(live_server, study))
+    number = walker.run(until="trial").trial
+    return page, walker, number, Participant.objects.get(study=study)
+
+
+def pending_answer(page, study: Study) -> str | None:
+    """The answer the page keeps until the server confirms it (JSON text), or None."""
+    return page.evaluate(f"localStorage.getItem('studyapp:{study.public_id}:pending-answer')")
+
+
 def stored_once(participant: Participant) -> None:
     trials = Trial.objects.filter(participant=participant)
     assert Response.objects.filter(trial__participant=participant).count() == trials.count() == participant.n_trials
@@ -202,13 +217,7 @@ def test_a_double_click_stores_one_answer(desktop, live_server, prepare):
 def test_an_answer_sent_while_offline_is_kept_shown_as_unsaved_and_stored_once_when_back_online(
         phone, live_server, prepare):
     study = image_live(prepare)
-    page = phone.new_page()
-    walker = Walker(page, quiz_answers=[1])
-    walker.consent(url(live_server, study))
-    while walker.current().screen != "trial":
-        walker.act()
-    number = walker.current().trial
-    participant = Participant.objects.get(study=study)
+    page, walker, number, participant = at_first_trial(phone, live_server, study)
 
     phone.set_offline(True)
     walker.answer(number)
@@ -216,7 +225,7 @@ def test_an_answer_sent_while_offline_is_kept_shown_as_unsaved_and_stored_once_w
     status.filter(has_text="offline").wait_for(timeout=10_000)
     assert status.get_attribute("aria-live") == "polite"
     assert walker.current().trial == number  # the participant cannot move on with unsaved work
-    pending = json.loads(page.evaluate(f"localStorage.getItem('studyapp:{study.public_id}:pending-answer')"))
+    pending = json.loads(pending_answer(page, study))
     assert Response.objects.filter(trial__participant=participant).count() == number - 1
 
     phone.set_offline(False)
@@ -224,19 +233,13 @@ def test_an_answer_sent_while_offline_is_kept_shown_as_unsaved_and_stored_once_w
     stored = Response.objects.get(trial__participant=participant, trial__position=number - 1)
     assert str(stored.idempotency_key) == pending["body"]["idempotency_key"]
     assert Response.objects.filter(trial__participant=participant).count() == number
-    assert page.evaluate(f"localStorage.getItem('studyapp:{study.public_id}:pending-answer')") is None
+    assert pending_answer(page, study) is None
 
 
 def test_an_answer_left_unsent_by_a_closed_tab_is_sent_once_when_the_session_is_opened_again(
         desktop, live_server, prepare):
     study = image_live(prepare)
-    page = desktop.new_page()
-    walker = Walker(page, quiz_answers=[1])
-    walker.consent(url(live_server, study))
-    while walker.current().screen != "trial":
-        walker.act()
-    number = walker.current().trial
-    participant = Participant.objects.get(study=study)
+    page, walker, number, participant = at_first_trial(desktop, live_server, study)
     page.route("**/answer", lambda route: route.abort())  # the server never hears it
     walker.answer(number)
     page.locator(".save-status.retrying").wait_for()
