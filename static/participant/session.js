@@ -190,8 +190,10 @@ async function feedbackScreen(trial, feedback) {
     text = `The model's answer: ${option ? option.label : feedback.model_output}`;
   }
   const button = h("button", { type: "button", class: "button primary", text: "Next" });
-  screen.querySelector(".actions")?.replaceChildren(button);
-  screen.querySelector(".trial")?.append(h("p", { class: `feedback ${feedback.correct === false ? "wrong" : "right"}`, role: "status", text }));
+  const actions = screen.querySelector(".trial .actions");
+  // Read before moving on: the verdict sits above the button that leads away from it.
+  actions.before(h("p", { class: `feedback ${feedback.correct === false ? "wrong" : "right"}`, role: "status", text }));
+  actions.replaceChildren(button);
   mark("feedback", trial.number);
   button.focus();
   await waitClick(button);
