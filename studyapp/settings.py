@@ -110,6 +110,16 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 4 * 3600, minimum=60)}
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
+# Preparation units (studyapp.services.work_units): a running unit's lease, renewed by its worker
+# while it works, so a worker that vanished delays its unit by about one lease; the dispatcher's
+# period (Celery beat); a pending unit whose message was sent this long ago is sent again (the
+# broker may have lost it); attempts before a unit that keeps failing or killing its worker fails.
+PREPARATION_LEASE_SECONDS = env_int("PREPARATION_LEASE_SECONDS", 60, minimum=2)
+PREPARATION_DISPATCH_SECONDS = env_int("PREPARATION_DISPATCH_SECONDS", 15, minimum=1)
+PREPARATION_RESEND_SECONDS = env_int("PREPARATION_RESEND_SECONDS", 120, minimum=1)
+PREPARATION_MAX_ATTEMPTS = env_int("PREPARATION_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
+# Stimuli per unit of maps, rendering and model outputs (a GPU worker halves a chunk on out-of-memory).
+PREPARATION_CHUNK = env_int("PREPARATION_CHUNK", 64, minimum=1, maximum=100_000)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

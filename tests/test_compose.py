@@ -26,8 +26,8 @@ ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "Dockerfile"
 ENTRYPOINT = REPO / "docker" / "entrypoint-web.sh"
 
-SERVICES = {"db", "redis", "web", "worker", "worker-cpu"}
-APP_SERVICES = ("web", "worker", "worker-cpu")
+SERVICES = {"db", "redis", "web", "worker", "worker-cpu", "dispatcher"}
+APP_SERVICES = ("web", "worker", "worker-cpu", "dispatcher")
 
 # What studyapp.settings reads (agreed interface); settings modules are also scanned below.
 SETTINGS_VARIABLES = {
@@ -204,7 +204,7 @@ def test_compose_file_is_valid_with_the_example_env(compose_result):
     )
 
 
-def test_compose_defines_exactly_the_five_services(services):
+def test_compose_defines_exactly_the_six_services(services):
     assert set(services) == SERVICES
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from studyapp.models import Explanation, Study, StudyItem
+from studyapp.models import Explanation, ModelOutput, Study, StudyItem
 from studyapp.services.item_sample import PoolItem, stratified_draw
 from tests.factories import StimulusFactory, study_with_arms
 from tests.participation_helpers import WITHIN_DESIGN, image_study
@@ -72,15 +72,17 @@ def test_a_second_preparation_keeps_the_same_sample(prepare):
     assert list(StudyItem.objects.filter(study=study).values_list("stimulus_id", "role", "position")) == before
 
 
-def test_a_pool_too_small_for_the_design_fails_preparation_with_the_numbers(prepare):
+def test_a_pool_too_small_for_the_design_is_refused_at_prepare_with_the_numbers_before_any_computation(prepare):
+    from studyapp.services.errors import ServiceError
+
     study = study_with_arms()
     Study.objects.filter(pk=study.pk).update(config={"blocks": [{"phase": "test", "n_items": 50}]})
     study.refresh_from_db()
-    with pytest.raises(Exception):
+    with pytest.raises(ServiceError, match="needs 50 distinct items .* test split has 6"):
         prepare(study)
     study.refresh_from_db()
-    assert study.state == "draft"
-    assert "needs 50 distinct items" in study.preparation["error"] and "test split has 6" in study.preparation["error"]
+    assert study.state == "draft" and not study.preparation_units.exists()
+    assert not ModelOutput.objects.filter(model=study.model).exists()
 
 
 def test_items_are_crossed_with_arms_every_participant_sees_the_same_items_in_their_own_order(prepare):

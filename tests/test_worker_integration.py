@@ -65,7 +65,7 @@ def test_preparing_a_study_runs_on_the_worker_and_makes_it_ready(celery_worker, 
     study = wait_for_state(study, Study.State.READY, tmp_path / "worker.log")
     assert ModelOutput.objects.filter(model=study.model, stimulus__isnull=False).count() == 10
     assert study.preparation["status"] == "done"
-    assert "prepare_study" in (tmp_path / "worker.log").read_text()  # it ran there, not in this process
+    assert "run_preparation_unit" in (tmp_path / "worker.log").read_text()  # it ran there, not in this process
 
 
 def test_a_requested_analysis_runs_on_the_worker_and_stores_one_run(celery_worker, tmp_path):

@@ -11,12 +11,22 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studyapp.settings")
 
+from django.conf import settings  # noqa: E402  (after DJANGO_SETTINGS_MODULE)
+
 app = Celery("studyapp")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_routes = {
-    # Preparation runs the model and the explainers: the GPU worker takes it when there is one.
+    # Preparation runs the model and the explainers: the GPU workers take it when there are some.
+    "worker.tasks.run_preparation_unit": {"queue": "gpu"},
     "worker.tasks.prepare_study": {"queue": "gpu"},
+    "worker.tasks.dispatch": {"queue": "cpu"},
     # The statistics need no GPU.
     "worker.tasks.analyze_study": {"queue": "cpu"},
+}
+# The dispatcher (``celery -A worker beat``): releases expired leases and sends units and analysis
+# jobs that have no message. Any number of beat processes is harmless (each tick is idempotent).
+app.conf.beat_schedule = {
+    "dispatch": {"task": "worker.tasks.dispatch", "schedule": float(settings.PREPARATION_DISPATCH_SECONDS),
+                 "options": {"expires": float(settings.PREPARATION_DISPATCH_SECONDS)}},
 }
 app.autodiscover_tasks(["worker"])

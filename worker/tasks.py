@@ -1,12 +1,37 @@
-"""Thin tasks: parse arguments, call one service. Every task is idempotent (late ack)."""
+"""Thin tasks: parse arguments, call one service. Every task is idempotent (late ack).
+
+The database is the source of truth for both kinds of queued work: a preparation unit or an
+analysis job whose message is lost (broker restart, a failed send) is sent again by ``dispatch``.
+"""
 from __future__ import annotations
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as BrokerError
+
+# A database or broker connection that drops is retried with backoff; other errors are recorded
+# on the unit by the service (which decides between another attempt and failing it).
+TRANSIENT = (OperationalError, InterfaceError, BrokerError, ConnectionError)
 
 
-@shared_task(name="worker.tasks.prepare_study", autoretry_for=(ConnectionError,), retry_backoff=True,
-             max_retries=5)
+@shared_task(name="worker.tasks.run_preparation_unit", autoretry_for=TRANSIENT, retry_backoff=True,
+             retry_backoff_max=60, max_retries=8)
+def run_preparation_unit(unit_id: int) -> str:
+    from studyapp.services.preparation import preparation_unit_run
+
+    return preparation_unit_run(unit_id=unit_id)
+
+
+@shared_task(name="worker.tasks.dispatch", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=3)
+def dispatch() -> dict:
+    from studyapp.services.work_units import dispatch as dispatch_units
+
+    return dispatch_units()
+
+
+@shared_task(name="worker.tasks.prepare_study", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def prepare_study(study_id: int) -> dict:
+    """A message from before preparation was split into units: run the study's units here."""
     from studyapp.services.preparation import study_run_preparation
 
     return study_run_preparation(study_id=study_id)

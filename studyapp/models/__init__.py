@@ -6,12 +6,13 @@ of writing twice).
 """
 from studyapp.models.append_only import append_only_refusal  # also installs the triggers after migrate
 from studyapp.models.data import Dataset, Edit, MLModel, ModelOutput, Stimulus
+from studyapp.models.preparation import PreparationUnit
 from studyapp.models.participation import Participant, QuestionnaireAnswer, Response, Trial
 from studyapp.models.study import (AnalysisJob, AnalysisRun, Arm, Explanation, Hypothesis, PreregistrationDeviation,
                                    Study, StudyItem)
 
 __all__ = [
     "AnalysisJob", "AnalysisRun", "Arm", "Dataset", "Edit", "Explanation", "Hypothesis", "MLModel", "ModelOutput",
-    "Participant", "PreregistrationDeviation", "QuestionnaireAnswer", "Response", "Stimulus", "Study", "StudyItem", "Trial",
+    "Participant", "PreparationUnit", "PreregistrationDeviation", "QuestionnaireAnswer", "Response", "Stimulus", "Study", "StudyItem", "Trial",
     "append_only_refusal",
 ]

@@ -405,6 +405,9 @@ class AnalysisJob(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When a message was last sent for it: a queued job whose message never reached the broker
+    # (or was lost with it) is sent again by the dispatcher.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["study", "-created_at"]

@@ -2,7 +2,8 @@
 
 ``analysis_job_request`` checks the request at once (never launched, bad seed, a frozen plan that
 no longer matches its hash, a malformed exploratory request: the researcher reads why straight
-away), stores a queued job and enqueues it after commit. ``analysis_job_run`` is the worker's
+away), stores a queued job and sends it after commit (a send that fails leaves it to the
+dispatcher). ``analysis_job_run`` is the worker's
 half and is idempotent: a job redelivered after a worker died runs again, and a job delivered
 twice at once stores one AnalysisRun, because the run and the job's "done" are written together
 under a lock on the job's row. Embedded mode (no broker) runs the job in-process on commit.
@@ -32,16 +33,33 @@ def analysis_job_request(*, study: Study, seed: int, spec: dict | None, requeste
         same = AnalysisJob.objects.filter(study=study, seed=seed, status__in=ACTIVE)
         existing = next((job for job in same if job.spec == spec), None)
         if existing is not None:
+            if existing.status == AnalysisJob.Status.QUEUED and existing.enqueued_at is None:
+                # Its message never left (broker down then): asking again sends it.
+                transaction.on_commit(lambda: analysis_job_send(existing.pk))
             return existing
         job = AnalysisJob.objects.create(study=study, seed=seed, spec=spec, requested_by=requested_by)
-        transaction.on_commit(lambda: _enqueue(job.pk))
+        transaction.on_commit(lambda: analysis_job_send(job.pk))
     return job
 
 
-def _enqueue(job_id: int) -> None:
+def analysis_job_send(job_id: int) -> bool:
+    """Send the job's message and record when; never raises. With the broker down the job stays
+    queued without ``enqueued_at`` and the dispatcher (studyapp.services.work_units) sends it later.
+    In the embedded mode the job runs here and now."""
+    from studyapp.services.work_units import in_process
     from worker.tasks import analyze_study
 
-    analyze_study.delay(job_id)
+    if in_process():
+        AnalysisJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
+        analyze_study.delay(job_id)
+        return True
+    try:
+        analyze_study.apply_async((job_id,), retry=False)
+    except Exception:
+        logger.warning("Could not send analysis job %s; the dispatcher will send it later", job_id, exc_info=True)
+        return False
+    AnalysisJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
+    return True
 
 
 def _finish_failed(job_id: int, error: str) -> None:

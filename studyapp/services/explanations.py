@@ -25,7 +25,7 @@ from django.db import transaction
 from explainers import manipulations, rendering
 from explainers.aids import build_exemplar_index, fit_ood_detector
 from explainers.demo_data import train_test_split_indices
-from explainers.methods import METHODS, data_reference_overrides, explain, resolve_config
+from explainers.methods import METHODS, ExplanationResult, data_reference_overrides, explain, resolve_config
 from explainers.methods import config_sha256 as method_config_sha256
 from studyapp.arm_settings import manipulation_settings_problems
 from studyapp.models import Arm, Explanation, ModelOutput, Stimulus, Study
@@ -196,6 +196,13 @@ class PreparationContext:
             self._real[key] = self.explain(self.model, method, config)
         return self._real[key]
 
+    def prime_real(self, arm: Arm, maps: np.ndarray, *, config: dict) -> None:
+        """Use the real arm's stored maps (``config``: their stored configuration) as the real maps
+        of its method, instead of computing them a second time for a placebo derived from them."""
+        method_config = {k: v for k, v in config.items() if k not in ("manipulation", "rendering")}
+        self._real[method_config_sha256(self.method_config(arm))] = ExplanationResult(
+            attributions=maps, targets=self.targets, config=method_config)
+
     def shown(self, maps: np.ndarray, *, signed: bool) -> np.ndarray:
         """What is drawn: image channels summed for signed maps (keeps IG completeness), averaged for
         magnitude maps (Grad-CAM repeats one map on every channel); tabular rows as they are."""
@@ -244,10 +251,10 @@ def _explanation_arm(ctx: PreparationContext, arm: Arm):
     stored = {**real.config, "manipulation": {"name": arm.manipulation, **record},
               "rendering": {"normalization": "shared_per_method", "scale": scale, "signed": signed,
                             "clip_percentile": rendering.CLIP_PERCENTILE}}
-    return maps, stored, lambda i: _render_map(ctx, i, shown[i], signed=signed, scale=scale)
+    return maps, stored, lambda i: render_map(ctx, i, shown[i], signed=signed, scale=scale)
 
 
-def _render_map(ctx: PreparationContext, i: int, shown: np.ndarray, *, signed: bool, scale: float) -> bytes:
+def render_map(ctx: PreparationContext, i: int, shown: np.ndarray, *, signed: bool, scale: float) -> bytes:
     if ctx.modality == "image":
         return rendering.render_heatmap_overlay(ctx.inputs[i], shown, signed=signed, normalization="shared",
                                                 scale=scale)
@@ -265,7 +272,7 @@ def _baseline_arm(ctx: PreparationContext, arm: Arm):
         stored = {"method": "sobel_edges", **record,
                   "rendering": {"normalization": "shared", "scale": scale, "signed": False,
                                 "clip_percentile": rendering.CLIP_PERCENTILE}}
-        return maps, stored, lambda i: _render_map(ctx, i, shown[i], signed=False, scale=scale)
+        return maps, stored, lambda i: render_map(ctx, i, shown[i], signed=False, scale=scale)
     # Natural exemplars: the k nearest training items of the class the MODEL predicts (never the
     # true label: on items the model gets wrong that would leak the truth).
     k = int((arm.method_config or {}).get("k", EXEMPLARS_K))
@@ -290,8 +297,10 @@ def _ood_arm(ctx: PreparationContext, arm: Arm):
     return values.astype(np.float32), {"method": "ood_warning", **detector.to_dict()}, None
 
 
-def arm_compute_explanations(*, arm: Arm, ctx: PreparationContext) -> int:
-    """Compute and store every missing explanation of ``arm`` over the study's stimulus pool."""
+def arm_compute_explanations(*, arm: Arm, ctx: PreparationContext, save_files=None) -> int:
+    """Compute and store every missing explanation of ``arm`` over the study's stimulus pool.
+    ``save_files(pngs) -> names`` stores the pictures (preparation records the names first, see
+    ``studyapp.services.preparation.files_write``); by default each row saves its own."""
     if not ctx.stimuli:
         return 0
     build = {Arm.Kind.EXPLANATION: _explanation_arm, Arm.Kind.BASELINE: _baseline_arm,
@@ -308,9 +317,13 @@ def arm_compute_explanations(*, arm: Arm, ctx: PreparationContext) -> int:
             row = Explanation(arm=arm, stimulus_id=ctx.stimuli[i].pk, attributions=array_to_npy_bytes(arrays[i]),
                               config=stored, config_sha256=digest, seed=ctx.study.seed, target=int(ctx.targets[i]),
                               compute_seconds=seconds_each)
-            if render is not None:
+            if render is not None and save_files is None:
                 row.image.save("explanation.png", ContentFile(render(i)), save=False)
             rows.append(row)
+        if render is not None and save_files is not None:
+            names = save_files([render(i) for i in todo[start:start + WRITE_CHUNK]])
+            for row, name in zip(rows, names):
+                row.image.name = name
         with transaction.atomic():
             Explanation.objects.bulk_create(rows, ignore_conflicts=True)
     return len(todo)

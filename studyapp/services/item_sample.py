@@ -170,19 +170,17 @@ def _draw_counterfactual(*, study: Study, design: StudyDesign, candidates: list[
     return out, notes
 
 
-def items_sample(*, study: Study, design: StudyDesign, compute_edits) -> dict:
-    """Draw (or keep) the study's item sample; returns the draw's record (also on the study).
-
-    ``compute_edits(stimulus_ids)`` makes the study's edits and the model's outputs on them for
-    the counterfactual candidates (preparation passes a function that uses the loaded model).
-    """
+def items_sample_begin(*, study: Study, design: StudyDesign) -> dict:
+    """The first half of the draw: the forward items and the counterfactual candidates whose edits
+    must exist before the second half (``items_sample_finish``). A JSON draft, so that the edits can
+    be computed by other units in between; ``{"kept": True}`` when the stored sample has this key."""
     key = sample_key(study=study, design=design)
     if study.item_sample.get("key") == key and StudyItem.objects.filter(study=study).exists():
-        return study.item_sample
+        return {"kept": True}
     pool = pool_items(study=study)
     rng = np.random.default_rng([study.seed, 7919])
     needs = design.items_needed()
-    chosen: dict[str, list[tuple[PoolItem, list[int], int | None]]] = {}
+    chosen: dict[str, list] = {}
     notes: dict[str, list[str]] = {}
     used: set[int] = set()
     for role in FORWARD_ROLES:
@@ -192,11 +190,29 @@ def items_sample(*, study: Study, design: StudyDesign, compute_edits) -> dict:
                 raise ServiceError([f"The design needs {sum(needs.values())} distinct items (learning, test and "
                                     f"counterfactual items are disjoint) but the test split has {len(pool)}."])
             drawn, notes[role] = stratified_draw(rest, needs[role], error_share=design.model_error_share, rng=rng)
-            chosen[role] = [(p, [], None) for p in drawn]
+            chosen[role] = [[p.stimulus_id, p.predicted, p.correct, [], None] for p in drawn]
             used |= {p.stimulus_id for p in drawn}
     candidates = counterfactual_candidates(study=study, design=design, pool=pool, used=used, rng=rng)
-    if candidates:
-        compute_edits([c.stimulus_id for c in candidates])
+    state = rng.bit_generator.state
+    return {"key": key, "pool_size": len(pool), "chosen": chosen, "notes": notes,
+            "candidates": [[p.stimulus_id, p.predicted, p.correct] for p in candidates],
+            # 128-bit integers as text: JSON columns do not all keep them exactly.
+            "rng": {**state, "state": {k: str(v) for k, v in state["state"].items()}}}
+
+
+def items_sample_finish(*, study: Study, design: StudyDesign, draft: dict) -> dict:
+    """The second half: the counterfactual items among the candidates (their edits and the model's
+    outputs on them exist by now), then the sample and its record, stored together."""
+    if draft.get("kept"):
+        return study.item_sample
+    rng = np.random.default_rng()
+    rng.bit_generator.state = {**draft["rng"], "state": {k: int(v) for k, v in draft["rng"]["state"].items()}}
+    needs = design.items_needed()
+    chosen = {role: [(PoolItem(s, p, c), edits, answer) for s, p, c, edits, answer in items]
+              for role, items in draft["chosen"].items()}
+    notes = dict(draft["notes"])
+    candidates = [PoolItem(s, p, c) for s, p, c in draft["candidates"]]
+    used = {p.stimulus_id for items in chosen.values() for p, _, _ in items}
     for role in COUNTERFACTUAL_ROLES:
         if needs[role]:
             rest = [c for c in candidates if c.stimulus_id not in used]
@@ -204,8 +220,8 @@ def items_sample(*, study: Study, design: StudyDesign, compute_edits) -> dict:
                                                              rng=rng)
             used |= {p.stimulus_id for p, _, _ in chosen[role]}
     record = {
-        "key": key, "seed": study.seed, "pool_size": len(pool), "model_error_share": design.model_error_share,
-        "counterfactual_candidates": len(candidates),
+        "key": draft["key"], "seed": study.seed, "pool_size": draft["pool_size"],
+        "model_error_share": design.model_error_share, "counterfactual_candidates": len(candidates),
         "counts": {role: _counts([p for p, _, _ in items]) for role, items in chosen.items()},
         "notes": {role: n for role, n in notes.items() if n},
     }
@@ -218,6 +234,16 @@ def items_sample(*, study: Study, design: StudyDesign, compute_edits) -> dict:
         Study.objects.filter(pk=study.pk).update(item_sample=record)
     study.item_sample = record
     return record
+
+
+def items_sample(*, study: Study, design: StudyDesign, compute_edits) -> dict:
+    """Draw (or keep) the study's item sample in one go; returns the draw's record (also on the
+    study). ``compute_edits(stimulus_ids)`` makes the study's edits and the model's outputs on them
+    for the counterfactual candidates (preparation runs these as units of their own instead)."""
+    draft = items_sample_begin(study=study, design=design)
+    if draft.get("candidates"):
+        compute_edits([c[0] for c in draft["candidates"]])
+    return items_sample_finish(study=study, design=design, draft=draft)
 
 
 def _counts(items: list[PoolItem]) -> dict[str, int]:

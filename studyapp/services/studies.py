@@ -89,6 +89,13 @@ def design_problems(*, study: Study, arms: list[Arm]) -> list[str]:
     except DesignError as exc:
         return exc.problems
     problems = []
+    needed = sum(design.items_needed().values())
+    pool = study.dataset.stimuli.filter(split="test").count()
+    if needed > pool:
+        # Checked before any computation (the item sample would fail only after the model ran).
+        problems.append(f"The design needs {needed} distinct items (learning, test and counterfactual items are "
+                        f"disjoint) but the test split has {pool}. Lower the blocks' n_items, or import a larger "
+                        "test split.")
     leaky = [a.name for a in arms if output_conditioned(a)]
     for number, block in enumerate(design.blocks, start=1):
         if block.task == "forward" and block.show_aid and not block.show_model_output and leaky \
@@ -126,13 +133,32 @@ def _exclusion_rule_problems(*, study: Study) -> list[str]:
 
 
 def study_prepare(*, study: Study) -> Study:
-    """draft -> preparing, then the preparation task runs (in-process in the embedded mode)."""
-    from worker.tasks import prepare_study  # the worker package imports services, not the reverse
+    """draft -> preparing with the first preparation units stored in the same transaction; after
+    commit their messages are sent (the units run in this process in the embedded mode). With the
+    broker down nothing fails here: the dispatcher sends them when it is back."""
+    from studyapp.services import work_units
+    from studyapp.services.preparation import preparation_plan, study_run_preparation
 
     study_validate_design(study=study)
     with transaction.atomic():
         study = _transition(study=study, to=State.PREPARING)
-        transaction.on_commit(lambda: prepare_study.delay(study.pk))
+        preparation_plan(study=study)
+        if work_units.in_process():
+            transaction.on_commit(lambda: study_run_preparation(study_id=study.pk))
+        else:
+            transaction.on_commit(lambda: work_units.study_units_send(study_id=study.pk))
+    return study
+
+
+def study_cancel_preparation(*, study: Study) -> Study:
+    """preparing -> draft. Units not done are dropped; what finished units stored (outputs, edits,
+    maps, pictures) stays, so the next Prepare resumes from it. A unit still running finds its
+    study no longer in preparation and writes nothing."""
+    from studyapp.models import PreparationUnit
+
+    with transaction.atomic():
+        study = _transition(study=study, to=State.DRAFT, extra={"preparation": {"status": "cancelled"}})
+        PreparationUnit.objects.filter(study=study).exclude(status=PreparationUnit.Status.DONE).delete()
     return study
 
 
