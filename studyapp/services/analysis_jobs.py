@@ -55,8 +55,8 @@ def analysis_job_send(job_id: int) -> bool:
         return True
     try:
         analyze_study.apply_async((job_id,), retry=False)
-    except Exception:
-        logger.warning("Could not send analysis job %s; the dispatcher will send it later", job_id, exc_info=True)
+    except Exception as exc:
+        logger.warning("Could not send analysis job %s (%s); the dispatcher will send it later", job_id, exc)
         return False
     AnalysisJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
     return True

@@ -176,9 +176,8 @@ def units_send(unit_ids: Iterable[int], *, countdown: float | None = None) -> in
     for unit_id in unit_ids:
         try:
             run_preparation_unit.apply_async((unit_id,), countdown=countdown, retry=False)
-        except Exception:  # broker down: the dispatcher sends it once the broker is back
-            logger.warning("Could not send preparation unit %s; the dispatcher will send it later", unit_id,
-                           exc_info=True)
+        except Exception as exc:  # broker down: the dispatcher sends it once the broker is back
+            logger.warning("Could not send preparation unit %s (%s); the dispatcher will send it later", unit_id, exc)
             break
         sent.append(unit_id)
     if sent:
