@@ -189,18 +189,83 @@ def test_simulation_limits_are_explained(staff_client):
     assert "The control arm's accuracy must lie strictly between 0 and 1 (you entered 60)." in message
 
 
+PRE_POST_DESIGN = {"design": "within_pre_post",
+                   "blocks": [{"phase": "pre_test", "n_items": 12},
+                              {"phase": "learning", "n_items": 4, "show_model_output": True, "show_aid": True},
+                              {"phase": "post_test", "n_items": 12}]}
+
+
+def initial_values(form) -> dict:
+    return {name: form[name].value() for name in form.fields}
+
+
 @pytest.mark.django_db
-def test_the_simulation_is_prefilled_from_a_study_as_configured(admin_client):
+def test_with_a_study_both_calculators_start_from_its_arms_design_and_hypotheses(admin_client):
     from tests.factories import HypothesisFactory, study_with_arms
 
     study = study_with_arms(methods=("integrated_gradients", "saliency"), hypothesis=False)
-    study.target_per_arm = 44
-    study.save(update_fields=["target_per_arm"])
-    HypothesisFactory(study=study, arm=study.arms.get(name="saliency"), correction="hochberg", alpha=0.01)
-    page = admin_client.get(reverse("report-planner") + f"?study={study.pk}").content.decode()
-    assert "Prefilled from the study" in page and study.title in page
-    assert "integrated_gradients: 0.70, saliency: 0.70" in page
-    assert 'value="44"' in page and 'value="hochberg" selected' in page and 'value="0.01"' in page
+    study.config = PRE_POST_DESIGN
+    study.save(update_fields=["config"])
+    for label, arm in (("H1", "integrated_gradients"), ("H2", "saliency")):
+        HypothesisFactory(study=study, label=label, arm=study.arms.get(name=arm), outcome="gain", correction="hochberg",
+                          alpha=0.01, planned_n_per_arm=44, direction="greater")
+    HypothesisFactory(study=study, label="H3", arm=study.arms.get(name="saliency"), family="secondary", alpha=0.2)
+    response = admin_client.get(reverse("report-planner"), {"study": study.pk})
+
+    size = initial_values(response.context["size_form"])
+    assert (size["n_arms"], size["n_comparisons"], size["alpha"]) == (3, 2, 0.01)
+    assert (size["correction"], size["alternative"]) == ("holm", "greater")
+    sim = initial_values(response.context["sim_form"])
+    assert sim["arm_accuracies"] == "integrated_gradients: 0.70, saliency: 0.70"
+    assert (sim["n_per_arm"], sim["trials_per_phase"], sim["design"]) == (44, 12, "pre_post")
+    assert (sim["correction"], sim["alpha"], sim["alternative"]) == ("hochberg", 0.01, "greater")
+    page = html_lib.unescape(response.content.decode())
+    assert "3 arms: control, integrated_gradients, saliency." in page
+    assert "12 trials in the pre-test and the same in the post-test (the design)." in page
+    assert "Hypotheses of the family 'primary': H1, H2 (2 comparisons), Hochberg, alpha 0.01" in page
+    assert "44 participants per arm planned" in page and "plans Hochberg as alpha / 2" in page
+    # Each form carries the study along, so a computed result keeps the study's other defaults.
+    assert page.count(f'<input type="hidden" name="study" value="{study.pk}">') == 2
+
+
+@pytest.mark.django_db
+def test_a_single_hypothesis_on_one_test_phase_is_planned_without_correction_on_its_test_trials(admin_client):
+    from tests.factories import study_with_arms
+
+    study = study_with_arms()  # SMALL_DESIGN: 3 test items; H0: the explanation arm beats control
+    response = admin_client.get(reverse("report-planner"), {"study": study.pk})
+
+    size = initial_values(response.context["size_form"])
+    assert (size["n_arms"], size["n_comparisons"], size["correction"]) == (2, 1, "none")
+    sim = initial_values(response.context["sim_form"])
+    assert (sim["trials_per_phase"], sim["design"], sim["n_per_arm"]) == (3, "test", 30)
+
+
+@pytest.mark.django_db
+def test_the_simulation_prefilled_from_a_study_runs_as_it_is(admin_client):
+    from tests.factories import HypothesisFactory, study_with_arms
+
+    study = study_with_arms(methods=("integrated_gradients", "saliency"), hypothesis=False)
+    study.config = PRE_POST_DESIGN
+    study.save(update_fields=["config"])
+    HypothesisFactory(study=study, arm=study.arms.get(name="saliency"), outcome="gain", planned_n_per_arm=200)
+    page = admin_client.get(reverse("report-planner"), {"study": study.pk})
+    params = {f"sim-{name}": value for name, value in initial_values(page.context["sim_form"]).items()}
+    response = admin_client.get(reverse("report-planner"), {**params, "calc": "simulate", "study": study.pk})
+
+    assert errors(response) == ""
+    assert "200 participants per arm (600 in total)" in result_text(response, "simulation-result")
+    # The study's defaults stay on the page after a computation.
+    assert response.context["size_form"]["n_arms"].value() == 3
+
+
+@pytest.mark.django_db
+def test_the_study_page_links_the_planner_for_its_design(admin_client):
+    from tests.factories import study_with_arms
+
+    study = study_with_arms()
+    page = admin_client.get(reverse("admin:studyapp_study_change", args=[study.pk])).content.decode()
+    assert f'href="{reverse("report-planner")}?study={study.pk}"' in page
 
 
 def test_the_planner_explains_why_its_two_calculators_can_disagree(admin_client):

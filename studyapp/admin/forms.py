@@ -4,6 +4,7 @@ import json
 
 from django import forms
 from django.conf import settings
+from django_jsonform.widgets import JSONFormWidget
 
 from studyapp.models import Dataset
 
@@ -108,6 +109,15 @@ class DeviationForm(forms.Form):
 
 NEW_STUDY_DESIGN = {"blocks": [{"phase": "learning", "n_items": 10, "show_model_output": True, "show_aid": True},
                                {"phase": "test", "n_items": 20}]}
+
+
+class DesignWidget(JSONFormWidget):
+    """The design's form (django-jsonform), with its labels tied to their inputs for screen readers
+    (the library draws them side by side, untied): static/staff/jsonform_labels.js."""
+
+    @property
+    def media(self):
+        return super().media + forms.Media(js=["staff/jsonform_labels.js"])
 
 
 class StudyForm(forms.ModelForm):

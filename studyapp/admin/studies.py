@@ -14,13 +14,13 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django_jsonform.widgets import JSONFormWidget
 
+from studyapp.admin.arms import ArmInline, HypothesisInline
 from studyapp.admin.form_view import form_view
-from studyapp.admin.forms import DeviationForm, LaunchForm, StudyForm
+from studyapp.admin.forms import DesignWidget, DeviationForm, LaunchForm, StudyForm
 from studyapp.api.authentication import session_participant_id, session_remember
 from studyapp.design import design_form_schema
-from studyapp.models import (AnalysisRun, Arm, Hypothesis, PreregistrationDeviation, Study, StudyItem, append_only,
+from studyapp.models import (AnalysisRun, Arm, PreregistrationDeviation, Study, StudyItem, append_only,
                              append_only_refusal)
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
 from studyapp.reports.admin_links import report_link
@@ -92,48 +92,6 @@ def delete_selected_unless_append_only(model_admin, request, queryset):
         return None
 
 
-class FrozenAfterDraftMixin:
-    """Inlines are editable only while the study is a draft: launch freezes the plan."""
-
-    def _editable(self, obj) -> bool:
-        return obj is None or obj.state in EDITABLE_STATES
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return self._editable(obj) and super().has_add_permission(request, obj)
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return self._editable(obj) and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return self._editable(obj) and super().has_delete_permission(request, obj)
-
-
-class ArmInline(FrozenAfterDraftMixin, admin.TabularInline):
-    model = Arm
-    extra = 0
-    fields = ["position", "name", "kind", "method", "method_config", "manipulation", "manipulation_config",
-              "allocation_weight"]
-
-    def formfield_for_dbfield(self, db_field, request, **kwargs):
-        field = super().formfield_for_dbfield(db_field, request, **kwargs)
-        # Compact settings boxes and a narrow position, so that the inline fits a 1280 px screen.
-        if db_field.name in ("method_config", "manipulation_config") and field is not None:
-            field.widget.attrs.update(rows=2, cols=28)
-        elif db_field.name in ("position", "allocation_weight") and field is not None:
-            field.widget.attrs.update(style="width: 4em")
-        elif db_field.name == "name" and field is not None:
-            field.widget.attrs.update(size=18)
-        return field
-
-    def get_formset(self, request, obj=None, **kwargs):
-        formset = super().get_formset(request, obj, **kwargs)
-        # A new arm comes after the existing ones (not at position 0 beside the control arm).
-        next_position = (max((a.position for a in obj.arms.all()), default=-1) + 1) if obj is not None else 0
-        if "position" in formset.form.base_fields:  # absent when the study is no longer editable
-            formset.form.base_fields["position"].initial = next_position
-        return formset
-
-
 class StudyItemInline(admin.TabularInline):
     """The study's item sample (read-only: it is drawn and recorded by preparation)."""
 
@@ -169,22 +127,6 @@ class DeviationInline(admin.TabularInline):
         return False
 
 
-class HypothesisInline(FrozenAfterDraftMixin, admin.StackedInline):
-    model = Hypothesis
-    extra = 0
-    fk_name = "study"
-    fields = [("label", "comparison", "arm", "comparator"), "statement", ("outcome", "likert_item"),
-              ("direction", "equivalence_margin"), ("test", "alpha", "family", "correction"),
-              ("planned_n_per_arm", "stopping_rule"), "exclusion_rules"]
-
-    def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        # Only this study's arms (the study id is in the URL of the change view).
-        if db_field.name in ("arm", "comparator"):
-            study_id = request.resolver_match.kwargs.get("object_id")
-            kwargs["queryset"] = Arm.objects.filter(study_id=study_id).select_related("study")
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-
 def _run_service(model_admin, request, queryset, service, verb: str, refused: str) -> None:
     for study in queryset:
         try:
@@ -214,12 +156,12 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
     actions = ["prepare", "launch", "close", "revert_to_draft", "duplicate", "delete_simulated", *EXPORT_ACTIONS]
-    readonly_fields = ["state", "participant_link", "report", "launch_review", "monitor_link", "gallery_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
+    readonly_fields = ["state", "participant_link", "report", "planner", "launch_review", "monitor_link", "gallery_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
                        "preparation_summary", "item_sample_summary", "record_deviation"]
     inlines = [ArmInline, HypothesisInline, DeviationInline, StudyItemInline]
     fieldsets = [
-        (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report", "launch_review",
-                           "gallery_link", "monitor_link"]}),
+        (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report", "planner",
+                           "launch_review", "gallery_link", "monitor_link"]}),
         ("Model and data", {"fields": ["model", "dataset", "seed", "config", "target_per_arm"]}),
         ("Participant texts", {"fields": ["consent_text", "instructions", "debrief_text"]}),
         ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
@@ -232,7 +174,7 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         if db_field.name == "config":
             # The typed design as a form (its JSON Schema; validated by pydantic on Prepare and
             # after each save), instead of a JSON box.
-            kwargs["widget"] = JSONFormWidget(schema=design_form_schema())
+            kwargs["widget"] = DesignWidget(schema=design_form_schema())
             kwargs.setdefault("help_text", "The study design: blocks of trials, checks, questionnaire and recruitment. "
                                            "Each setting says what it does; Prepare checks the whole design.")
         return super().formfield_for_dbfield(db_field, request, **kwargs)
@@ -393,7 +335,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
             arm = get_object_or_404(Arm, pk=request.POST.get("arm") or 0, study=study)
             try:
                 participant = participant_preview_start(
-                    study=study, arm=arm, replaces=session_participant_id(request, study.public_id))
+                    study=study, arm=arm, replaces=session_participant_id(request, study.public_id),
+                    by=request.user.get_username())
             except ValidationError as exc:
                 self.message_user(request, " ".join(exc.messages), messages.ERROR)
                 return HttpResponseRedirect(request.path)
@@ -431,6 +374,13 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
             return "Deviations can be recorded once the study is launched."
         return format_html('<a href="{}">Record a dated deviation from the frozen plan</a>',
                            reverse("admin:studyapp_study_deviation", args=[obj.pk]))
+
+    @admin.display(description="planner")
+    def planner(self, obj) -> str:
+        if obj is None or obj.pk is None:
+            return "After the first save"
+        return format_html('<a href="{}?study={}">Sample size and power for this design</a>', reverse("report-planner"),
+                           obj.pk)
 
     @admin.display(description="report")
     def report(self, obj) -> str:

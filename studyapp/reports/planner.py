@@ -11,7 +11,9 @@ with the real correction does.
 from __future__ import annotations
 
 import math
+import re
 import time
+from dataclasses import dataclass, field
 
 from scipy import stats as scipy_stats
 
@@ -101,19 +103,120 @@ def simulation_result(cleaned: dict) -> dict:
     }
 
 
-def simulation_initial(*, study) -> dict:
-    """Simulation defaults for a study as configured: its arms (control first), planned n per arm,
-    trials per phase, and the correction and alpha of its primary hypotheses. The true accuracies
-    are placeholders for the researcher to set: the effect to detect is theirs to assume."""
+@dataclass(frozen=True)
+class StudyDefaults:
+    """Both calculators' starting values for one study's own design, and what each was taken from."""
+
+    size: dict
+    simulation: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def study_defaults(*, study) -> StudyDefaults:
+    """The planner's starting values from a study as configured: its arms; the trials each
+    participant answers for the primary outcome (its typed design, studyapp.design); and the alpha,
+    family size, correction, direction and planned n of its primary hypotheses (the family named
+    "primary", else the first hypothesis's). The true accuracies and proportions are placeholders
+    for the researcher to set: the effect to detect is theirs to assume."""
     arms = list(study.arms.order_by("position", "id"))
-    hypotheses = list(study.hypotheses.all())
     others = [a for a in arms if a.kind != "control"]
-    initial = {"control_accuracy": 0.60, "n_per_arm": study.target_per_arm,
-               "arm_accuracies": ", ".join(f"{a.name}: 0.70" for a in others) or "explanation: 0.70"}
-    trials = (study.config or {}).get("trials_per_phase")
-    if isinstance(trials, int) and trials > 0:
-        initial["trials_per_phase"] = trials
-    if hypotheses:
-        initial["correction"] = hypotheses[0].correction
-        initial["alpha"] = hypotheses[0].alpha
-    return initial
+    size = {"n_arms": max(len(arms), 2)}
+    simulation = {"control_accuracy": 0.60, "n_per_arm": study.target_per_arm,
+                  "arm_accuracies": ", ".join(f"{_arm_label(a.name)}: 0.70" for a in others) or "explanation: 0.70"}
+    notes = [f"{len(arms)} arms: {', '.join(a.name for a in arms)}." if arms else
+             "The study has no arms yet: two are assumed."]
+    family = _primary_family(study)
+    outcome = family[0].outcome if family else None
+    trials = _trials_per_participant(study, outcome)
+    if trials is not None:
+        simulation.update(trials_per_phase=trials[0], design=trials[1])
+        notes.append(trials[2])
+    if family:
+        size_values, sim_values, family_notes = _family_defaults(family)
+        size.update(size_values)
+        simulation.update(sim_values)
+        notes += family_notes
+    else:
+        notes.append(f"No hypotheses yet: {study.target_per_arm} participants per arm (the study's target), "
+                     "alpha 0.05 and Holm's correction are assumed.")
+    simulation["n_studies"] = _affordable_studies(simulation)
+    return StudyDefaults(size=size, simulation=simulation, notes=notes)
+
+
+def _arm_label(name: str) -> str:
+    # The simulation form reads "name: accuracy" separated by commas, semicolons or lines.
+    return re.sub(r"[,:;=\n]+", " ", name).strip() or "arm"
+
+
+def _primary_family(study) -> list:
+    hypotheses = sorted(study.hypotheses.all(), key=lambda h: h.label)
+    if not hypotheses:
+        return []
+    name = "primary" if any(h.family == "primary" for h in hypotheses) else hypotheses[0].family
+    return [h for h in hypotheses if h.family == name]
+
+
+def _trials_per_participant(study, outcome: str | None) -> tuple[int, str, str] | None:
+    """(trials per participant and phase, the simulation's design, a note), or None when the design
+    does not parse (its problems are listed on the study's page)."""
+    from studyapp.design import DesignError, design_parse
+
+    try:
+        design = design_parse(study.config)
+    except DesignError:
+        return None
+    forward = [b for b in design.blocks if b.task == "forward"]
+    if outcome == "gain" or (outcome is None and design.design == "within_pre_post"):
+        pre = [b.n_items for b in forward if b.phase == "pre_test"]
+        if pre:
+            return pre[0], "pre_post", f"{pre[0]} trials in the pre-test and the same in the post-test (the design)."
+    if outcome == "counterfactual_accuracy":
+        n = sum(b.n_items for b in design.blocks if b.task != "forward" and b.phase not in ("practice", "learning"))
+        if n:
+            return n, "test", f"{n} counterfactual trials per participant (the design's counterfactual blocks)."
+    n = sum(b.n_items for b in forward if b.phase == "test")
+    if n:
+        return n, "test", f"{n} test trials per participant (the design's test blocks)."
+    return None
+
+
+SIZE_CORRECTIONS = {"holm": "holm", "bonferroni": "bonferroni"}
+ALTERNATIVES = {"greater": "greater", "less": "less"}
+
+
+def _family_defaults(family: list) -> tuple[dict, dict, list[str]]:
+    first = family[0]
+    m = len(family)
+    alpha = min(h.alpha for h in family)
+    directions = {h.direction for h in family}
+    alternative = ALTERNATIVES.get(first.direction, "two-sided") if len(directions) == 1 else "two-sided"
+    n_per_arm = max(h.planned_n_per_arm for h in family)
+    size_correction = "none" if m == 1 else SIZE_CORRECTIONS.get(first.correction, "holm")
+    label = CORRECTION_LABELS.get(first.correction, first.correction)
+    notes = [f"Hypotheses of the family '{first.family}': {', '.join(h.label for h in family)} ({m} comparison"
+             f"{'s' if m > 1 else ''}), {label}, alpha {alpha:g}"
+             f"{' (the smallest of the family)' if len({h.alpha for h in family}) > 1 else ''}, "
+             f"alternative {alternative}; {n_per_arm} participants per arm planned."]
+    if m > 1 and first.correction not in SIZE_CORRECTIONS:
+        notes.append(f"The sample-size formula plans {label} as alpha / {m} per comparison (as Holm's first step): "
+                     "conservative for it; the simulation uses it as it is.")
+    if "equivalence" in directions:
+        notes.append("Equivalence hypotheses are tested with TOST, which these calculators do not plan: the "
+                     "two-sided test is shown instead.")
+    size = {"alpha": alpha, "n_comparisons": m, "correction": size_correction, "alternative": alternative}
+    simulation = {"alpha": alpha, "correction": first.correction, "alternative": alternative, "n_per_arm": n_per_arm}
+    return size, simulation, notes
+
+
+def _affordable_studies(initial: dict) -> int:
+    """The default number of simulated studies, lowered so that the prefilled simulation runs within
+    the page's time budget (the form refuses a request above it)."""
+    from studyapp.reports.forms import SIMULATION_BUDGET_SECONDS, SimulationForm
+
+    n_studies = SimulationForm.base_fields["n_studies"].initial
+    arms = [t for t in re.split(r"[,\n;]", initial["arm_accuracies"]) if t.strip()]
+    cleaned = {"arm_accuracies": arms, "n_per_arm": initial["n_per_arm"], "n_studies": n_studies,
+               "trials_per_phase": initial.get("trials_per_phase", SimulationForm.base_fields["trials_per_phase"].initial),
+               "design": initial.get("design", SimulationForm.base_fields["design"].initial)}
+    per_study = SimulationForm.estimated_seconds(cleaned) / n_studies
+    return max(10, min(n_studies, int(SIMULATION_BUDGET_SECONDS / per_study)))

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 from studyapp.models import Study
 from studyapp.reports.context import jobs_section, report_context, run_title
 from studyapp.reports.forms import RunAnalysisForm, SampleSizeForm, SimulationForm
-from studyapp.reports.planner import sample_size_result, simulation_initial, simulation_result
+from studyapp.reports.planner import sample_size_result, simulation_result, study_defaults
 from studyapp.services.analysis_jobs import analysis_job_request
 
 
@@ -108,16 +108,17 @@ def _compute(form, compute, failure: str):
 @require_GET
 @staff_member_required
 def planner(request: HttpRequest) -> HttpResponse:
-    """Sample size (closed form) and calibration by simulation; GET, so results can be bookmarked."""
+    """Sample size (closed form) and calibration by simulation; GET, so results can be bookmarked.
+    With ``?study=<pk>`` both start from that study's own design (``study_defaults``)."""
     calc = request.GET.get("calc")
-    size_form = SampleSizeForm(request.GET if calc == "size" else None)
     study = Study.objects.filter(pk=request.GET["study"]).first() if request.GET.get("study", "").isdigit() else None
+    defaults = study_defaults(study=study) if study else None
+    size_form = SampleSizeForm(request.GET if calc == "size" else None, initial=defaults.size if defaults else None)
     sim_form = SimulationForm(request.GET if calc == "simulate" else None, prefix="sim",
-                              initial=simulation_initial(study=study) if study else None)
+                              initial=defaults.simulation if defaults else None)
     size = _compute(size_form, sample_size_result, "No sample size could be computed") if calc == "size" else None
     simulation = (_compute(sim_form, simulation_result, "The simulation could not be run")
                   if calc == "simulate" else None)
     context = {**_admin_context(request, "Study planner"), "size_form": size_form, "sim_form": sim_form,
-               "study": study,
-               "size": size, "simulation": simulation}
+               "study": study, "defaults": defaults, "size": size, "simulation": simulation}
     return render(request, "reports/planner.html", context)

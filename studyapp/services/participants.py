@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from studyapp.design import StudyDesign
@@ -323,10 +324,12 @@ def participants_delete_simulated(*, study: Study) -> int:
     return len(ids)
 
 
-def participant_preview_start(*, study: Study, arm, replaces: str | None = None) -> Participant:
+def participant_preview_start(*, study: Study, arm, replaces: str | None = None, by: str = "") -> Participant:
     """A staff member walks through the real pages of ``arm``: a participant marked simulated and
     preview, with a trial plan like anyone's. Never counted toward targets, never in an analysis or
-    an export; the preview this browser held before (``replaces``, a public id) is deleted."""
+    an export. The preview this browser held before (``replaces``, a public id) and the earlier
+    previews of this study by the same staff member (``by``, a username; abandoned in other
+    browsers) are deleted, so that previews do not pile up."""
     if study.state not in (Study.State.READY, Study.State.LIVE):
         raise ServiceError(f"Preview a prepared (ready) or live study; '{study.title}' is {study.state}.")
     if arm.study_id != study.pk:
@@ -334,8 +337,9 @@ def participant_preview_start(*, study: Study, arm, replaces: str | None = None)
     design = study_design(study=study)
     now = timezone.now()
     with transaction.atomic():
-        if replaces:
-            Participant.objects.filter(public_id=replaces, study=study, preview=True).delete()
+        earlier = (Q(public_id=replaces) if replaces else Q()) | (Q(assignment__preview_by=by) if by else Q())
+        if earlier:
+            Participant.objects.filter(earlier, study=study, preview=True).delete()
         return _participant_start(study=study, arm=arm, design=design, now=now,
                                   consent_version=consent_version(study), simulated=True, preview=True,
-                                  assignment={"preview": True, "arm": arm.name})
+                                  assignment={"preview": True, "arm": arm.name, "preview_by": by})

@@ -171,3 +171,12 @@ def axe_violations(page, context=None) -> list[str]:
         lines.append(f"{violation['id']} ({violation['impact']}): {violation['help']} at "
                      f"{', '.join(targets)}{f' and {more} more' if more > 0 else ''}")
     return lines
+
+
+def fill_arm_row(page, index: int, name: str, kind: str | None = None, method: str | None = None) -> None:
+    """Fill row ``index`` of the study page's arm table (added with "Add another Arm")."""
+    page.fill(f"#id_arms-{index}-name", name)
+    if kind:
+        page.select_option(f"#id_arms-{index}-kind", kind)
+    if method:
+        page.select_option(f"#id_arms-{index}-method", method)

@@ -1,7 +1,7 @@
 """Experimenter screens in a real browser: the study design as a form, under the admin's CSP."""
 from __future__ import annotations
 
-from tests.e2e.conftest import screenshot
+from tests.e2e.conftest import fill_arm_row, screenshot
 from tests.factories import study_with_arms
 
 
@@ -166,21 +166,15 @@ def test_a_researcher_builds_a_study_from_scratch_through_the_forms_and_launches
     # Arms: control and integrated gradients.
     page.get_by_text("Add another Arm").click()
     page.get_by_text("Add another Arm").click()
-    page.fill("#id_arms-0-name", "control")
-    page.select_option("#id_arms-0-kind", "control")
-    page.fill("#id_arms-1-name", "ig")
-    page.select_option("#id_arms-1-kind", "explanation")
-    page.select_option("#id_arms-1-method", "integrated_gradients")
-    page.get_by_role("button", name="Save and continue editing").click()
-    page.get_by_text("Before this study can be prepared, fix 1 thing:").wait_for()
-    page.get_by_text("Add at least one hypothesis").wait_for()
-    # The hypothesis, now that the arms exist.
+    fill_arm_row(page, 0, "control", "control")
+    fill_arm_row(page, 1, "ig", "explanation", "integrated_gradients")
+    # The hypothesis names the arms before they are saved: one save stores everything.
     page.get_by_text("Add another Hypothesis").click()
     page.fill("#id_hypotheses-0-label", "H1")
     page.fill("#id_hypotheses-0-statement", "Participants shown IG maps predict the model better than control.")
-    page.select_option("#id_hypotheses-0-arm", label="Study 0: ig".replace("Study 0", Study.objects.get().slug))
+    page.select_option("#id_hypotheses-0-arm_name", "ig")
     page.get_by_role("button", name="Save and continue editing").click()
-    page.wait_for_load_state()
+    page.get_by_text("was added successfully").wait_for()
     assert "Before this study can be prepared" not in page.content()
     screenshot(page, "admin-study-built")
     study = Study.objects.get()
