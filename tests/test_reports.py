@@ -511,8 +511,10 @@ def test_the_report_shows_preparation_progress_while_a_study_is_being_prepared(s
     from studyapp.models import Study
     from tests.factories import study_with_arms
 
+    from studyapp.services.preparation import preparation_plan
+
     study = study_with_arms()
-    Study.objects.filter(pk=study.pk).update(state="preparing", preparation={"status": "running",
-                                                                             "step": "explanations"})
+    Study.objects.filter(pk=study.pk).update(state="preparing")
+    preparation_plan(study=study)
     page = staff_client.get(reverse("report-study", args=[study.pk])).content.decode()
-    assert "Preparation: running, step: explanations" in page
+    assert "Preparing: 0 of 2 units done" in page and "Model outputs" in page and "staff/preparation.js" in page

@@ -9,8 +9,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
-from django.http import FileResponse, Http404, HttpRequest, HttpResponseRedirect
+from django.http import FileResponse, Http404, HttpRequest, HttpResponseBadRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -27,10 +28,13 @@ from studyapp.reports.admin_links import report_link
 from studyapp.selectors.gallery import gallery_image, study_gallery
 from studyapp.selectors.participation import study_design, study_monitor
 from studyapp.selectors.plans import plan_review
+from studyapp.selectors.preparation import preparation_context
 from studyapp.services.participants import (participant_preview_start, participants_delete_simulated,
                                             participants_release_abandoned)
 from studyapp.services.plan_checks import plan_problems
-from studyapp.services.studies import (EDITABLE_STATES, sanity_failures, study_back_to_draft, study_close,
+from studyapp.services.preparation import study_retry_failed_units
+from studyapp.services.studies import (EDITABLE_STATES, sanity_failures, study_back_to_draft, study_cancel_preparation,
+                                       study_close,
                                       study_duplicate, study_launch, study_prepare, study_problems, study_set_ingest)
 
 
@@ -155,18 +159,23 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ["title", "slug", "description"]
     list_select_related = ["model", "dataset"]
     prepopulated_fields = {"slug": ["title"]}
-    actions = ["prepare", "launch", "close", "revert_to_draft", "duplicate", "delete_simulated", *EXPORT_ACTIONS]
+    actions = ["prepare", "retry_failed_units", "cancel_preparation", "launch", "close", "revert_to_draft", "duplicate",
+               "delete_simulated", *EXPORT_ACTIONS]
     readonly_fields = ["state", "participant_link", "report", "planner", "launch_review", "monitor_link", "gallery_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
                        "preparation_summary", "item_sample_summary", "record_deviation"]
     inlines = [ArmInline, HypothesisInline, DeviationInline, StudyItemInline]
+
+    class Media:
+        js = ["staff/preparation.js"]  # refreshes the preparation progress while preparing
+
     fieldsets = [
-        (None, {"fields": ["title", "slug", "description", "state", "participant_link", "report", "planner",
-                           "launch_review", "gallery_link", "monitor_link"]}),
+        (None, {"fields": ["title", "slug", "description", "state", "preparation_summary", "participant_link", "report",
+                           "planner", "launch_review", "gallery_link", "monitor_link"]}),
         ("Model and data", {"fields": ["model", "dataset", "seed", "config", "target_per_arm"]}),
         ("Participant texts", {"fields": ["consent_text", "instructions", "debrief_text"]}),
         ("Completion codes", {"fields": ["completion_code", "screened_out_code", "failed_checks_code"]}),
         ("Pre-registration and provenance", {"fields": ["frozen_sha256", "launched_at", "closed_at",
-                                                        "record_deviation", "preparation_summary", "public_id"]}),
+                                                        "record_deviation", "public_id"]}),
         ("Item sample", {"fields": ["item_sample_summary"]}),
     ]
 
@@ -224,6 +233,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                       name="studyapp_study_monitor"),
                  path("<int:pk>/gallery/", self.admin_site.admin_view(self.gallery_view),
                       name="studyapp_study_gallery"),
+                 path("<int:pk>/preparation/", self.admin_site.admin_view(self.preparation_view),
+                      name="studyapp_study_preparation"),
                  path("<int:pk>/preview/", self.admin_site.admin_view(self.preview_view),
                       name="studyapp_study_preview"),
                  path("<int:pk>/gallery/<slug:kind>/<int:obj>/", self.admin_site.admin_view(self.gallery_image_view),
@@ -303,6 +314,28 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                    "title": f"Live monitor: {study}", "monitor": study_monitor(study=study)}
         template = "admin/studyapp/_monitor.html" if request.GET.get("fragment") else "admin/studyapp/monitor.html"
         response = TemplateResponse(request, template, context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def preparation_view(self, request: HttpRequest, pk: int):
+        """The preparation's progress (a fragment the study and report pages refresh every 3 s);
+        POST: "Retry failed units" or "Cancel preparation"."""
+        study = get_object_or_404(Study, pk=pk)
+        if not self.has_view_permission(request, study):
+            raise PermissionDenied
+        can_change = request.user.has_perm("studyapp.change_study")
+        if request.method == "POST":
+            if not can_change:
+                raise PermissionDenied
+            service = {"retry": study_retry_failed_units, "cancel": study_cancel_preparation}.get(request.POST.get("do"))
+            if service is None:
+                return HttpResponseBadRequest("Say what to do: retry or cancel.")
+            _run_service(self, request, Study.objects.filter(pk=pk), service,
+                         "failed units sent again" if service is study_retry_failed_units else "preparation cancelled",
+                         "not changed")
+            return HttpResponseRedirect(reverse("admin:studyapp_study_change", args=[pk]))
+        response = TemplateResponse(request, "admin/studyapp/_preparation.html",
+                                    preparation_context(study=study, can_change=can_change))
         response["Cache-Control"] = "no-store"
         return response
 
@@ -388,20 +421,18 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="preparation")
     def preparation_summary(self, obj) -> str:
-        """Progress, errors and sanity-check verdicts (the full reports are on the report page)."""
-        prep = obj.preparation or {}
-        if not prep:
+        """Progress per step (refreshed while preparing), errors and sanity-check verdicts (the
+        full reports are on the report page)."""
+        if obj is None or obj.pk is None:
             return "not prepared yet"
-        lines = [f"status: {prep.get('status', '?')}"]
-        if prep.get("step") and prep.get("status") == "running":
-            lines.append(f"step: {prep['step']}")
-        if prep.get("error"):
-            lines.append(f"error: {prep['error']}")
+        prep = obj.preparation or {}
+        progress = render_to_string("admin/studyapp/_preparation.html", preparation_context(study=obj))
+        lines = []
         for arm, n in (prep.get("explanations_created") or {}).items():
             lines.append(f"arm {arm}: {n} new explanations")
         for method, report in (prep.get("sanity") or {}).items():
             lines.append(f"sanity check {method}: {report.get('verdict')}")
-        return format_html_join("", "<div>{}</div>", ((line,) for line in lines))
+        return progress + format_html_join("", "<div>{}</div>", ((line,) for line in lines))
 
     @admin.display(description="item sample")
     def item_sample_summary(self, obj) -> str:
@@ -441,6 +472,14 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     @admin.action(description="Revert selected prepared studies to draft (to change them before launch)")
     def revert_to_draft(self, request, queryset):
         _run_service(self, request, queryset, study_back_to_draft, "back to draft", "not reverted")
+
+    @admin.action(description="Retry the failed preparation units of selected studies")
+    def retry_failed_units(self, request, queryset):
+        _run_service(self, request, queryset, study_retry_failed_units, "failed units sent again", "not retried")
+
+    @admin.action(description="Cancel preparation of selected studies (back to draft; finished work is kept)")
+    def cancel_preparation(self, request, queryset):
+        _run_service(self, request, queryset, study_cancel_preparation, "preparation cancelled", "not cancelled")
 
     @admin.action(description="Duplicate selected studies (a new draft with the same design, arms and hypotheses)")
     def duplicate(self, request, queryset):

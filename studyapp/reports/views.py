@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 from studyapp.models import Study
 from studyapp.reports.context import jobs_section, report_context, run_title
 from studyapp.reports.forms import RunAnalysisForm, SampleSizeForm, SimulationForm
+from studyapp.selectors.preparation import preparation_context
 from studyapp.reports.planner import sample_size_result, simulation_result, study_defaults
 from studyapp.services.analysis_jobs import analysis_job_request
 
@@ -36,7 +37,8 @@ def study_report(request: HttpRequest, pk: int) -> HttpResponse:
     context = {**_admin_context(request, f"Report: {study.title}"), **report_context(study=study),
                "run_form": RunAnalysisForm(initial={"seed": study.seed}), "jobs": jobs_section(study),
                "launched": study.frozen_config is not None,
-               "has_deviations": study.deviations.exists(), "control_links": _control_links(study)}
+               "has_deviations": study.deviations.exists(), "control_links": _control_links(study),
+               "prep": preparation_context(study=study, can_change=request.user.has_perm("studyapp.change_study"))}
     return render(request, "reports/study_report.html", context)
 
 

@@ -78,3 +78,9 @@ def preparation_progress(*, study: Study) -> PreparationProgress:
     waiting = sum(1 for u in units if u["status"] == Status.PENDING and not set(u["depends_on"]) <= done)
     return PreparationProgress(steps=list(steps.values()), elapsed_seconds=elapsed, remaining_seconds=remaining,
                                busy=busy, waiting=waiting)
+
+
+def preparation_context(*, study: Study, can_change: bool = False) -> dict:
+    """What templates/admin/studyapp/_preparation.html shows."""
+    progress = preparation_progress(study=study)
+    return {"study": study, "progress": progress, "total": sum(progress.totals.values()), "can_change": can_change}

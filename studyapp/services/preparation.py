@@ -489,8 +489,36 @@ def study_run_preparation(*, study_id: int, wait_for_backoff: bool = True) -> di
     return {"state": study.state, "units": outcomes, **study.preparation}
 
 
+def study_retry_failed_units(*, study: Study) -> Study:
+    """"Retry failed units" of a study in preparation: they get their attempts back and are sent
+    after commit (run here in the embedded mode); finished units are kept."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        if locked.state != Study.State.PREPARING:
+            raise ServiceError([f"The study '{locked.title}' is {locked.state}: only a study in preparation has "
+                                "units to retry."])
+        if not preparation_retry_failed(study=locked):
+            raise ServiceError([f"The preparation of '{locked.title}' has no failed units."])
+        units_go_on_commit(study_id=study.pk)
+    study.refresh_from_db()
+    return study
+
+
+def units_go_on_commit(*, study_id: int) -> None:
+    """After the transaction commits, send the study's units that can run (or, in the embedded
+    mode, run them all here)."""
+    from django.db import transaction
+
+    if work_units.in_process():
+        transaction.on_commit(lambda: study_run_preparation(study_id=study_id))
+    else:
+        transaction.on_commit(lambda: work_units.study_units_send(study_id=study_id))
+
+
 def preparation_retry_failed(*, study: Study) -> int:
-    """"Retry failed units": failed units get their attempts back and run again."""
+    """Failed units get their attempts back and become pending (how many)."""
     retried = Unit.objects.filter(study=study, status=Unit.Status.FAILED).update(
         status=Unit.Status.PENDING, attempts=0, max_attempts=settings.PREPARATION_MAX_ATTEMPTS, not_before=None,
         enqueued_at=None, finished_at=None, worker="")

@@ -136,17 +136,13 @@ def study_prepare(*, study: Study) -> Study:
     """draft -> preparing with the first preparation units stored in the same transaction; after
     commit their messages are sent (the units run in this process in the embedded mode). With the
     broker down nothing fails here: the dispatcher sends them when it is back."""
-    from studyapp.services import work_units
-    from studyapp.services.preparation import preparation_plan, study_run_preparation
+    from studyapp.services.preparation import preparation_plan, units_go_on_commit
 
     study_validate_design(study=study)
     with transaction.atomic():
         study = _transition(study=study, to=State.PREPARING)
         preparation_plan(study=study)
-        if work_units.in_process():
-            transaction.on_commit(lambda: study_run_preparation(study_id=study.pk))
-        else:
-            transaction.on_commit(lambda: work_units.study_units_send(study_id=study.pk))
+        units_go_on_commit(study_id=study.pk)
     return study
 
 

@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from django.conf import settings
@@ -129,7 +130,8 @@ class Heartbeat:
 def unit_complete(*, unit: PreparationUnit, worker: str, seconds: float,
                   write: Callable[[], dict | None], expand: Callable[[], Iterable[PreparationUnit]] | None = None,
                   finish: Callable[[Study], None] | None = None) -> bool:
-    """Write the unit's results (``write``, returning its JSON result), mark it done, add the units
+    """Write the unit's results (``write``, returning its JSON result; the time it took is added as
+    ``write_seconds``; ``seconds`` is the work before it), mark it done, add the units
     that ``expand`` returns, and when nothing is left, call ``finish(study)`` (all in one
     transaction). False, writing nothing, when the unit is no longer this worker's."""
     with transaction.atomic():
@@ -137,7 +139,8 @@ def unit_complete(*, unit: PreparationUnit, worker: str, seconds: float,
         locked = Unit.objects.select_for_update().filter(pk=unit.pk, status=Status.RUNNING, worker=worker).first()
         if study is None or locked is None:
             return False
-        result = write() or {}
+        writing = time.perf_counter()
+        result = {**(write() or {}), "write_seconds": round(time.perf_counter() - writing, 4)}
         Unit.objects.filter(pk=unit.pk).update(
             status=Status.DONE, finished_at=timezone.now(), seconds=round(seconds, 4), result=result,
             lease_expires_at=None, files_pending=[], error="")

@@ -194,3 +194,26 @@ def test_a_researcher_builds_a_study_from_scratch_through_the_forms_and_launches
     study.refresh_from_db()
     assert study.state == Study.State.LIVE and study.frozen_config["hypotheses"][0]["label"] == "H1"
     page_errors.assert_none()
+
+
+def test_preparation_progress_updates_on_the_study_and_report_pages_without_reloading(desktop, page_errors,
+                                                                                    live_server, admin_user):
+    from studyapp.models import Study
+    from studyapp.services.preparation import preparation_plan, study_run_preparation
+
+    study = study_with_arms()
+    Study.objects.filter(pk=study.pk).update(state="preparing")
+    preparation_plan(study=study)  # stored, not run yet: as when the workers have not started on it
+    page = page_errors.watch(desktop.new_page())
+    login(page, live_server, admin_user)
+    report = page_errors.watch(desktop.new_page())
+    page.goto(f"{live_server.url}/admin/studyapp/study/{study.pk}/change/")
+    report.goto(f"{live_server.url}/staff/studies/{study.pk}/report/")
+    for p in (page, report):
+        p.locator("#preparation-progress").get_by_text("Preparing: 0 of 2 units done").wait_for()
+    screenshot(page, "admin-preparation-progress")
+    study_run_preparation(study_id=study.pk)  # a worker does the work meanwhile
+    for p in (page, report):
+        p.locator("#preparation-progress").get_by_text("Prepared: ").wait_for(timeout=15_000)  # polled, no reload
+    assert "Item sample" in report.locator("#preparation-progress").inner_text()
+    page_errors.assert_none()
