@@ -82,3 +82,14 @@ def test_two_studies_with_different_edit_settings_each_get_their_own_edits(prepa
     assert second.preparation["edits"]["settings"]["grid"] == [2, 2]
     assert same.preparation["edits"]["created"] == 0  # same settings: the first study's edits serve
     assert Edit.objects.count() == 8 * 16 + 8 * 4
+
+
+def test_an_edit_grid_that_does_not_tile_the_images_is_refused_at_prepare_before_any_computation(prepare):
+    from studyapp.services.errors import ServiceError
+
+    study = with_cf(image_study_with_arms(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}]),
+                    edits={"grid": [3, 3]})
+    with pytest.raises(ServiceError, match="a 3x3 grid does not divide the 8x8 images"):
+        prepare(study)
+    study.refresh_from_db()
+    assert study.state == "draft" and not ModelOutput.objects.filter(model=study.model).exists()

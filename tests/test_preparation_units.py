@@ -176,3 +176,17 @@ def test_a_send_that_fails_never_raises_and_leaves_the_units_to_the_dispatcher(m
     assert study.state == Study.State.PREPARING
     units = PreparationUnit.objects.filter(study=study)
     assert units.exists() and not units.filter(enqueued_at__isnull=False).exists()
+
+
+def test_an_out_of_memory_error_halves_the_chunk_and_goes_on():
+    sizes = []
+
+    def compute(items):
+        sizes.append(len(items))
+        if len(items) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [i * 10 for i in items]
+    assert preparation.halving_on_out_of_memory(compute, list(range(7))) == [i * 10 for i in range(7)]
+    assert sizes[0] == 7 and max(sizes[1:]) <= 4
+    with pytest.raises(RuntimeError, match="not memory"):
+        preparation.halving_on_out_of_memory(lambda items: (_ for _ in ()).throw(RuntimeError("not memory")), [1, 2])

@@ -82,13 +82,36 @@ def output_conditioned(arm: Arm) -> bool:
     return arm.kind == Arm.Kind.EXPLANATION or (arm.kind == Arm.Kind.BASELINE and arm.method == "exemplars")
 
 
+def _edit_settings_problems(*, study: Study, design) -> list[str]:
+    """Edit settings that would fail only when the edits are made, after the model and every
+    explanation ran: checked before anything is computed."""
+    if not any(b.task != "forward" for b in design.blocks):
+        return []
+    from studyapp.selectors import edit_settings
+
+    settings_ = edit_settings(study=study)
+    problems = []
+    shape = list(study.dataset.input_shape or [])
+    if study.dataset.modality == "image" and "grid" in settings_ and len(shape) == 3:
+        rows, cols = settings_["grid"]
+        _, h, w = shape
+        if rows < 1 or cols < 1 or h % rows or w % cols:
+            problems.append(f"Edits: a {rows}x{cols} grid does not divide the {h}x{w} images into equal cells; "
+                            f"choose a grid whose rows divide {h} and whose columns divide {w}.")
+    if study.dataset.modality == "tabular":
+        bad = [q for q in settings_.get("quantiles", []) if not 0 <= q <= 1]
+        if bad:
+            problems.append(f"Edits: quantiles must lie between 0 and 1; got {', '.join(str(q) for q in bad)}.")
+    return problems
+
+
 def design_problems(*, study: Study, arms: list[Arm]) -> list[str]:
     """The typed design (studyapp.design), and where its blocks may show each arm's aid."""
     try:
         design = design_parse(study.config)
     except DesignError as exc:
         return exc.problems
-    problems = []
+    problems = _edit_settings_problems(study=study, design=design)
     needed = sum(design.items_needed().values())
     pool = study.dataset.stimuli.filter(split="test").count()
     if needed > pool:
