@@ -170,3 +170,30 @@ def test_an_analysis_requested_with_the_broker_down_runs_once_when_it_is_back(pr
           what="the analysis to run", procs=processes)
     assert AnalysisRun.objects.filter(study=study).count() == 1
     assert AnalysisJob.objects.filter(study=study).count() == 1
+
+
+def test_each_demo_study_reaches_ready_through_real_workers_with_every_arms_rows_and_files(processes, tmp_path):
+    from studyapp.services.datasets import dataset_import_builtin
+    from studyapp.services.demo import DEMOS, DemoResult, demo_model, demo_study
+
+    processes.beat()
+    processes.worker("w0")
+    processes.worker("w1")
+    result, studies = DemoResult(), []
+    for spec in DEMOS[:2]:  # digits (within, counterfactual predict) and breast cancer (between, choose)
+        dataset = dataset_import_builtin(which=spec.builtin)
+        studies.append(demo_study(spec=spec, model=demo_model(spec=spec, dataset=dataset, result=result),
+                                  dataset=dataset, result=result))
+    for study in studies:
+        assert study.state == Study.State.PREPARING  # sent to the workers, not run here
+    for study in studies:
+        _wait(lambda study=study: _ready(study), timeout=300, what=f"{study.slug} to become ready", procs=processes)
+        _assert_complete_and_exactly_once(study, tmp_path)
+        sampled = study.items.values("stimulus").distinct().count()
+        for arm in study.arms.exclude(kind="control"):
+            rows = Explanation.objects.filter(arm=arm)
+            assert rows.count() == sampled, arm.name
+            assert all((tmp_path / "media" / name).is_file() for name in rows.values_list("image", flat=True))
+        assert study.preparation["status"] == "done" and study.preparation["explanations_created"]
+    workers = set(PreparationUnit.objects.values_list("worker", flat=True))
+    assert len(workers) == 2

@@ -32,10 +32,9 @@ from studyapp.selectors.preparation import preparation_context
 from studyapp.services.participants import (participant_preview_start, participants_delete_simulated,
                                             participants_release_abandoned)
 from studyapp.services.plan_checks import plan_problems
-from studyapp.services.preparation import study_retry_failed_units
 from studyapp.services.studies import (EDITABLE_STATES, sanity_failures, study_back_to_draft, study_cancel_preparation,
-                                       study_close,
-                                      study_duplicate, study_launch, study_prepare, study_problems, study_set_ingest)
+                                       study_close, study_duplicate, study_launch, study_prepare, study_problems,
+                                       study_retry_failed_units, study_set_ingest)
 
 
 class AppendOnlyAdminMixin:
@@ -223,6 +222,12 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="completed", ordering="_completed")
     def n_completed(self, obj) -> int:
         return obj._completed
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # The arm table needs the page's width: without the navigation sidebar it fits 1280 px
+        # (the breadcrumbs lead to the other lists).
+        return super().changeform_view(request, object_id, form_url,
+                                       {**(extra_context or {}), "is_nav_sidebar_enabled": False})
 
     def get_urls(self):
         extra = [path("<int:pk>/deviation/", self.admin_site.admin_view(self.deviation_view),

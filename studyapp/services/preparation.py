@@ -489,23 +489,6 @@ def study_run_preparation(*, study_id: int, wait_for_backoff: bool = True) -> di
     return {"state": study.state, "units": outcomes, **study.preparation}
 
 
-def study_retry_failed_units(*, study: Study) -> Study:
-    """"Retry failed units" of a study in preparation: they get their attempts back and are sent
-    after commit (run here in the embedded mode); finished units are kept."""
-    from django.db import transaction
-
-    with transaction.atomic():
-        locked = Study.objects.select_for_update().get(pk=study.pk)
-        if locked.state != Study.State.PREPARING:
-            raise ServiceError([f"The study '{locked.title}' is {locked.state}: only a study in preparation has "
-                                "units to retry."])
-        if not preparation_retry_failed(study=locked):
-            raise ServiceError([f"The preparation of '{locked.title}' has no failed units."])
-        units_go_on_commit(study_id=study.pk)
-    study.refresh_from_db()
-    return study
-
-
 def units_go_on_commit(*, study_id: int) -> None:
     """After the transaction commits, send the study's units that can run (or, in the embedded
     mode, run them all here)."""

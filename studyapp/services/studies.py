@@ -189,6 +189,23 @@ def study_back_to_draft(*, study: Study) -> Study:
     return _transition(study=study, to=State.DRAFT)
 
 
+def study_retry_failed_units(*, study: Study) -> Study:
+    """"Retry failed units" of a study in preparation: they get their attempts back and are sent
+    after commit (run here in the embedded mode); finished units are kept."""
+    from studyapp.services.preparation import preparation_retry_failed, units_go_on_commit
+
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        if locked.state != Study.State.PREPARING:
+            raise ServiceError([f"The study '{locked.title}' is {locked.state}: only a study in preparation has "
+                                "units to retry."])
+        if not preparation_retry_failed(study=locked):
+            raise ServiceError([f"The preparation of '{locked.title}' has no failed units."])
+        units_go_on_commit(study_id=study.pk)
+    study.refresh_from_db()
+    return study
+
+
 def sanity_failures(*, study: Study) -> list[str]:
     """Methods of the study's real explanation arms whose maps failed the model-randomization
     sanity check at preparation (``not_model_sensitive``: they do not depend on the model)."""

@@ -48,6 +48,10 @@ def test_a_researcher_adds_arms_and_a_hypothesis_naming_them_and_saves_once(desk
     page.locator("#arms-3 .inline-deletelink").click()
     assert arm.locator("option").all_inner_texts() == ["---------", "control", "ig maps", "saliency"]
     screenshot(page, "admin-study-one-page")
+    # The arm table fits a 1280 px screen: nothing on the page scrolls sideways.
+    assert page.evaluate("document.querySelector('#arms-group table').getBoundingClientRect().right"
+                         " <= window.innerWidth")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
     page.get_by_role("button", name="Save and continue editing").click()
     page.get_by_text("was added successfully").wait_for()
