@@ -42,12 +42,20 @@ class Block(Strict):
     show_aid: bool = Field(False, description="Show the arm's aid (explanation, exemplars, warning).")
     feedback: Feedback = Field("none", description="After answering: nothing, right/wrong, or the model's answer. "
                                                    "Learning and practice only.")
+    repeat_until_correct: int = Field(0, ge=0, le=5, description="Practice only: a wrong answer brings the same "
+                                      "item back at once, at most this many extra times (0: never).")
 
     @model_validator(mode="after")
     def _feedback_only_while_learning(self) -> Block:
         if self.feedback != "none" and self.phase in TEST_PHASES:
             raise ValueError(f"a {self.phase} block gives no feedback (feedback would teach the answers "
                              "that the test measures); use feedback in learning or practice blocks only")
+        if self.repeat_until_correct and self.phase != "practice":
+            raise ValueError("only practice blocks repeat an item until it is answered correctly (a repeated "
+                             f"{self.phase} item would be counted twice)")
+        if self.repeat_until_correct and self.feedback == "none":
+            raise ValueError("a practice block that repeats wrong answers must give feedback (set feedback), or "
+                             "the repeat comes without saying why")
         if self.show_model_output and self.phase in TEST_PHASES and self.task == "forward":
             raise ValueError(f"a forward {self.phase} block asks for the model's output, so it cannot show it")
         return self

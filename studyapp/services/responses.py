@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from studyapp.design import StudyDesign, trial_asks_confidence
@@ -24,6 +24,8 @@ from studyapp.services.participants import participant_touch, participant_trials
 # What the page may report about a trial's screen time (the API's input serializer enforces it).
 MAX_EVENTS = 200
 EVENT_TYPES = ("focus", "blur", "visible", "hidden")
+# Above any plan's length: trial positions move out of the way through here (practice_repeat).
+SHIFT = 1_000_000
 
 
 class AnswerConflict(ServiceError):
@@ -145,10 +147,36 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
             raise AnswerConflict("This answer was stored by a concurrent request; resend to get its reply.") from None
         participant.step = step
         participant_touch(participant=participant)
-        if trial.is_last:
+        repeated = response.correct is False and practice_repeat(trial=trial, design=design)
+        if trial.is_last and not repeated:
             participant_trials_finished(participant=participant)  # that was the last trial of the plan
         response.trial = trial
         return stored_reply(response), True
+
+
+def practice_repeat(*, trial: Trial, design: StudyDesign) -> bool:
+    """After a wrong answer to a practice trial whose block repeats until correct (Zimmermann et al.
+    2021's quality control): the same item again, right after it, unless the cap is reached.
+    Returns whether a repeat was added. Runs inside ``response_record``'s transaction, under its
+    lock on the participant, so two answers cannot insert two repeats."""
+    block = design.blocks[trial.block] if trial.block < len(design.blocks) else None
+    if trial.phase != "practice" or block is None or not block.repeat_until_correct:
+        return False
+    mine = Trial.objects.filter(participant_id=trial.participant_id)
+    asked = mine.filter(block=trial.block, stimulus_id=trial.stimulus_id, edit_id=trial.edit_id).count()
+    if asked > block.repeat_until_correct:
+        return False
+    # Make room after it: two steps, so the unique (participant, position) holds after each UPDATE.
+    later = mine.filter(position__gt=trial.position)
+    later.update(position=F("position") + SHIFT)
+    mine.filter(position__gte=SHIFT).update(position=F("position") - SHIFT + 1)
+    Trial.objects.create(
+        participant_id=trial.participant_id, position=trial.position + 1, phase=trial.phase, task=trial.task,
+        stimulus_id=trial.stimulus_id, edit_id=trial.edit_id, show_explanation=trial.show_explanation,
+        show_model_output=trial.show_model_output, expected_answer=trial.expected_answer, n_options=trial.n_options,
+        block=trial.block, feedback=trial.feedback, options=trial.options)
+    Participant.objects.filter(pk=trial.participant_id).update(n_trials=F("n_trials") + 1)
+    return True
 
 
 def trial_mark_served(*, trial: Trial) -> None:
