@@ -41,7 +41,8 @@ def live(study: Study, prepare, config: dict | None = None) -> Study:
     with_hypothesis(study)  # its outcome follows the design
     study = prepare(study)
     assert study.state == Study.State.READY, study.preparation
-    return study_launch(study=study)
+    # Participation tests are not about the placebos' realism (tests/test_admin.py is).
+    return study_launch(study=study, acknowledge_spotted_placebos=True)
 
 
 def live_tabular(prepare, **fields) -> Study:

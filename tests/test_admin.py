@@ -325,8 +325,30 @@ def test_an_arm_that_failed_its_sanity_check_launches_only_with_an_acknowledgeme
     study.refresh_from_db()
     assert study.state == Study.State.LIVE
     assert study.frozen_config["launch_acknowledgements"] == {"sanity_failures": ["integrated_gradients"],
-                                                              "by": admin_user.username}
+                                                              "spotted_placebos": [], "by": admin_user.username}
     assert "acknowledged sanity-check failure" in admin_client.get(url).content.decode()
+
+
+def test_a_placebo_its_realism_check_spotted_launches_only_with_an_acknowledgement_and_the_check_is_frozen(
+        admin_client, admin_user, django_capture_on_commit_callbacks):
+    study = _ready(study_with_arms(), django_capture_on_commit_callbacks, admin_client)
+    report = {"verdict": "spotted", "auc": 0.99, "auc_with_input": 1.0, "real_arm": "integrated_gradients",
+              "sentence": "Participants could tell this placebo from the real maps by texture alone.",
+              "classifier": "L2 logistic regression on low-level picture features, 5-fold CV grouped by item"}
+    Study.objects.filter(pk=study.pk).update(preparation={**study.preparation, "realism": {"ig random": report}})
+    url = reverse("admin:studyapp_study_launch_review", args=[study.pk])
+    page = admin_client.get(url).content.decode()
+    assert "Placebo realism" in page and "by texture alone" in page and "0.990" in page
+    refused = admin_client.post(url, {"confirm": "on"}).content.decode()
+    assert "Acknowledge that the placebos ig random can be spotted" in refused
+    study.refresh_from_db()
+    assert study.state == Study.State.READY
+    admin_client.post(url, {"confirm": "on", "acknowledge_spotted_placebos": "on"})
+    study.refresh_from_db()
+    assert study.state == Study.State.LIVE
+    assert study.frozen_config["launch_acknowledgements"]["spotted_placebos"] == ["ig random"]
+    assert study.frozen_config["placebo_realism"]["ig random"]["classifier"].startswith("L2 logistic")
+    assert "placebos the realism check could spot" in admin_client.get(url).content.decode()
 
 
 def test_the_arm_gallery_shows_every_arm_for_the_same_items_with_edits_and_serves_images_to_staff(

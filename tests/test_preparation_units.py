@@ -34,9 +34,10 @@ def test_preparation_is_stored_as_units_that_all_finish_and_make_the_study_ready
     kinds = {u.kind for u in units.values()}
     assert {"outputs", "sample", "maps", "render", "arm"} <= kinds  # (5 items: too few for sanity checks)
     real = study.arms.get(name="integrated_gradients")
-    # The placebo waits for the real arm's maps (it derives from them) and its pictures share their scale.
+    # The placebo waits for the real arm's maps (it derives from them); each arm has one scale.
     assert set(units[f"arm/{study.arms.get(name='ig_random').pk}"].depends_on) >= {f"maps/{real.pk}/0"}
-    assert len({e.config["rendering"]["scale"] for e in Explanation.objects.filter(arm__method="integrated_gradients")}) == 1
+    for arm in study.arms.exclude(kind="control"):
+        assert len({e.config["rendering"]["scale"] for e in Explanation.objects.filter(arm=arm)}) == 1
     assert all(e.image for e in Explanation.objects.filter(arm__study=study))
     progress = preparation_progress(study=study)
     assert progress.totals == {"done": len(units), "running": 0, "failed": 0, "pending": 0}

@@ -154,12 +154,21 @@ class LaunchForm(forms.Form):
         required=False, label="I launch knowing that the sanity check found maps that do not depend on the model; "
                               "record this acknowledgement with the plan.")
 
-    def __init__(self, *args, failures: list[str] = (), **kwargs):
+    acknowledge_spotted_placebos = forms.BooleanField(
+        required=False, label="I launch knowing that the placebo realism check tells these placebos from the real "
+                              "maps by how they look; record this acknowledgement with the plan.")
+
+    def __init__(self, *args, failures: list[str] = (), spotted: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
-        self.failures = list(failures)
+        self.failures, self.spotted = list(failures), list(spotted)
 
     def clean(self):
         data = super().clean()
+        errors = []
         if self.failures and not data.get("acknowledge_sanity_failures"):
-            raise forms.ValidationError(f"Acknowledge the failed sanity check of {', '.join(self.failures)} to launch.")
+            errors.append(f"Acknowledge the failed sanity check of {', '.join(self.failures)} to launch.")
+        if self.spotted and not data.get("acknowledge_spotted_placebos"):
+            errors.append(f"Acknowledge that the placebos {', '.join(self.spotted)} can be spotted to launch.")
+        if errors:
+            raise forms.ValidationError(errors)
         return data

@@ -34,7 +34,7 @@ from studyapp.services.participants import (participant_preview_start, participa
 from studyapp.services.plan_checks import plan_problems
 from studyapp.services.studies import (EDITABLE_STATES, sanity_failures, study_back_to_draft, study_cancel_preparation,
                                        study_close, study_duplicate, study_launch, study_prepare, study_problems,
-                                       study_retry_failed_units, study_set_ingest)
+                                       study_retry_failed_units, study_set_ingest, spotted_placebos)
 
 
 class AppendOnlyAdminMixin:
@@ -271,15 +271,17 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         study = get_object_or_404(Study, pk=pk)
         launched = bool(study.frozen_sha256)
         failures = [] if launched else sanity_failures(study=study)
+        spotted = [] if launched else spotted_placebos(study=study)
         problems = [] if launched else plan_problems(study=study)
         can_launch = study.state == Study.State.READY and not problems and self.has_change_permission(request, study)
-        form = LaunchForm(request.POST if request.method == "POST" else None, failures=failures)
+        form = LaunchForm(request.POST if request.method == "POST" else None, failures=failures, spotted=spotted)
         if request.method == "POST":
             if not can_launch:
                 raise PermissionDenied
             if form.is_valid():
                 try:
                     study_launch(study=study, acknowledge_sanity_failures=form.cleaned_data["acknowledge_sanity_failures"],
+                                 acknowledge_spotted_placebos=form.cleaned_data["acknowledge_spotted_placebos"],
                                  by=request.user.get_username())
                 except ValidationError as exc:
                     for message in exc.messages:
@@ -289,7 +291,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                     return HttpResponseRedirect(reverse("admin:studyapp_study_launch_review", args=[study.pk]))
         context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
                    "title": f"The frozen plan of {study}" if launched else f"Launch review: {study}",
-                   "review": plan_review(study=study), "problems": problems, "failures": failures, "form": form,
+                   "review": plan_review(study=study), "problems": problems, "failures": failures, "spotted": spotted,
+                   "form": form,
                    "can_launch": can_launch}
         return TemplateResponse(request, "admin/studyapp/launch_review.html", context)
 

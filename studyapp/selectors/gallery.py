@@ -60,7 +60,8 @@ def study_gallery(*, study: Study, limit: int = 40) -> dict:
     sanity = (study.preparation or {}).get("sanity") or {}
     checks = [{"method": m, "verdict": r.get("verdict"), "meaning": SANITY_MEANING.get(r.get("verdict"), ""),
                "config": r.get("config")} for m, r in sorted(sanity.items())]
-    return {"arms": [a.name for a in arms], "rows": rows, "sanity": checks,
+    realism = [{"arm": name, **report} for name, report in sorted(((study.preparation or {}).get("realism") or {}).items())]
+    return {"arms": [a.name for a in arms], "rows": rows, "sanity": checks, "realism": realism,
             "total": StudyItem.objects.filter(study=study).count(), "shown": len(rows)}
 
 

@@ -54,5 +54,7 @@ def plan_review(*, study: Study) -> dict:
         arms.append({**arm, "verdict": verdict, "verdict_meaning": SANITY_MEANING.get(verdict, ""),
                      "checked_config": report.get("config")})
     config = plan["study"]["config"] or {}
+    realism = plan.get("placebo_realism") or (study.preparation or {}).get("realism") or {}
     return {"plan": plan, "arms": arms, "blocks": config.get("blocks") or [], "config": config,
-            "acknowledgements": plan.get("launch_acknowledgements")}
+            "acknowledgements": plan.get("launch_acknowledgements"),
+            "realism": [{"arm": name, **report} for name, report in sorted(realism.items())]}

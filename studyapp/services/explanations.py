@@ -7,10 +7,12 @@ an out-of-distribution score and its calibrated threshold.
 
 Idempotent: one Explanation row per (arm, stimulus) is a database constraint, rows that exist are
 skipped, and every map is deterministic (seeded), so a redelivered task writes only what is
-missing and writes the same thing. Rendering uses one shared scale per *method*: the 99th
-percentile of |map| over the real (unmanipulated) maps of that method, used by the real arm and
-by every manipulated arm of the same method alike. A per-image stretch would itself be a
-manipulation (a near-empty randomized map shown at full contrast).
+missing and writes the same thing. Rendering uses one scale shared by all pictures of an arm,
+chosen by the same rule for every arm: the 99th percentile of |map| over that arm's own maps as
+drawn. A per-image stretch would itself be a manipulation (a near-empty map shown at full
+contrast); the real method's scale, used for its placebos before, drew the randomized-model maps
+(about 1/1000 of the real maps' magnitude) as a blank picture: a second control arm, not a
+placebo. With its own scale every arm uses the display range the same way.
 """
 from __future__ import annotations
 
@@ -246,10 +248,10 @@ def _explanation_arm(ctx: PreparationContext, arm: Arm):
     real = ctx.real(arm.method, config)
     maps, record = _manipulated_maps(ctx, arm, config, real)
     signed = is_signed(config)
-    scale = rendering.attribution_scale(ctx.shown(real.attributions, signed=signed))
     shown = ctx.shown(maps, signed=signed)
+    scale = rendering.attribution_scale(shown)
     stored = {**real.config, "manipulation": {"name": arm.manipulation, **record},
-              "rendering": {"normalization": "shared_per_method", "scale": scale, "signed": signed,
+              "rendering": {"normalization": "shared_per_arm", "scale": scale, "signed": signed,
                             "clip_percentile": rendering.CLIP_PERCENTILE}}
     return maps, stored, lambda i: render_map(ctx, i, shown[i], signed=signed, scale=scale)
 
@@ -270,7 +272,7 @@ def _baseline_arm(ctx: PreparationContext, arm: Arm):
         shown = ctx.shown(maps, signed=False)
         scale = rendering.attribution_scale(shown)
         stored = {"method": "sobel_edges", **record,
-                  "rendering": {"normalization": "shared", "scale": scale, "signed": False,
+                  "rendering": {"normalization": "shared_per_arm", "scale": scale, "signed": False,
                                 "clip_percentile": rendering.CLIP_PERCENTILE}}
         return maps, stored, lambda i: render_map(ctx, i, shown[i], signed=False, scale=scale)
     # Natural exemplars: the k nearest training items of the class the MODEL predicts (never the

@@ -6,6 +6,7 @@ then the item sample); each unit, when done, adds the units it makes possible:
     outputs/<k>  ->  sample  ->  [edits/<k>  ->  items]  ->  maps/<arm>/<k>  ->  render/<arm>/<k>
                                                          ->  arm/<arm>  (arms computed in one go)
                                                          ->  sanity/<method>
+    render/<real arm>/* and the placebo's pictures  ->  realism/<placebo arm>
 
 Any number of workers run them (``preparation_unit_run``, the Celery task ``run_preparation_unit``);
 studyapp.services.work_units holds the claim/lease/completion contract. In the embedded mode
@@ -13,8 +14,8 @@ studyapp.services.work_units holds the claim/lease/completion contract. In the e
 with the same records. The study becomes ready in the transaction that completes its last unit.
 
 Maps are computed per chunk of the sampled stimuli and stored without their picture; rendering
-waits for all maps of the arm's real method, because every arm of one method is drawn on the
-shared scale of the real maps (studyapp.services.explanations). Arms whose maps need the whole
+waits for all of the arm's maps, because every arm is drawn on a scale shared by all of its own
+images, chosen by the same rule for every arm (studyapp.services.explanations). Arms whose maps need the whole
 sample at once (inverted, matched random and other-input placebos take the real maps; the
 label-randomized model is trained once; exemplars and OOD scores fit on the training set) are one
 unit each.
@@ -89,14 +90,8 @@ def chunked(arm: Arm, arms: list[Arm]) -> bool:
         return False
     if arm.manipulation == Arm.Manipulation.NONE:
         return True
-    # The randomized model explains each stimulus on its own; its pictures need the real maps' scale.
-    return arm.manipulation == Arm.Manipulation.RANDOMIZED_MODEL and placebo_real_arm(arm, arms) is not None
-
-
-def _scale_arm(arm: Arm, arms: list[Arm]) -> Arm:
-    """The arm whose maps set ``arm``'s rendering scale (itself, or its real arm)."""
-    return arm if arm.kind == Arm.Kind.BASELINE or arm.manipulation == Arm.Manipulation.NONE \
-        else placebo_real_arm(arm, arms)
+    # The randomized model explains each stimulus on its own.
+    return arm.manipulation == Arm.Manipulation.RANDOMIZED_MODEL
 
 
 def _arm_units(study: Study, *, after: str) -> list[Unit]:
@@ -112,9 +107,8 @@ def _arm_units(study: Study, *, after: str) -> list[Unit]:
         if arm.pk in maps_keys:
             units += [_unit(study, key, "maps", step, arm=arm, params={"stimuli": chunk}, after=[after])
                       for key, chunk in zip(maps_keys[arm.pk], chunks)]
-            scale = maps_keys[_scale_arm(arm, arms).pk]
             units += [_unit(study, f"render/{arm.pk}/{k}", "render", f"Pictures of '{arm.name}'", arm=arm,
-                            params={"stimuli": chunk}, after=sorted(set(maps_keys[arm.pk]) | set(scale)))
+                            params={"stimuli": chunk}, after=maps_keys[arm.pk])
                       for k, chunk in enumerate(chunks)]
         else:
             real = placebo_real_arm(arm, arms)
@@ -124,6 +118,14 @@ def _arm_units(study: Study, *, after: str) -> list[Unit]:
         methods = sorted({a.method for a in arms if a.kind == Arm.Kind.EXPLANATION})
         units += [_unit(study, f"sanity/{m}", "sanity", "Sanity checks", params={"method": m}, after=[after])
                   for m in methods]
+        drawn = {u.arm_id: u.key for u in units if u.kind == "arm"}
+        pictures = {a.pk: [u.key for u in units if u.kind == "render" and u.arm_id == a.pk] or [drawn[a.pk]]
+                    for a in arms if a.pk in maps_keys or a.pk in drawn}
+        for arm in arms:
+            real = placebo_real_arm(arm, arms)
+            if real is not None and real.pk != arm.pk and arm.pk in pictures and real.pk in pictures:
+                units.append(_unit(study, f"realism/{arm.pk}", "realism", "Placebo realism checks", arm=arm,
+                                   params={"real_arm": real.pk}, after=pictures[arm.pk] + pictures[real.pk]))
     return units
 
 
@@ -285,12 +287,12 @@ def _maps(unit: Unit) -> Work:
 _SCALES: dict = {}
 
 
-def _scale(study: Study, scale_arm: Arm, *, signed: bool) -> float:
-    """The shared rendering scale of a method: from its real arm's maps over the whole sample."""
+def _scale(study: Study, arm: Arm, *, signed: bool) -> float:
+    """The arm's rendering scale, shared by all of its pictures: from its maps over the whole sample."""
     from explainers import rendering
 
-    rows = Explanation.objects.filter(arm=scale_arm)
-    key = (study.pk, scale_arm.pk, signed, *rows.aggregate(n=Count("pk"), last=Max("pk")).values())
+    rows = Explanation.objects.filter(arm=arm)
+    key = (study.pk, arm.pk, signed, *rows.aggregate(n=Count("pk"), last=Max("pk")).values())
     if key not in _SCALES:
         blobs = rows.order_by("stimulus__index").values_list("attributions", flat=True)
         maps = np.stack([npy_array(b) for b in blobs])
@@ -311,14 +313,13 @@ def _render(unit: Unit) -> Work:
                 .order_by("stimulus__index").select_related("stimulus"))
     updates = []
     if rows:
-        arms = list(study.arms.all())
         signed = arm.kind == Arm.Kind.EXPLANATION and is_signed(rows[0].config)
-        scale = _scale(study, _scale_arm(arm, arms), signed=signed)
+        scale = _scale(study, arm, signed=signed)
         ctx = _context(study).with_stimuli([r.stimulus for r in rows])
         shown = ctx.shown(np.stack([npy_array(r.attributions) for r in rows]), signed=signed)
         pngs = [render_map(ctx, i, shown[i], signed=signed, scale=scale) for i in range(len(rows))]
         names = files_write(unit, pngs, folder="explanations")
-        normalization = "shared" if arm.kind == Arm.Kind.BASELINE else "shared_per_method"
+        normalization = "shared_per_arm"
         for row, name in zip(rows, names):
             config = {**row.config, "rendering": {"normalization": normalization, "scale": scale, "signed": signed,
                                                   "clip_percentile": rendering.CLIP_PERCENTILE}}
@@ -351,6 +352,37 @@ def _arm(unit: Unit) -> Work:
     return Work(lambda: {"created": created})
 
 
+def displayed_maps(rows: list[Explanation], ctx: PreparationContext) -> np.ndarray:
+    """The maps as participants see them: channels reduced as drawn, divided by the arm's shared
+    scale and clipped (explainers.rendering)."""
+    from explainers.rendering import CLIP_PERCENTILE
+    from explainers.rendering import _normalized as normalized  # what the pictures draw
+    from studyapp.services.explanations import is_signed
+
+    rendering = rows[0].config.get("rendering") or {}
+    signed = rendering.get("signed", is_signed(rows[0].config))
+    shown = ctx.shown(np.stack([npy_array(r.attributions) for r in rows]), signed=signed)
+    return normalized(shown, normalization="shared", scale=float(rendering.get("scale", 0.0)),
+                      clip_percentile=CLIP_PERCENTILE)
+
+
+def _realism(unit: Unit) -> Work:
+    """Could participants tell this placebo from its real arm's maps by how they look? A fixed
+    low-level-feature classifier's cross-validated AUC with a permutation null
+    (explainers.realism), on the pictures' values as drawn, paired by stimulus."""
+    from explainers.realism import placebo_realism
+
+    study = unit.study
+    placebo = {r.stimulus_id: r for r in Explanation.objects.filter(arm=unit.arm).select_related("stimulus")}
+    real = {r.stimulus_id: r for r in Explanation.objects.filter(arm_id=unit.params["real_arm"])}
+    ids = sorted(set(placebo) & set(real), key=lambda pk: placebo[pk].stimulus.index)
+    ctx = _context(study).with_stimuli([placebo[pk].stimulus for pk in ids])
+    report = placebo_realism(displayed_maps([real[pk] for pk in ids], ctx),
+                             displayed_maps([placebo[pk] for pk in ids], ctx),
+                             inputs=ctx.inputs, seed=study.seed)
+    return Work(lambda: {"report": {**report.to_dict(), "real_arm": Arm.objects.get(pk=unit.params["real_arm"]).name}})
+
+
 def _sanity(unit: Unit) -> Work:
     from explainers.sanity import sanity_check
 
@@ -363,7 +395,7 @@ def _sanity(unit: Unit) -> Work:
 
 
 WORK = {"outputs": _outputs, "sample": _sample, "edits": _edits, "items": _items, "maps": _maps, "render": _render,
-        "arm": _arm, "sanity": _sanity}
+        "arm": _arm, "sanity": _sanity, "realism": _realism}
 
 
 # ---------------------------------------------------------------- files without orphans
@@ -408,6 +440,7 @@ def _finish(study: Study) -> None:
                   "settings": edit_settings(study=study), "settings_sha256": edit_settings_key(study=study)},
         "item_sample": {k: study.item_sample.get(k) for k in ("pool_size", "counts")},
         "sanity": {u.params["method"]: u.result["report"] for u in units if u.kind == "sanity"},
+        "realism": {u.arm.name: u.result["report"] for u in units if u.kind == "realism"},
         "seconds": round(sum(u.seconds or 0 for u in units), 3),
     }
     Study.objects.filter(pk=study.pk).update(preparation=summary)

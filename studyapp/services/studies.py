@@ -214,11 +214,20 @@ def sanity_failures(*, study: Study) -> list[str]:
     return sorted(m for m in methods if (sanity.get(m) or {}).get("verdict") == "not_model_sensitive")
 
 
-def study_launch(*, study: Study, acknowledge_sanity_failures: bool = False, by: str = "") -> Study:
+def spotted_placebos(*, study: Study) -> list[str]:
+    """Placebo arms whose maps a low-level-feature classifier tells from their real arm's at
+    preparation (``placebo_realism`` verdict ``spotted``): participants could too."""
+    realism = (study.preparation or {}).get("realism") or {}
+    return sorted(name for name, report in realism.items() if (report or {}).get("verdict") == "spotted")
+
+
+def study_launch(*, study: Study, acknowledge_sanity_failures: bool = False,
+                 acknowledge_spotted_placebos: bool = False, by: str = "") -> Study:
     """ready -> live, freezing configuration, arms and hypotheses (canonical JSON + SHA-256 + time).
     Refused, listing every problem, when the plan could not be run (``plan_problems``). An arm whose
-    method failed its sanity check launches only with ``acknowledge_sanity_failures``, which is
-    frozen with the plan (who acknowledged which methods)."""
+    method failed its sanity check launches only with ``acknowledge_sanity_failures``, a placebo
+    that its realism check spotted only with ``acknowledge_spotted_placebos``; both are frozen with
+    the plan (who acknowledged what), as are the realism checks (classifier, features, AUCs)."""
     with transaction.atomic():
         # Lock the row so arms/hypotheses cannot change between reading the plan and freezing it.
         locked = Study.objects.select_for_update().get(pk=study.pk)
@@ -228,6 +237,12 @@ def study_launch(*, study: Study, acknowledge_sanity_failures: bool = False, by:
         # were validated by Prepare and cannot change while the study is prepared.)
         problems = plan_problems(study=locked)
         failures = sanity_failures(study=locked)
+        spotted = spotted_placebos(study=locked)
+        if spotted and not acknowledge_spotted_placebos:
+            problems.append(
+                f"The placebo realism check tells the maps of {', '.join(spotted)} from their real arm's by how they "
+                "look alone, so participants could spot the placebo. Launch from the Launch review page, "
+                "acknowledging this; the acknowledgement is recorded with the plan.")
         if failures and not acknowledge_sanity_failures:
             problems.append(
                 f"The sanity check found that the maps of {', '.join(failures)} do not depend on the model (they "
@@ -236,8 +251,11 @@ def study_launch(*, study: Study, acknowledge_sanity_failures: bool = False, by:
         if problems:
             raise ServiceError(problems)
         plan = study_plan_document(study=locked)
-        if failures:
-            plan["launch_acknowledgements"] = {"sanity_failures": failures, "by": by}
+        if failures or spotted:
+            plan["launch_acknowledgements"] = {"sanity_failures": failures, "spotted_placebos": spotted, "by": by}
+        realism = (locked.preparation or {}).get("realism")
+        if realism:
+            plan["placebo_realism"] = realism
         return _transition(study=locked, to=State.LIVE, extra={
             "frozen_config": plan, "frozen_sha256": canonical_sha256(plan),
             "launched_at": timezone.now()})
