@@ -66,12 +66,12 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.pg import pg_connect, recreate_database  # noqa: E402
 
 from studyapp.simulated_participants import (HttpTransport, SimulationError, Timings,  # noqa: E402
                                              run_participant)
@@ -92,23 +92,6 @@ HTTP_TIMEOUT = 30.0
 
 
 # -- database -----------------------------------------------------------------------------------
-
-def pg_connect(pg: str, db: str = "postgres"):
-    import psycopg2
-
-    connection = psycopg2.connect(urlunsplit(urlsplit(pg)._replace(path=f"/{db}")))
-    connection.autocommit = True
-    return connection
-
-
-def recreate_database(pg: str, db: str, *, create: bool = True) -> None:
-    connection = pg_connect(pg)
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        if create:
-            cursor.execute(f'CREATE DATABASE "{db}"')
-    connection.close()
-
 
 def child_env(args, data_dir: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_SETTINGS_MODULE")}

@@ -120,6 +120,9 @@ PREPARATION_RESEND_SECONDS = env_int("PREPARATION_RESEND_SECONDS", 120, minimum=
 PREPARATION_MAX_ATTEMPTS = env_int("PREPARATION_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 # Stimuli per unit of maps, rendering and model outputs (a GPU worker halves a chunk on out-of-memory).
 PREPARATION_CHUNK = env_int("PREPARATION_CHUNK", 64, minimum=1, maximum=100_000)
+# PyTorch/BLAS threads per worker process (0: the host's cores divided by the pool's processes).
+# Several worker processes on one host (e.g. --pool solo each) should set it: cores / processes.
+WORKER_TORCH_THREADS = env_int("WORKER_TORCH_THREADS", 0, minimum=0, maximum=1024)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

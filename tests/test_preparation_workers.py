@@ -22,6 +22,7 @@ from tests.factories import ArmFactory, StimulusFactory, study_with_arms, with_h
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 FAST = {"PREPARATION_LEASE_SECONDS": "3", "PREPARATION_DISPATCH_SECONDS": "1", "PREPARATION_RESEND_SECONDS": "3",
+        "WORKER_TORCH_THREADS": "1",  # several solo workers share this host's cores
         "PREPARATION_CHUNK": "2"}
 
 

@@ -114,3 +114,24 @@ def test_the_web_process_starts_without_loading_pytorch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={**clean, "DATA_DIR": str(tmp_path)})
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_a_worker_shares_the_hosts_cores_among_its_pool_processes(monkeypatch, settings):
+    from types import SimpleNamespace
+
+    from worker.celery import _threads_per_process
+
+    variables = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    for variable in variables:
+        monkeypatch.setenv(variable, "x")
+        monkeypatch.delenv(variable)  # restored (absent) after the test
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    settings.WORKER_TORCH_THREADS = 0
+    _threads_per_process(sender=SimpleNamespace(concurrency=4))
+    assert [os.environ[v] for v in variables] == ["2", "2", "2"]
+    # An explicit setting wins over the division, and a variable set by the operator wins over both.
+    monkeypatch.delenv("MKL_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    settings.WORKER_TORCH_THREADS = 1
+    _threads_per_process(sender=SimpleNamespace(concurrency=4))
+    assert (os.environ["OMP_NUM_THREADS"], os.environ["MKL_NUM_THREADS"]) == ("3", "1")
