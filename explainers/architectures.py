@@ -38,7 +38,9 @@ class ImageCNN(nn.Module):
     """Small CNN for small images (the demo uses 1x8x8 digits).
 
     ``features`` ends in the penultimate representation (used for exemplars and OOD scores);
-    ``head`` maps it to logits. ``features.conv2`` is the last convolution (Grad-CAM's layer).
+    ``head`` maps it to logits. ``features.relu2`` is the last convolutional block's output after
+    its ReLU: Grad-CAM's default layer, as in the original (Selvaraju et al.: the last convolutional
+    layer's rectified feature maps), not ``features.conv2`` before the ReLU.
     """
 
     def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int,
@@ -89,14 +91,14 @@ class Architecture:
     input_rank: int  # 3 for (C, H, W), 1 for (F,)
     builder: Callable[..., nn.Module]
     hyperparameters: tuple[str, ...]  # keyword arguments a researcher may set
-    gradcam_layer: str | None  # default layer for Grad-CAM, by module name
+    gradcam_layer: str | None  # default Grad-CAM layer by module name: last conv block, after its ReLU
     description: str
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "image_cnn": Architecture(
         name="image_cnn", modality="image", input_rank=3, builder=ImageCNN,
-        hyperparameters=("channels", "hidden"), gradcam_layer="features.conv2",
+        hyperparameters=("channels", "hidden"), gradcam_layer="features.relu2",
         description="Two 3x3 convolutions, adaptive pooling to 4x4, two linear layers.",
     ),
     "tabular_mlp": Architecture(

@@ -73,6 +73,7 @@ __all__ = [
     "VERDICT_RULE",
     "map_features",
     "placebo_realism",
+    "realism_verdict",
 ]
 
 AUC_MARGIN = 0.65
@@ -378,7 +379,7 @@ def placebo_realism(real: np.ndarray, placebo: np.ndarray, *, inputs: np.ndarray
     statistic = max(observed)
     p_value = float((1 + np.sum(null >= statistic - 1e-12)) / (1 + len(null)))
     q95 = float(np.quantile(null, 0.95))
-    verdict = _verdict(statistic, p_value, q95, alpha)
+    verdict = realism_verdict(statistic, p_value, q95, alpha)
     auc, auc_input = observed[0], (observed[1] if len(observed) > 1 else None)
     return RealismReport(
         auc=round(auc, 6), auc_with_input=None if auc_input is None else round(auc_input, 6),
@@ -390,7 +391,8 @@ def placebo_realism(real: np.ndarray, placebo: np.ndarray, *, inputs: np.ndarray
         classifier=dict(CLASSIFIER), feature_names=list(names), input_feature_names=list(input_names))
 
 
-def _verdict(statistic: float, p_value: float, null_q95: float, alpha: float) -> str:
+def realism_verdict(statistic: float, p_value: float, null_q95: float, alpha: float) -> str:
+    """``VERDICT_RULE`` on the larger AUC, its permutation p-value and the null's 95th percentile."""
     if statistic >= AUC_MARGIN and p_value <= alpha:
         return "spotted"
     if statistic < AUC_MARGIN and null_q95 < AUC_MARGIN:

@@ -22,6 +22,7 @@ from explainers.architectures import Standardize, build_model, get_architecture
 __all__ = [
     "DEMO_SETTINGS",
     "TrainResult",
+    "train_demo",
     "train_classifier",
     "train_label_randomized",
 ]
@@ -34,12 +35,15 @@ DEFAULT_WEIGHT_DECAY = 0.0
 DEFAULT_RANDOMIZED_EPOCHS = 150
 _STD_FLOOR = 1e-6  # a (near-)constant training feature gets std 1, not a division by ~0
 
-# The built-in demo models: dataset (explainers.demo_data loader) -> training settings.
+# The built-in demo models: dataset (explainers.demo_data loader) -> training settings. The one
+# source of truth: `make demo` trains through train_demo(), which reads them. test_fraction and
+# seed describe the held-out split, the same seeded stratified 80/20 split the dataset import
+# makes (studyapp.services.datasets SPLIT_SEED, TEST_FRACTION).
 DEMO_SETTINGS: dict[str, dict] = {
     "digits": {"architecture": "image_cnn", "epochs": 20, "batch_size": 64,
-               "learning_rate": 3e-3, "hyperparameters": {}, "test_fraction": 0.25, "seed": 0},
+               "learning_rate": 3e-3, "hyperparameters": {}, "test_fraction": 0.2, "seed": 0},
     "breast_cancer": {"architecture": "tabular_mlp", "epochs": 30, "batch_size": 32,
-                      "learning_rate": 1e-3, "hyperparameters": {}, "test_fraction": 0.25,
+                      "learning_rate": 1e-3, "hyperparameters": {}, "test_fraction": 0.2,
                       "seed": 0},
 }
 
@@ -70,6 +74,19 @@ def train_classifier(*, architecture: str, X: np.ndarray, y: np.ndarray, num_cla
                   epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                   weight_decay=weight_decay, hyperparameters=hyperparameters,
                   X_val=X_val, y_val=y_val, label_randomization=None)
+
+
+def train_demo(name: str, *, X: np.ndarray, y: np.ndarray, num_classes: int,
+               X_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> TrainResult:
+    """Train the built-in demo model for dataset ``name`` with ``DEMO_SETTINGS[name]``, exactly;
+    the config records which demo settings were used."""
+    if name not in DEMO_SETTINGS:
+        raise ValueError(f"No demo settings for '{name}'; known: {sorted(DEMO_SETTINGS)}.")
+    settings = {k: v for k, v in DEMO_SETTINGS[name].items() if k != "test_fraction"}
+    result = train_classifier(X=X, y=y, num_classes=num_classes, X_val=X_val, y_val=y_val,
+                              **settings)
+    result.config["demo_settings"] = name
+    return result
 
 
 def train_label_randomized(*, architecture: str, X: np.ndarray, y: np.ndarray, num_classes: int,

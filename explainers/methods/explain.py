@@ -93,7 +93,7 @@ def _layer(net: nn.Module, cfg: dict) -> nn.Module | None:
         convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
         raise ValueError(f"Grad-CAM layer '{name}' is not a module of this model; "
                          f"convolutional layers: {convs}.")
-    cfg["layer"] = name
+    cfg["layer"] = name  # recorded: the resolved layer is part of the method's configuration
     return modules[name]
 
 
@@ -125,6 +125,7 @@ def explain(model: nn.Module, inputs: np.ndarray | torch.Tensor, *, method: str,
     net = in_attribution_layout(net, x)
     cfg = resolve_config(method, config, modality=info.modality)
     shape = tuple(x.shape[1:])
+    layer_given = cfg.get("layer") is not None
     mask, n_features = _feature_mask(cfg, shape, dev)
     ctx = runners.RunContext(net=net, max_batch=max_batch or default_max_batch(x, dev),
                              baseline=_baseline(cfg, shape, dev), feature_mask=mask,
@@ -149,5 +150,9 @@ def explain(model: nn.Module, inputs: np.ndarray | torch.Tensor, *, method: str,
                        if dev.type == "cuda" else None),
         "target_source": "predicted" if targets is None else "given",
     }
+    if method == "gradcam":  # in the execution record: a re-run resolves 'layer' as given
+        cfg[EXECUTION_KEY]["layer_source"] = (
+            "given" if layer_given else
+            "architecture default: the last convolutional block's output after its ReLU")
     return ExplanationResult(attributions=attributions, targets=t.numpy().astype(np.int64),
                              config=cfg, convergence_delta=delta)

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from explainers.safe_loading import state_dict_to_bytes
-from explainers.training import train_classifier
+from explainers.training import train_demo
 from studyapp.models import Arm, Dataset, Hypothesis, MLModel, Stimulus, Study
 from studyapp.services.datasets import stimuli_arrays
 from studyapp.services.mlmodels import mlmodel_register
@@ -134,8 +134,9 @@ def demo_model(*, spec: DemoSpec, dataset: Dataset, result: DemoResult) -> MLMod
         return existing
     X_train, y_train = _split_arrays(dataset, Stimulus.Split.TRAIN)
     X_test, y_test = _split_arrays(dataset, Stimulus.Split.TEST)
-    trained = train_classifier(architecture=spec.architecture, X=X_train, y=y_train,
-                               num_classes=len(dataset.class_names), seed=DEMO_SEED, X_val=X_test, y_val=y_test)
+    # explainers.training.DEMO_SETTINGS: the one statement of how the demo models are trained.
+    trained = train_demo(spec.builtin, X=X_train, y=y_train, num_classes=len(dataset.class_names),
+                         X_val=X_test, y_val=y_test)
     result.created.append(f"model {spec.model_name} (held-out accuracy {trained.val_accuracy:.3f})")
     return mlmodel_register(
         name=spec.model_name, architecture=spec.architecture, weights=state_dict_to_bytes(trained.model),

@@ -232,10 +232,11 @@ def _manipulated_maps(ctx: PreparationContext, arm: Arm, config: dict, real) -> 
     if m == Arm.Manipulation.INVERTED:
         return manipulations.invert(real.attributions, signed=is_signed(config))
     if m == Arm.Manipulation.RANDOM_MATCHED:
-        return manipulations.random_matched(real.attributions, seed=seed)
+        return manipulations.random_matched(real.attributions, seed=seed, inputs=ctx.inputs)
     if m == Arm.Manipulation.OTHER_INPUT:
         maps, donors, record = manipulations.other_input(real.attributions, predicted=ctx.targets, seed=seed,
-                                                         same_class=options.get("same_class", True))
+                                                         same_class=options.get("same_class", True),
+                                                         inputs=ctx.inputs)
         return maps, {**record, "donor_stimulus_indices": [ctx.stimuli[int(d)].index for d in donors]}
     raise ValueError(f"Arm '{arm.name}': unknown manipulation '{m}'.")
 

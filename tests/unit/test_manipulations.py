@@ -224,8 +224,10 @@ def test_random_matched_maps_match_the_real_maps_smoothness():
     assert min(smooth_record["smoothness_sigma"]) > max(white_record["smoothness_sigma"])
     for record in (smooth_record, white_record):
         assert record["sigma_source"] == "estimated"
+        # Sigma fits lags 1, 2 and 4 of the map and |map| together (least squares), so lag 1
+        # alone is matched to within its sampling noise (sd about 0.045 on a 16x16 white map).
         np.testing.assert_allclose(record["achieved_autocorrelation"],
-                                   record["real_autocorrelation"], atol=0.1)
+                                   record["real_autocorrelation"], atol=0.15)
 
 
 def test_random_matched_uses_a_given_smoothness_sigma():

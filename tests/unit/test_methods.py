@@ -86,7 +86,8 @@ def test_gradcam_has_the_input_spatial_size_and_is_non_negative(digits):
     res = explain(model, x, method="gradcam")
     assert res.attributions.shape == x.shape
     assert (res.attributions >= 0).all() and res.attributions.max() > 0
-    assert res.config["layer"] == "features.conv2" and res.config["relu_attributions"] is True
+    assert res.config["layer"] == "features.relu2" and res.config["relu_attributions"] is True
+    assert res.config["execution"]["layer_source"].startswith("architecture default")
 
 
 def test_gradcam_upsamples_a_coarse_layer_bilinearly_to_the_input_size():
@@ -159,7 +160,7 @@ def test_the_full_config_records_every_parameter(digits):
         "saliency": {"signed": False},
         "smoothgrad": {"nt_samples": 25, "noise_fraction": 0.15, "noise_stdev": 0.15,
                        "nt_type": "smoothgrad", "base": "saliency", "input_range": [0.0, 1.0]},
-        "gradcam": {"layer": "features.conv2", "relu_attributions": True,
+        "gradcam": {"layer": "features.relu2", "relu_attributions": True,
                     "interpolation": "bilinear", "align_corners": False},
         "occlusion": {"window": [2, 2], "stride": [2, 2], "baseline": "zeros"},
         "kernel_shap": {"n_samples": 200, "feature_mask": "grid", "grid_cells": [4, 4]},
