@@ -151,7 +151,7 @@ def attribution_scale(maps: np.ndarray | Sequence[np.ndarray], *,
     return scale if scale > 0 else float(values.max(initial=0.0))
 
 
-def _normalized(m: np.ndarray, *, normalization: str, scale: float | None,
+def normalized(m: np.ndarray, *, normalization: str, scale: float | None,
                 clip_percentile: float) -> np.ndarray:
     """Map values divided by the scale and clipped to [-1, 1] (0 everywhere if scale is 0)."""
     if normalization == "shared":
@@ -183,7 +183,7 @@ def heatmap_overlay_rgb(image: np.ndarray, attribution_map: np.ndarray, *, signe
                          f"{img.shape[0]}x{img.shape[1]}.")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}.")
-    v = _normalized(m, normalization=normalization, scale=scale, clip_percentile=clip_percentile)
+    v = normalized(m, normalization=normalization, scale=scale, clip_percentile=clip_percentile)
     if signed:
         colors = matplotlib.colormaps[DIVERGING_CMAP]((v + 1.0) / 2.0)[..., :3]
     else:

@@ -355,8 +355,7 @@ def _arm(unit: Unit) -> Work:
 def displayed_maps(rows: list[Explanation], ctx: PreparationContext) -> np.ndarray:
     """The maps as participants see them: channels reduced as drawn, divided by the arm's shared
     scale and clipped (explainers.rendering)."""
-    from explainers.rendering import CLIP_PERCENTILE
-    from explainers.rendering import _normalized as normalized  # what the pictures draw
+    from explainers.rendering import CLIP_PERCENTILE, normalized  # what the pictures draw
     from studyapp.services.explanations import is_signed
 
     rendering = rows[0].config.get("rendering") or {}
