@@ -191,3 +191,28 @@ def test_an_out_of_memory_error_halves_the_chunk_and_goes_on():
     assert sizes[0] == 7 and max(sizes[1:]) <= 4
     with pytest.raises(RuntimeError, match="not memory"):
         preparation.halving_on_out_of_memory(lambda items: (_ for _ in ()).throw(RuntimeError("not memory")), [1, 2])
+
+
+def test_an_attempt_records_every_picture_it_writes_and_deletes_those_no_row_took():
+    study = study_with_arms()
+    Study.objects.filter(pk=study.pk).update(state="preparing")
+    unit = work_units.unit_claim(unit_id=preparation.preparation_plan(study=study)[0].pk, worker="w")
+    first = preparation.files_write(unit, [b"a"], folder="edits")
+    second = preparation.files_write(unit, [b"b", b"c"], folder="explanations")
+    unit.refresh_from_db()
+    assert unit.files_pending == first + second  # the journal keeps every batch, not the last
+    assert preparation.files_unreferenced_delete(unit.files_pending) == 3
+    assert not any(default_storage.exists(name) for name in unit.files_pending)
+
+
+def test_a_prepared_counterfactual_study_leaves_no_unreferenced_edit_picture(prepare, settings):
+    from studyapp.models import Edit
+    from tests.participation_helpers import WITHIN_DESIGN, image_study
+
+    study = image_study(arms=[{"name": "edges", "kind": "baseline", "method": "sobel_edges"}])
+    Study.objects.filter(pk=study.pk).update(config=WITHIN_DESIGN)
+    study = prepare(study)
+    assert study.state == Study.State.READY
+    folder = settings.MEDIA_ROOT / "edits"
+    on_disk = {f"edits/{p.name}" for p in folder.iterdir()}
+    assert on_disk and on_disk == set(Edit.objects.exclude(image="").values_list("image", flat=True))

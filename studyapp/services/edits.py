@@ -31,16 +31,18 @@ def _edit_batch(ctx, indices: list[int], options: dict):
                                   feature_names=ctx.study.dataset.feature_names)
 
 
-def edits_create(*, ctx) -> int:
+def edits_create(*, ctx, save_files=None) -> int:
     """Candidate edits for every pool stimulus that has none yet under the study's settings (with a
-    display PNG for images)."""
+    display PNG for images). ``save_files(pngs) -> names`` stores the pictures (preparation records
+    the names on its unit first: studyapp.services.preparation.files_write); by default each row
+    saves its own."""
     key = edit_settings_key(study=ctx.study)
     have = set(study_edits(study=ctx.study, stimuli=ctx.stimuli).values_list("stimulus_id", flat=True).distinct())
     missing = [i for i, s in enumerate(ctx.stimuli) if s.pk not in have]
     if not missing:
         return 0
     batch = _edit_batch(ctx, missing, edit_settings(study=ctx.study))
-    rows = []
+    rows, pngs = [], []
     for row, i in enumerate(missing):
         for j in range(int(batch.counts[row])):
             params = {**batch.params[row][j], "config": batch.config}
@@ -49,8 +51,14 @@ def edits_create(*, ctx) -> int:
             if ctx.modality == "image":
                 png = rendering.render_edit(ctx.inputs[i], box=tuple(params["box"]), occlude=True,
                                             fill_value=float(np.clip(params["fill_value"], 0.0, 1.0)))
-                edit.image.save("edit.png", ContentFile(png), save=False)
+                if save_files is None:
+                    edit.image.save("edit.png", ContentFile(png), save=False)
+                else:
+                    pngs.append((edit, png))
             rows.append(edit)
+    if pngs:
+        for (edit, _), name in zip(pngs, save_files([png for _, png in pngs])):
+            edit.image.name = name
     with transaction.atomic():
         Edit.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
     return len(rows)

@@ -222,7 +222,7 @@ def _edits(unit: Unit) -> Work:
     from studyapp.services.edits import edit_outputs_compute, edits_create
 
     ctx = _context(unit.study).with_stimuli(_stimuli(unit.params["stimuli"]))
-    created = edits_create(ctx=ctx)
+    created = edits_create(ctx=ctx, save_files=lambda pngs: files_write(unit, pngs, folder="edits"))
     outputs = edit_outputs_compute(ctx=ctx, device=explainer_device())
     return Work(lambda: {"created": created, "outputs_created": outputs})
 
@@ -404,7 +404,8 @@ def files_write(unit: Unit, pngs: list[bytes], *, folder: str) -> list[str]:
     unit whose worker was killed between writing them and committing their rows deletes them."""
     upload = OpaqueUploadPath(folder)
     names = [upload(None, "x.png") for _ in pngs]
-    Unit.objects.filter(pk=unit.pk).update(files_pending=list(unit.files_pending or []) + names)
+    unit.files_pending = list(unit.files_pending or []) + names
+    Unit.objects.filter(pk=unit.pk).update(files_pending=unit.files_pending)
     return [default_storage.save(name, ContentFile(png)) for name, png in zip(names, pngs)]
 
 
@@ -489,6 +490,10 @@ def preparation_unit_run(*, unit_id: int, worker: str | None = None) -> str:
         else:
             work_units.units_send([unit.pk], countdown=wait.total_seconds())
             outcome = "retry"
+    if unit.files_pending:
+        # Pictures of this attempt that no row took (a twin attempt's rows won, or the attempt
+        # failed before writing them): deleted now rather than left to cleanup_media.
+        files_unreferenced_delete(unit.files_pending)
     work_units.study_units_send(study_id=unit.study_id)  # what this unit made possible, at once
     return outcome
 
