@@ -56,7 +56,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,7 +70,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.pg import pg_connect, recreate_database  # noqa: E402
+from benchmarks.common import cpu_snapshot, free_port, pg_connect, recreate_database, verdict  # noqa: E402
 
 from studyapp.simulated_participants import (HttpTransport, SimulationError, Timings,  # noqa: E402
                                              run_participant)
@@ -138,12 +137,6 @@ def child_build() -> dict:
 
 # -- server -------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_gunicorn(args, env: dict, port: int, log: Path) -> subprocess.Popen:
     command = [str(ROOT / ".venv/bin/gunicorn"), "studyapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
                "--workers", str(args.workers), "--threads", str(args.threads),
@@ -207,57 +200,18 @@ def stop_gunicorn(server: subprocess.Popen) -> None:
 
 # -- CPU accounting (Linux /proc) ----------------------------------------------------------------
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat(pid: int) -> tuple[str, int, float, float] | None:
-    """(comm, ppid, own CPU seconds, CPU seconds of its reaped children) of a live process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1:raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2:].split()
-    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK
-
-
-def cpu_snapshot(server_pid: int) -> dict:
-    """CPU seconds so far of the machine, the gunicorn tree, PostgreSQL and this process. A tree is
-    its live processes plus what its root reaped (exited workers, closed PostgreSQL backends)."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal (guest time is in user)
-    idle, steal = ticks[3] + ticks[4], ticks[7]
-    procs = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
-            procs[int(entry)] = stat
-    server = postgres = 0.0
-    for pid, (comm, ppid, own, reaped) in procs.items():
-        if pid == server_pid:
-            server += own + reaped
-        elif ppid == server_pid:
-            server += own
-        elif comm.startswith("postgres") and procs.get(ppid, ("",))[0].startswith("postgres"):
-            postgres += own  # a backend or helper of the postmaster
-        elif comm.startswith("postgres"):
-            postgres += own + reaped  # the postmaster
-    return {"total": sum(ticks) / TICK, "idle": idle / TICK, "steal": steal / TICK, "server": server,
-            "postgres": postgres, "client": time.process_time(), "wall": time.monotonic()}
-
-
 def cpu_line(before: dict, after: dict, phase: Phase) -> str:
     """CPU seconds by whom over the phase, and per request served (all that finished in it)."""
     d = {k: after[k] - before[k] for k in before}
     n = sum(phase.status_counts().values())
-    per = f"; per request: gunicorn {1000 * d['server'] / n:.1f} ms, PostgreSQL {1000 * d['postgres'] / n:.1f} ms" \
+    per = f"; per request: gunicorn {1000 * d['tree'] / n:.1f} ms, PostgreSQL {1000 * d['postgres'] / n:.1f} ms" \
         if n else ""
     busy = d["total"] - d["idle"] - d["steal"]
-    others = max(0.0, busy - d["server"] - d["postgres"] - d["client"])
+    others = max(0.0, busy - d["tree"] - d["postgres"] - d["here"])
     stolen = f", {100 * d['steal'] / d['total']:.0f}% stolen" if d["steal"] > 0.01 * d["total"] else ""
     return (f"  CPU over {d['wall']:.1f} s wall ({os.cpu_count()} CPUs): machine {100 * busy / d['total']:.0f}% busy"
-            f"{stolen}; CPU-seconds: gunicorn {d['server']:.1f}, PostgreSQL {d['postgres']:.1f}, load generator "
-            f"{d['client']:.1f}, other processes {others:.1f}{per}")
+            f"{stolen}; CPU-seconds: gunicorn {d['tree']:.1f}, PostgreSQL {d['postgres']:.1f}, load generator "
+            f"{d['here']:.1f}, other processes {others:.1f}{per}")
 
 
 # -- the client: the real one, timed and with a ledger of answers --------------------------------
@@ -557,10 +511,6 @@ def pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if len(values) else float("nan")
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def print_phase(phase: Phase, cpu: str) -> dict[str, np.ndarray]:
     samples = phase.samples()
     statuses = phase.status_counts()
@@ -720,22 +670,22 @@ def main() -> None:
               f"before each answer, started over {args.ramp:g} s; closed loops {args.bare_seconds:g} s each")
 
         ledger = Ledger()
-        before = cpu_snapshot(server.pid)
+        before = cpu_snapshot((server.pid,))
         bare = run_bare(base_url=base_url, n=args.participants, seconds=args.bare_seconds)
-        bare_samples = print_phase(bare, cpu_line(before, cpu_snapshot(server.pid), bare))
+        bare_samples = print_phase(bare, cpu_line(before, cpu_snapshot((server.pid,)), bare))
 
-        before = cpu_snapshot(server.pid)
+        before = cpu_snapshot((server.pid,))
         load = run_participants(base_url=base_url, study=study["public_id"], n=args.participants, think=args.think,
                                 ramp=args.ramp, max_seconds=args.max_seconds, ledger=ledger, seed=args.seed)
-        load_samples = print_phase(load, cpu_line(before, cpu_snapshot(server.pid), load))
+        load_samples = print_phase(load, cpu_line(before, cpu_snapshot((server.pid,)), load))
 
         loop = loop_samples = None
         if not args.skip_saturation:
             marks = []  # the CPU snapshot at the start of the measured window
             loop = run_trial_loop(base_url=base_url, study=study["public_id"], n=args.participants,
                                   seconds=args.bare_seconds, ledger=ledger, seed=args.seed + 100_000,
-                                  on_start=lambda: marks.append(cpu_snapshot(server.pid)))
-            loop_samples = print_phase(loop, cpu_line(marks[0], cpu_snapshot(server.pid), loop))
+                                  on_start=lambda: marks.append(cpu_snapshot((server.pid,))))
+            loop_samples = print_phase(loop, cpu_line(marks[0], cpu_snapshot((server.pid,)), loop))
 
         errors = [line for line in log.read_text().splitlines() if "Traceback" in line or "ERROR" in line]
         if errors:

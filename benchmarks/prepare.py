@@ -64,7 +64,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,7 +74,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.pg import recreate_database  # noqa: E402
+from benchmarks.common import cpu_snapshot, free_port, recreate_database, verdict  # noqa: E402
 
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432"
 DEFAULT_DB = "studyapp_bench_prepare"
@@ -86,12 +85,6 @@ RUN_TIMEOUT = 600.0
 
 
 # -- services: database, broker, worker processes -------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     """A redis-server of the benchmark's own on a free port, keeping nothing on disk."""
@@ -183,44 +176,11 @@ def start_worker(config: Config, env: dict, workdir: Path, serial: int) -> Celer
 
 # -- CPU accounting (Linux /proc) -----------------------------------------------------------------
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat(pid: int) -> tuple[str, int, float, float] | None:
-    """(comm, ppid, own CPU seconds, CPU seconds of reaped children) of a live process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1:raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2:].split()
-    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK
-
-
-def cpu_snapshot(roots: tuple[int, ...]) -> dict:
-    """CPU seconds so far of the machine, of the Celery processes (``roots`` and their children),
-    of PostgreSQL and of this process."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:9]]
-    procs = {int(e): s for e in os.listdir("/proc") if e.isdigit() and (s := _proc_stat(int(e))) is not None}
-    celery = postgres = 0.0
-    for pid, (comm, ppid, own, reaped) in procs.items():
-        if pid in roots:
-            celery += own + reaped
-        elif ppid in roots:
-            celery += own
-        elif comm.startswith("postgres"):
-            postgres += own + (0 if procs.get(ppid, ("",))[0].startswith("postgres") else reaped)
-    return {"total": sum(ticks) / TICK, "idle": (ticks[3] + ticks[4]) / TICK, "celery": celery, "postgres": postgres,
-            "here": time.process_time()}
-
-
 def cpu_delta(before: dict, after: dict) -> dict:
     d = {k: after[k] - before[k] for k in before}
     busy = d["total"] - d["idle"]
-    others = max(0.0, busy - d["celery"] - d["postgres"] - d["here"])
-    return {"busy_pct": 100 * busy / d["total"] if d["total"] else 0.0, "celery": d["celery"],
+    others = max(0.0, busy - d["tree"] - d["postgres"] - d["here"])
+    return {"busy_pct": 100 * busy / d["total"] if d["total"] else 0.0, "celery": d["tree"],
             "postgres": d["postgres"], "here": d["here"], "others": others,
             "others_pct": 100 * others / d["total"] if d["total"] else 0.0}
 
@@ -413,10 +373,6 @@ def print_kinds(study: str, runs: list[Run]) -> None:
             per[u["kind"]] += u["work"]
         print(f"  {r.config.name:<24}" + "".join(f"{per[k]:>14.2f}" for k in kinds)
               + f"{r.figures['writes']:>9.2f}")
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def print_summary(study: str, best: dict[str, Run], configs: list[Config]) -> list[str]:

@@ -175,6 +175,13 @@ class PreparationContext:
     def modality(self) -> str:
         return self.study.dataset.modality
 
+    def method_config_recorded(self, arm: Arm) -> dict:
+        """``method_config``, also stored on the arm itself, so launch freezes every parameter."""
+        config = self.method_config(arm)
+        if arm.method_config != config:
+            Arm.objects.filter(pk=arm.pk).update(method_config=config)
+        return config
+
     def method_config(self, arm: Arm) -> dict:
         """Researcher overrides on top of explicit defaults. Tabular baselines default to the training
         mean (zeros in raw units would be an arbitrary, often impossible, patient). A manipulated
@@ -213,15 +220,21 @@ class PreparationContext:
         return np.stack([rendering.reduce_channels(a, how="sum" if signed else "mean") for a in maps])
 
 
+def randomized_model(ctx: PreparationContext, arm: Arm):
+    """The trained model with weights re-initialized as the arm's randomized_model settings say
+    (cascading from the top, default; or one layer), and the record of what was randomized."""
+    options = arm.manipulation_config or {}
+    if options.get("mode", "cascading") == "independent":
+        return manipulations.randomize_independent(ctx.model, layer=options["layer"], seed=ctx.study.seed)
+    return manipulations.randomize_cascading(ctx.model, down_to=options.get("down_to"), seed=ctx.study.seed)
+
+
 def _manipulated_maps(ctx: PreparationContext, arm: Arm, config: dict, real) -> tuple[np.ndarray, dict]:
     m, options, seed = arm.manipulation, arm.manipulation_config or {}, ctx.study.seed
     if m == Arm.Manipulation.NONE:
         return real.attributions, {}
     if m == Arm.Manipulation.RANDOMIZED_MODEL:
-        if options.get("mode", "cascading") == "independent":
-            randomized, record = manipulations.randomize_independent(ctx.model, layer=options["layer"], seed=seed)
-        else:
-            randomized, record = manipulations.randomize_cascading(ctx.model, down_to=options.get("down_to"), seed=seed)
+        randomized, record = randomized_model(ctx, arm)
         return ctx.explain(randomized, arm.method, config).attributions, record
     if m == Arm.Manipulation.LABEL_RANDOMIZED_MODEL:
         randomized, record = manipulations.label_randomized_model(
@@ -242,10 +255,7 @@ def _manipulated_maps(ctx: PreparationContext, arm: Arm, config: dict, real) -> 
 
 
 def _explanation_arm(ctx: PreparationContext, arm: Arm):
-    config = ctx.method_config(arm)
-    if arm.method_config != config:
-        # Store every parameter on the arm itself, so launch freezes the complete configuration.
-        Arm.objects.filter(pk=arm.pk).update(method_config=config)
+    config = ctx.method_config_recorded(arm)
     real = ctx.real(arm.method, config)
     maps, record = _manipulated_maps(ctx, arm, config, real)
     signed = is_signed(config)

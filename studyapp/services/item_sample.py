@@ -236,16 +236,6 @@ def items_sample_finish(*, study: Study, design: StudyDesign, draft: dict) -> di
     return record
 
 
-def items_sample(*, study: Study, design: StudyDesign, compute_edits) -> dict:
-    """Draw (or keep) the study's item sample in one go; returns the draw's record (also on the
-    study). ``compute_edits(stimulus_ids)`` makes the study's edits and the model's outputs on them
-    for the counterfactual candidates (preparation runs these as units of their own instead)."""
-    draft = items_sample_begin(study=study, design=design)
-    if draft.get("candidates"):
-        compute_edits([c[0] for c in draft["candidates"]])
-    return items_sample_finish(study=study, design=design, draft=draft)
-
-
 def _counts(items: list[PoolItem]) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in items:

@@ -31,7 +31,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max
 
 from studyapp.design import design_parse
 from studyapp.models import Arm, Explanation, ModelOutput, PreparationUnit, Stimulus, Study, StudyItem
@@ -42,7 +42,7 @@ from studyapp.services.datasets import array_to_npy_bytes, stimulus_array
 from studyapp.services.datasets.common import npy_array
 from studyapp.services.errors import ServiceError
 from studyapp.services.explanations import (PreparationContext, arm_compute_explanations, explainer_device,
-                                            placebo_real_arm)
+                                            placebo_real_arm, randomized_model)
 from studyapp.services.item_sample import items_sample_begin, items_sample_finish, sampled_stimuli
 from studyapp.services.mlmodels import mlmodel_load
 from studyapp.services.studies import study_mark_ready
@@ -256,19 +256,11 @@ def _maps(unit: Unit) -> Work:
                 maps, record = manipulations.sobel_edges(ctx.inputs)
                 stored = {"method": "sobel_edges", **record}
             else:
-                config = ctx.method_config(arm)
-                if arm.method_config != config:  # every parameter on the arm itself, frozen at launch
-                    Arm.objects.filter(pk=arm.pk).update(method_config=config)
+                config = ctx.method_config_recorded(arm)
                 if arm.manipulation == Arm.Manipulation.NONE:
                     result, record = ctx.real(arm.method, config), {}
                 else:
-                    options = arm.manipulation_config or {}
-                    if options.get("mode", "cascading") == "independent":
-                        model, record = manipulations.randomize_independent(ctx.model, layer=options["layer"],
-                                                                            seed=study.seed)
-                    else:
-                        model, record = manipulations.randomize_cascading(ctx.model, down_to=options.get("down_to"),
-                                                                          seed=study.seed)
+                    model, record = randomized_model(ctx, arm)
                     result = ctx.explain(model, arm.method, config)
                 maps, stored = result.attributions, {**result.config,
                                                      "manipulation": {"name": arm.manipulation, **record}}
@@ -545,7 +537,3 @@ def preparation_retry_failed(*, study: Study) -> int:
     if retried:
         Study.objects.filter(pk=study.pk).update(preparation={"status": "running"})
     return retried
-
-
-def units_needing_attention(*, study: Study):
-    return Unit.objects.filter(study=study).filter(Q(status=Unit.Status.FAILED) | Q(attempts__gt=1))

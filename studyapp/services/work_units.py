@@ -117,7 +117,7 @@ class Heartbeat:
             connection.close()
 
     def __enter__(self) -> Heartbeat:
-        if not connection.vendor == "sqlite":  # SQLite (embedded, one process) has no other worker
+        if connection.vendor != "sqlite":  # SQLite (embedded, one process) has no other worker
             self._thread.start()
         return self
 
