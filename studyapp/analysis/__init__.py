@@ -2,9 +2,10 @@
 
 Data frames in, small result objects out; nothing here imports Django. The participant is the
 unit of analysis: trials are aggregated per participant (``aggregate``) before the
-confirmatory tests (``comparisons``, ``primary``); trial-level models with crossed random
-effects (``mixed``) and the two-stage bootstrap (``bootstrap``) are secondary. Every
-resampling method takes a seed and stores it in its result.
+confirmatory tests (``comparisons``, ``primary``; ``paired`` when every participant sees both
+conditions); trial-level models with crossed random effects (``mixed``) and the two-stage
+bootstrap (``bootstrap``) are secondary. Every resampling method takes a seed and stores it
+in its result.
 """
 
 from .aggregate import (
@@ -33,7 +34,27 @@ from .effect_sizes import cohens_d, cohens_h, difference_in_proportions, odds_ra
 from .mixed import crossed_mixed_logistic, gee_logistic
 from .multiplicity import METHODS as CORRECTION_METHODS
 from .multiplicity import AdjustedPValues, adjust_pvalues
-from .planning import SampleSize, sample_size_two_means, sample_size_two_proportions
+from .paired import (
+    LongColumns,
+    PairedSample,
+    one_sample_tost,
+    paired_sample,
+    paired_t_test,
+    paired_tost,
+    sign_flip_permutation_test,
+    wilcoxon_signed_rank,
+)
+from .planning import (
+    OneGroupSampleSize,
+    Power,
+    SampleSize,
+    power_one_group,
+    power_two_means,
+    power_two_proportions,
+    sample_size_one_group,
+    sample_size_two_means,
+    sample_size_two_proportions,
+)
 from .primary import PrimaryAnalysis, primary_analysis
 from .results import EffectSize, StatResult
 from .simulation import CalibrationResult, calibrate, simulate_study
@@ -46,6 +67,10 @@ __all__ = [
     "Decision",
     "EffectSize",
     "HypothesisSpec",
+    "LongColumns",
+    "OneGroupSampleSize",
+    "PairedSample",
+    "Power",
     "PrimaryAnalysis",
     "SampleSize",
     "StatResult",
@@ -64,17 +89,27 @@ __all__ = [
     "gee_logistic",
     "likert_mann_whitney",
     "odds_ratio",
+    "one_sample_tost",
     "outcome_by_arm",
+    "paired_sample",
+    "paired_t_test",
+    "paired_tost",
     "participant_accuracy",
     "participant_outcomes",
     "permutation_test",
     "pooled_binomial_descriptive",
+    "power_one_group",
+    "power_two_means",
+    "power_two_proportions",
     "primary_analysis",
+    "sample_size_one_group",
     "sample_size_two_means",
     "sample_size_two_proportions",
     "select_trials",
+    "sign_flip_permutation_test",
     "simulate_study",
     "tost_equivalence",
     "two_stage_bootstrap",
     "welch_t_test",
+    "wilcoxon_signed_rank",
 ]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .aggregate import select_trials
+from .aggregate import participant_arms, select_trials
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,8 @@ def _participant_item_matrices(rows: pd.DataFrame):
     correct = rows["correct"].to_numpy(dtype="float64")
     sums = np.bincount(flat, weights=correct, minlength=n_p * n_i).reshape(n_p, n_i)
     counts = np.bincount(flat, minlength=n_p * n_i).reshape(n_p, n_i).astype("float64")
-    arms = (
-        rows[["participant_id", "arm"]]
-        .drop_duplicates("participant_id")
-        .set_index("participant_id")["arm"]
-        .reindex(pids)
-        .to_numpy()
-    )
+    # A participant in both arms (a within-subject design) is refused, never silently given its first arm.
+    arms = participant_arms(rows).reindex(pids).to_numpy()
     return sums, counts, arms
 
 

@@ -5,9 +5,12 @@
   pre-registered direction.
 * ``permutation_test``: a seeded permutation test of the difference in means
   (``scipy.stats.permutation_test``); exact when ``n_resamples`` covers every relabelling.
-* ``likert_mann_whitney``: Mann-Whitney U for Likert items. Likert data are nearly all ties
-  and ``method='exact'`` ignores ties, so exact is refused when ties exist; 'auto' and
-  'asymptotic' use the tie-corrected normal approximation (R's ``wilcox.test(exact=FALSE)``).
+* ``likert_mann_whitney``: Mann-Whitney U for Likert items. 'auto' follows R's
+  ``wilcox.test``: the exact p-value when both samples have fewer than 50 values and there are
+  no ties, otherwise the tie-corrected normal approximation with continuity correction (scipy's
+  own 'auto' switches at 8 values, which is why the rule is applied here and the resolved
+  method passed explicitly). Likert data are nearly all ties and ``method='exact'`` ignores
+  ties, so exact is refused when ties exist. ``params['resolved_method']`` says which ran.
 * ``tost_equivalence``: two one-sided Welch tests against a pre-registered margin
   (``statsmodels.stats.weightstats.ttost_ind``). A claim of "no effect" needs this, never a
   non-significant difference test.
@@ -130,6 +133,19 @@ def _has_ties(values: np.ndarray) -> bool:
     return np.unique(values).size < values.size
 
 
+# R's wilcox.test computes the exact distribution only below this many values per sample.
+R_EXACT_LIMIT = 50
+
+
+def rank_test_method_words(resolved: str, use_continuity: bool) -> str:
+    """How a rank test's p-value was computed, as the result's method name says it."""
+    if resolved == "exact":
+        return "exact p-value"
+    if use_continuity:
+        return "normal approximation with tie and continuity correction"
+    return "normal approximation with tie correction"
+
+
 def likert_mann_whitney(
     treatment,
     control,
@@ -138,9 +154,11 @@ def likert_mann_whitney(
     method: str = "auto",
     use_continuity: bool = True,
 ) -> StatResult:
-    """Mann-Whitney U test for ordinal (Likert) ratings of two arms.
+    """Mann-Whitney U test for ordinal (Likert) ratings of two arms (R: ``wilcox.test(x, y)``).
 
-    ``statistic`` is U of the treatment sample (R's ``W``). 'exact' ignores ties and is
+    ``statistic`` is U of the treatment sample (R's ``W``). 'auto' is exact when both samples
+    have fewer than 50 values and no ties (R's rule), else the normal approximation with
+    continuity correction (``use_continuity``, R's ``correct``). 'exact' ignores ties and is
     refused when the pooled sample has ties.
     """
     x = _as_values(treatment, "treatment")
@@ -153,17 +171,18 @@ def likert_mann_whitney(
         raise ValueError(
             "method='exact' ignores ties and Likert data are tied; use 'auto' or 'asymptotic'"
         )
-    res = stats.mannwhitneyu(
-        x, y, alternative=alt, method=method, use_continuity=use_continuity
-    )
-    u = float(res.statistic)
     n1, n2 = x.size, y.size
-    # scipy's 'auto' is exact only for small samples without ties; record what was used.
     resolved = method
     if method == "auto":
-        resolved = "exact" if (min(n1, n2) <= 8 and not ties) else "asymptotic"
+        small = n1 < R_EXACT_LIMIT and n2 < R_EXACT_LIMIT
+        resolved = "exact" if (small and not ties) else "asymptotic"
+    res = stats.mannwhitneyu(
+        x, y, alternative=alt, method=resolved, use_continuity=use_continuity
+    )
+    u = float(res.statistic)
+    ran = rank_test_method_words(resolved, use_continuity)
     return StatResult(
-        method="Mann-Whitney U test (scipy.stats.mannwhitneyu)",
+        method=f"Mann-Whitney U test, {ran} (scipy.stats.mannwhitneyu)",
         statistic=u,
         p_value=float(res.pvalue),
         alternative=alt,
@@ -173,6 +192,7 @@ def likert_mann_whitney(
             "method": method,
             "resolved_method": resolved,
             "use_continuity": use_continuity,
+            "exact_rule": "R wilcox.test: exact when both n < 50 and no ties",
         },
         effect=EffectSize(
             name="rank_biserial_correlation",

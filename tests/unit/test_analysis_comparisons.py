@@ -127,6 +127,38 @@ class TestMannWhitney:
         assert res.p_value == pytest.approx(0.1272, abs=5e-5)
         assert res.params["resolved_method"] == "exact"
 
+    # 20 vs 20 ratings without ties with U = 291, the statistic at which 20 vs 20 gives the
+    # two p-values quoted in issue 13; the treatment sample holds ranks 1-5, 17 and 27-40.
+    TREATMENT_20 = [1, 2, 3, 4, 5, 17, *range(27, 41)]
+    CONTROL_20 = [*range(6, 17), *range(18, 27)]
+
+    def test_auto_is_exact_below_50_per_sample_without_ties_like_r(self):
+        # Issue 13, R wilcox.test on 20 vs 20 without ties: exact p = 0.01319, where the
+        # normal approximation with continuity correction gives 0.01436 (for U = 291 the
+        # latter is by hand 2 pnorm(-(91 - 0.5) / sqrt(20 * 20 * 41 / 12))). R's rule
+        # (?wilcox.test): exact "if the samples contain less than 50 finite values and
+        # there are no ties".
+        res = likert_mann_whitney(self.TREATMENT_20, self.CONTROL_20)
+        assert res.statistic == 291
+        assert res.p_value == pytest.approx(0.01319, abs=5e-6)
+        assert res.params["resolved_method"] == "exact"
+        assert "exact" in res.method and res.method.startswith("Mann-Whitney U test")
+        normal = likert_mann_whitney(self.TREATMENT_20, self.CONTROL_20, method="asymptotic")
+        assert normal.p_value == pytest.approx(0.01436, abs=5e-6)
+        assert "continuity correction" in normal.method
+
+    def test_exact_p_value_of_complete_separation_is_hand_computable(self):
+        # wilcox.test(21:40, 1:20): W = 400, the largest of choose(40, 20) equally likely
+        # rank sets, so the exact two-sided p-value is 2 / choose(40, 20) = 1.4509e-11.
+        res = likert_mann_whitney(range(21, 41), range(1, 21))
+        assert res.p_value == pytest.approx(2 / 137846528820, rel=1e-9)
+
+    def test_auto_uses_the_normal_approximation_from_50_values(self):
+        x = np.arange(50) * 2.0 + 1.0
+        y = np.arange(50) * 2.0
+        assert likert_mann_whitney(x, y).params["resolved_method"] == "asymptotic"
+        assert likert_mann_whitney(x[:49], y[:49]).params["resolved_method"] == "exact"
+
     def test_exact_method_is_refused_for_tied_likert_data(self):
         with pytest.raises(ValueError, match="ties"):
             likert_mann_whitney([1, 2, 2, 3, 4], [2, 3, 3, 4, 5], method="exact")

@@ -22,7 +22,33 @@ def test_fisher_tea_tasting_matches_r():
     assert fisher_exact_test([[3, 1], [1, 3]]).p_value == pytest.approx(0.4857, abs=5e-5)
     greater = fisher_exact_test([[3, 1], [1, 3]], alternative="greater")
     assert greater.p_value == pytest.approx(0.2429, abs=5e-5)
-    assert greater.effect.name == "odds_ratio" and greater.effect.estimate == pytest.approx(9.0)
+
+
+def test_fisher_reports_r_conditional_odds_ratio_with_exact_interval():
+    # R: fisher.test(TeaTasting) -> 95 percent confidence interval 0.2117329 621.9337,
+    # sample estimates: odds ratio 6.408309 (the conditional MLE, not ad/bc = 9).
+    # R finds each number with uniroot at its default tolerance (.Machine$double.eps^0.25);
+    # scipy solves to machine precision. Its upper limit, 626.24, is where the exact lower
+    # tail probability is 0.025 (R's 621.93 gives 0.02517), so the upper limit is compared
+    # at 1%, the others at R's printed digits.
+    res = fisher_exact_test([[3, 1], [1, 3]])
+    assert res.effect.estimate == pytest.approx(6.408309, rel=5e-6)
+    assert res.statistic == res.effect.estimate
+    assert res.effect.ci_low == pytest.approx(0.2117329, rel=5e-5)
+    assert res.effect.ci_high == pytest.approx(621.9337, rel=1e-2)
+    assert "conditional maximum likelihood" in res.effect.method
+    # The sample odds ratio with its Wald interval stays available under a labelled key.
+    assert res.extra["sample_odds_ratio"] == pytest.approx(9.0)
+    low, high = res.extra["sample_odds_ratio_wald_ci"]
+    assert (low, high) == pytest.approx((0.37, 220.9), abs=5e-2)
+
+
+def test_fisher_one_sided_interval_is_one_sided_like_r():
+    # R: fisher.test(TeaTasting, alternative = "greater") -> 95 percent confidence interval
+    # 0.3135693 Inf (an interval open on the side the alternative does not test).
+    res = fisher_exact_test([[3, 1], [1, 3]], alternative="greater")
+    assert res.effect.ci_low == pytest.approx(0.3135693, rel=5e-5)
+    assert res.effect.ci_high == np.inf
 
 
 def test_fisher_larger_table_is_seeded_monte_carlo_close_to_r_exact():

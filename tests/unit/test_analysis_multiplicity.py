@@ -110,3 +110,59 @@ def test_labels_travel_with_the_result():
     result = adjust_pvalues([0.01, 0.2], labels=["ig", "placebo"])
     assert result.to_dict()["labels"] == ["ig", "placebo"]
     assert result.to_dict()["reject"] == [True, False]
+
+
+# Family size (R's p.adjust(p, method, n = 5)) for p = (0.01, 0.02, 0.04), computed by hand
+# from the formulas in R's stats::p.adjust source:
+#   bonferroni  pmin(1, n p)                                  -> 0.05, 0.10, 0.20
+#   holm        cummax((n + 1 - i) p_(i)), i = 1..3           -> 5, 4, 3 times p
+#   hochberg    cummin from the largest of (n + 1 - i) p_(i)  -> 0.05, 0.08, 0.12
+#   hommel      p padded with two 1s, R's loop by hand        -> 0.05, 0.08, 0.12
+#   BH          cummin from the largest of n / i p_(i)        -> 0.05, 0.05, 1/15
+#   BY          BH times sum(1 / 1:5) = 137 / 60
+FAMILY_P = [0.01, 0.02, 0.04]
+FAMILY_OF_FIVE = {
+    "bonferroni": [0.05, 0.10, 0.20],
+    "holm": [0.05, 0.08, 0.12],
+    "hochberg": [0.05, 0.08, 0.12],
+    "hommel": [0.05, 0.08, 0.12],
+    "bh": [0.05, 0.05, 0.2 / 3],
+    "by": [0.05 * 137 / 60, 0.05 * 137 / 60, 0.2 / 3 * 137 / 60],
+}
+
+
+@pytest.mark.parametrize("method", sorted(FAMILY_OF_FIVE))
+def test_a_declared_family_larger_than_the_tests_run_is_corrected_for_its_full_size(method):
+    result = adjust_pvalues(FAMILY_P, method=method, family_size=5, alpha=0.06)
+    np.testing.assert_allclose(result.adjusted, FAMILY_OF_FIVE[method], rtol=1e-12)
+    np.testing.assert_array_equal(result.reject, result.adjusted <= 0.06)
+    assert (result.n_tests, result.family_size) == (3, 5)
+    assert result.to_dict()["family_size"] == 5
+
+
+@pytest.mark.parametrize("method", sorted(CORRECTION_METHODS))
+def test_family_size_equal_to_the_p_values_changes_nothing(method):
+    np.testing.assert_allclose(
+        adjust_pvalues(RAW, method=method, family_size=10).adjusted,
+        adjust_pvalues(RAW, method=method).adjusted,
+        rtol=1e-12,
+    )
+
+
+def test_family_size_counts_a_test_that_could_not_be_computed():
+    # R: p.adjust(c(0.01, NA), "bonferroni", n = 2) -> 0.02 NA; a family of one test
+    # declared in a family of three: p.adjust(0.03, "bonferroni", n = 3) -> 0.09.
+    result = adjust_pvalues([0.01, np.nan], method="bonferroni", family_size=2)
+    assert result.adjusted[0] == pytest.approx(0.02) and np.isnan(result.adjusted[1])
+    single = adjust_pvalues([0.03], method="bonferroni", family_size=3)
+    assert single.adjusted[0] == pytest.approx(0.09)
+
+
+def test_a_family_smaller_than_the_p_values_given_is_refused():
+    with pytest.raises(ValueError, match="family size 2 is smaller than the 3 p-values"):
+        adjust_pvalues(FAMILY_P, family_size=2)
+    # Every p-value given is a member, NaN included (stricter than R, which counts non-NA).
+    with pytest.raises(ValueError, match="smaller than the 2 p-values"):
+        adjust_pvalues([0.01, np.nan], family_size=1)
+    with pytest.raises(ValueError, match="whole number"):
+        adjust_pvalues(FAMILY_P, family_size=4.5)

@@ -2,7 +2,14 @@
 
 import pytest
 
-from studyapp.analysis import sample_size_two_means, sample_size_two_proportions
+from studyapp.analysis import (
+    power_one_group,
+    power_two_means,
+    power_two_proportions,
+    sample_size_one_group,
+    sample_size_two_means,
+    sample_size_two_proportions,
+)
 
 
 def test_two_means_matches_r_power_t_test():
@@ -40,12 +47,93 @@ def test_two_proportions_matches_pwr_2p_test():
     assert plan.n_control == 1565
 
 
-def test_two_proportions_agrees_with_r_power_prop_test_example():
-    # R ?power.prop.test: power.prop.test(p1 = .50, p2 = .75, power = .90) -> n = 76.65294
-    # (printed "n = 76.7" in the comment). R uses a different normal approximation than
-    # Cohen's h; for this example the two agree to the printed digits.
+def test_arcsine_formula_is_named_and_is_not_r_power_prop_test():
+    # pwr::pwr.2p.test(h = ES.h(.75, .50), power = .90), h = 2 asin(sqrt(.75)) - pi / 2:
+    # pwr counts both rejection regions, pnorm(h sqrt(n/2) - qnorm(.975)) +
+    # pnorm(-h sqrt(n/2) - qnorm(.975)) = .90, root 76.65294 (scipy brentq outside this
+    # code; the one-region closed form 2 ((qnorm(.975) + qnorm(.90)) / h)^2 is 76.65297).
+    # R's power.prop.test, a different formula, gives 76.707 for the same design (next
+    # test): 76.65294 is NOT its answer.
     plan = sample_size_two_proportions(p_control=0.50, p_treatment=0.75, power=0.90)
     assert plan.n_control_exact == pytest.approx(76.65294, abs=1e-4)
+    assert plan.params["formula"] == "arcsine"
+    assert "pwr.2p.test" in plan.params["r_equivalent"]
+
+
+def test_power_prop_test_formula_matches_r_examples():
+    # R ?power.prop.test examples:
+    #   power.prop.test(p1 = .50, p2 = .75, power = .90)  ## => n = 76.7
+    #     (documented to 3 digits; the power equation in R's stats:::power.prop.test source,
+    #     pnorm((sqrt(n) |p1 - p2| - qnorm(.975) sqrt((p1 + p2)(1 - (p1 + p2) / 2)))
+    #     / sqrt(p1 q1 + p2 q2)) = .90, solved with scipy's brentq outside this code, has its
+    #     root at 76.70693; R's uniroot stops within about 1e-4 of it)
+    #   power.prop.test(p1 = .5, p2 = 0.501, sig.level = .001, power = 0.90) ## => n = 10451937
+    #   power.prop.test(p1 = 0.90, p2 = 1.0, power = 0.8)  ##-> n = 73.37
+    plan = sample_size_two_proportions(p_control=0.50, p_treatment=0.75, power=0.90,
+                                       formula="power.prop.test")
+    assert plan.n_control_exact == pytest.approx(76.7069, abs=1e-3)
+    assert (plan.n_control, plan.n_treatment) == (77, 77)
+    assert plan.params["r_equivalent"].startswith("stats::power.prop.test")
+    tiny = sample_size_two_proportions(p_control=0.5, p_treatment=0.501, alpha=0.001, power=0.9,
+                                       formula="power.prop.test")
+    assert round(tiny.n_control_exact) == 10451937
+    ceiling = sample_size_two_proportions(p_control=1.0, p_treatment=0.9, power=0.8,
+                                          formula="power.prop.test")
+    assert ceiling.n_control_exact == pytest.approx(73.37, abs=5e-3)
+    arcsine = sample_size_two_proportions(p_control=1.0, p_treatment=0.9, power=0.8)
+    assert arcsine.n_control_exact < 40  # the two formulas disagree badly near 0 and 1
+
+
+def test_power_at_a_given_n_matches_r():
+    # R ?power.prop.test: power.prop.test(n = 50, p1 = .50, p2 = .75) ## => power = 0.740
+    by_r_formula = power_two_proportions(p_control=0.5, p_treatment=0.75, n_control=50,
+                                         formula="power.prop.test")
+    assert by_r_formula.power == pytest.approx(0.740, abs=5e-4)
+    assert by_r_formula.n == {"control": 50, "treatment": 50}
+    arcsine = power_two_proportions(p_control=0.5, p_treatment=0.75, n_control=50)
+    assert arcsine.power == pytest.approx(0.7447, abs=5e-4)  # not R's 0.740: another formula
+    # statsmodels test_power.py: R pwr.2p.test(h = 0.01, n = 80, sig.level = 0.05,
+    # alternative = "greater") -> power = 0.056869534873146124 is the arcsine power; back to
+    # proportions, the pwr vignette's design (h = 0.1001674 at n = 1564.529) has power 0.80.
+    vignette = power_two_proportions(p_control=0.50, p_treatment=0.55, n_control=1564.529)
+    assert vignette.power == pytest.approx(0.80, abs=1e-6)
+    # R ?power.t.test: power.t.test(n = 20, delta = 1) -> power = 0.8689528 (R counts one
+    # rejection region; the other adds 2e-7).
+    assert power_two_means(effect_size=1.0, n_control=20).power == pytest.approx(
+        0.8689528, abs=1e-6)
+
+
+def test_unequal_allocation_power_matches_pwr_t2n():
+    # statsmodels test_power.py, R: pwr.t2n.test(d=0.1, n1=20, n2=30, sig.level=0.05,
+    # alternative="greater") -> power = 0.09623589080917805.
+    res = power_two_means(effect_size=0.1, n_control=20, ratio=1.5, alternative="greater")
+    assert res.power == pytest.approx(0.09623589080917805, rel=1e-8)
+    assert res.n == {"control": 20, "treatment": 30}
+
+
+def test_paired_and_one_sample_power_match_pwr():
+    # statsmodels test_power.py, R: pwr.t.test(d=0.2, n=20, sig.level=0.05,
+    # type="one.sample", alternative="two.sided") -> power = 0.1359562887679666;
+    # pwr.t.test(d=1, n=30, type="one.sample", alternative="greater") -> 0.999892010204909.
+    # type = "paired" is the same computation on d_z (pwr's pwr.t.test source).
+    for design in ("paired", "one_sample"):
+        res = power_one_group(effect_size=0.2, n=20, design=design)
+        assert res.power == pytest.approx(0.1359562887679666, rel=1e-8)
+    greater = power_one_group(effect_size=1.0, n=30, design="one_sample", alternative="greater")
+    assert greater.power == pytest.approx(0.999892010204909, rel=1e-10)
+    assert res.params["effect_size_name"] == "cohens_d"
+    plan = sample_size_one_group(effect_size=0.2, design="paired", power=0.1359562887679666)
+    assert plan.n_exact == pytest.approx(20, rel=1e-6)
+    assert plan.n == 20 and plan.params["effect_size_name"] == "d_z"
+
+
+def test_unknown_formula_and_design_are_refused():
+    with pytest.raises(ValueError, match="unknown two-proportion formula"):
+        sample_size_two_proportions(p_control=0.5, p_treatment=0.6, formula="exact")
+    with pytest.raises(ValueError, match="unknown design"):
+        power_one_group(effect_size=0.5, n=10, design="crossover")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        power_two_proportions(p_control=50, p_treatment=60, n_control=10)
 
 
 def test_effect_against_the_alternative_is_refused():
@@ -53,3 +141,8 @@ def test_effect_against_the_alternative_is_refused():
         sample_size_two_proportions(p_control=0.6, p_treatment=0.5, alternative="greater")
     with pytest.raises(ValueError):
         sample_size_two_means(effect_size=0.0)
+    with pytest.raises(ValueError, match="against"):
+        sample_size_two_proportions(p_control=0.6, p_treatment=0.5, alternative="greater",
+                                    formula="power.prop.test")
+    with pytest.raises(ValueError, match="against"):
+        sample_size_one_group(effect_size=-0.3, design="paired", alternative="greater")
