@@ -362,7 +362,8 @@ def test_the_arm_gallery_shows_every_arm_for_the_same_items_with_edits_and_serve
     page = admin_client.get(reverse("admin:studyapp_study_gallery", args=[study.pk])).content.decode()
     assert "<th>saliency</th>" in page and "<th>saliency_inverted</th>" in page
     assert "Counterfactual edits:" in page and "(changes the answer)" in page
-    assert "Sanity checks" in page and "model_sensitive" in page
+    # The verdict itself depends on this tiny noise-image model; the page must say it per metric in words.
+    assert "Sanity checks" in page and "Each metric, in words" in page and "Spearman" in page
     prefix = reverse("admin:studyapp_study_gallery", args=[study.pk])
     first = next(m.split('"')[0] for m in page.split('src="')[1:] if m.startswith(prefix))
     assert admin_client.get(first).status_code == 200

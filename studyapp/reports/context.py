@@ -447,6 +447,7 @@ def sanity_section(study: Study) -> dict:
             continue
         rows.append({"name": name, "method": report.get("method", DASH),
                      "verdict": (report.get("verdict") or NOT_COMPUTED).replace("_", " "),
+                     "reason": report.get("verdict_reason") or "", "metric_verdicts": report.get("metric_verdicts") or [],
                      "metric": report.get("primary_metric", ""), "n_stimuli": report.get("n_stimuli", DASH),
                      "seed": report.get("seed", DASH), "notes": report.get("notes") or []})
     return {"computed": True, "text": "", "rows": rows}

@@ -59,9 +59,15 @@ def study_gallery(*, study: Study, limit: int = 40) -> dict:
         })
     sanity = (study.preparation or {}).get("sanity") or {}
     checks = [{"method": m, "verdict": r.get("verdict"), "meaning": SANITY_MEANING.get(r.get("verdict"), ""),
-               "config": r.get("config")} for m, r in sorted(sanity.items())]
+               "config": r.get("config"), "reason": r.get("verdict_reason") or "",
+               # Each metric's verdict in words (reports recorded before they existed have none).
+               "metrics": [v for v in r.get("metric_verdicts") or [] if isinstance(v, dict) and v.get("sentence")]}
+              for m, r in sorted(sanity.items())]
     realism = [{"arm": name, **report} for name, report in sorted(((study.preparation or {}).get("realism") or {}).items())]
-    return {"arms": [a.name for a in arms], "rows": rows, "sanity": checks, "realism": realism,
+    # The rule each report was decided by, in words (older reports do not state it).
+    rules = sorted({r["rule"]["in_words"] for r in sanity.values()
+                    if isinstance(r.get("rule"), dict) and r["rule"].get("in_words")})
+    return {"arms": [a.name for a in arms], "rows": rows, "sanity": checks, "sanity_rules": rules, "realism": realism,
             "total": StudyItem.objects.filter(study=study).count(), "shown": len(rows)}
 
 

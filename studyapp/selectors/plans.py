@@ -33,9 +33,10 @@ def study_plan_document(*, study: Study) -> dict:
 
 SANITY_MEANING = {
     "model_sensitive": "The maps change when the model's weights are randomized: they depend on the model.",
-    "not_model_sensitive": "The maps barely change when the model's weights are randomized: they do not explain "
-                           "this model (like an edge detector, they would look the same for any model). Launching "
-                           "needs an explicit acknowledgement, recorded with the plan.",
+    "not_model_sensitive": "The maps stay about as similar to the real ones after the model's weights are "
+                           "randomized as a map that does not come from this model (an edge map, another input's "
+                           "explanation), on at least one way of comparing them: they cannot be shown to explain "
+                           "this model. Launching needs an explicit acknowledgement, recorded with the plan.",
     "inconclusive": "The check could not tell whether the maps depend on the model (too few items or too much "
                     "variation). Treat conclusions about this arm with caution, or prepare with more sanity-check "
                     "items.",
@@ -52,6 +53,8 @@ def plan_review(*, study: Study) -> dict:
         report = sanity.get(arm["method"]) or {}
         verdict = report.get("verdict") if arm["kind"] == "explanation" else None
         arms.append({**arm, "verdict": verdict, "verdict_meaning": SANITY_MEANING.get(verdict, ""),
+                     "verdict_reason": report.get("verdict_reason") if verdict else None,
+                     "metric_verdicts": (report.get("metric_verdicts") or []) if verdict else [],
                      "checked_config": report.get("config")})
     config = plan["study"]["config"] or {}
     realism = plan.get("placebo_realism") or (study.preparation or {}).get("realism") or {}

@@ -10,6 +10,8 @@ import torch
 from explainers import demo_data
 from explainers.manipulations import label_randomized_model, randomization_layers
 from explainers.sanity import (
+    HEADLINE_METRICS,
+    METRICS,
     PRIMARY_METRIC,
     cascading_randomization_curve,
     label_randomization_comparison,
@@ -41,9 +43,26 @@ def digits():
             "train": train}
 
 
+CONFIGS = {"integrated_gradients": {"n_steps": 16}}
+
+
 @pytest.fixture(scope="module")
-def saliency_report(digits):
-    return sanity_check(digits["model"], digits["x"], method="saliency", config=None, seed=0)
+def report_of(digits):
+    """report_of(method): the sanity report on the demo CNN's 60 test digits, computed once."""
+    cache = {}
+
+    def get(method: str):
+        if method not in cache:
+            cache[method] = sanity_check(digits["model"], digits["x"], method=method,
+                                         config=CONFIGS.get(method), seed=0)
+        return cache[method]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def saliency_report(report_of):
+    return report_of("saliency")
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -110,12 +129,12 @@ def test_plain_gradient_saliency_passes_the_randomization_check(saliency_report)
     randomized = report.model_randomization["similarity"][PRIMARY_METRIC]["mean"]
     for name in ("sobel_edges", "other_input"):
         assert test["tests"][name]["mean_reference"] > randomized
-    assert test["closest_reference"]["p_lower"] < report.alpha
+    assert test["p_lower_every_reference"] < report.alpha
     assert len(report.model_randomization["similarity"][PRIMARY_METRIC]["per_stimulus"]) == N_STIMULI
 
 
-def test_the_sobel_edge_detector_is_flagged_as_not_model_sensitive(digits):
-    report = sanity_check(digits["model"], digits["x"], method="sobel_edges", config=None, seed=0)
+def test_the_sobel_edge_detector_is_flagged_as_not_model_sensitive(report_of):
+    report = report_of("sobel_edges")
     assert report.verdict == "not_model_sensitive"
     # Its maps do not change at all when the model is randomized ...
     for step in report.cascading:
@@ -136,16 +155,57 @@ def test_a_model_independent_callable_method_is_flagged(digits):
     assert report.method.startswith("callable:")
 
 
-def test_integrated_gradients_magnitudes_survive_randomization_where_signed_maps_do_not(digits):
-    report = sanity_check(digits["model"], digits["x"], method="integrated_gradients",
-                          config={"n_steps": 16}, seed=0)
+@pytest.mark.parametrize(("method", "verdict"), [
+    ("saliency", "model_sensitive"), ("gradcam", "model_sensitive"),
+    ("guided_backprop", "not_model_sensitive"), ("sobel_edges", "not_model_sensitive")])
+def test_the_demo_cnn_shows_adebayo_et_als_published_pattern_on_both_headline_metrics(
+        report_of, method, verdict):
+    report = report_of(method)
+    assert report.verdict == verdict
+    for metric in HEADLINE_METRICS:
+        assert report.model_randomization["verdict_by_metric"][metric] == verdict, metric
+
+
+def test_guided_backprop_is_called_not_sensitive_by_the_sobel_reference_and_says_so(report_of):
+    report = report_of("guided_backprop")
+    for metric in HEADLINE_METRICS:
+        decision = report.model_randomization["by_metric"][metric]
+        # The randomized maps sit inside the null range: above the edge map, below another
+        # digit's map. Being above one model-free map is enough to fail.
+        assert decision["above_references"] == ["sobel_edges"]
+        assert decision["tests"]["other_input"]["p_lower"] < report.alpha
+    assert "Sobel edge map" in report.verdict_reason
+    assert "another input" not in report.verdict_reason
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "input_x_gradient"])
+def test_input_times_gradient_maps_are_not_model_sensitive_because_their_magnitudes_survive(
+        report_of, method):
+    report = report_of(method)
     verdicts = report.model_randomization["verdict_by_metric"]
-    # Zero pixels get zero attribution under any weights: |IG| looks the same ...
+    # Zero pixels get zero attribution under any weights: |map| looks the same ...
     assert verdicts["spearman_abs"] == "not_model_sensitive"
-    # ... while the signed map changes, which only a signed metric can see.
+    assert report.model_randomization["similarity"]["spearman_abs"]["mean"] > 0.8
+    # ... while the signed map changes, which only a signed metric can see; the headline needs both.
     assert verdicts["spearman_signed"] == "model_sensitive"
-    assert report.verdict == "model_sensitive"
-    assert any("magnitudes" in note for note in report.notes)
+    assert report.verdict == "not_model_sensitive"
+    assert "|map| Spearman" in report.verdict_reason
+    assert any("magnitudes do not" in note for note in report.notes)
+
+
+def test_every_metric_verdict_is_said_in_words_and_marks_the_headline_metrics(report_of):
+    report = report_of("integrated_gradients")
+    words = {v["metric"]: v for v in report.metric_verdicts}
+    assert set(words) == set(METRICS)
+    for metric, v in words.items():
+        assert v["verdict"] == report.model_randomization["verdict_by_metric"][metric]
+        assert v["in_headline"] == (metric in HEADLINE_METRICS)
+        assert v["check"] == "model_randomization"
+    assert words["spearman_abs"]["sentence"].startswith(
+        "|map| Spearman: the randomized model's maps stay more similar to the real maps (mean 0.9")
+    assert words["spearman_abs"]["sentence"].endswith(": not model-sensitive.")
+    assert "than every null reference: the Sobel edge map" in words["spearman_signed"]["sentence"]
+    assert words["spearman_signed"]["sentence"].endswith(": model-sensitive.")
 
 
 def test_the_cascading_curve_has_one_step_per_layer_from_the_logits_down(digits):
@@ -185,6 +245,8 @@ def test_label_randomization_comparison_runs_and_enters_the_verdict(digits):
     assert report.data_randomization is not None
     assert report.data_randomization["verdict"] in (
         "model_sensitive", "not_model_sensitive", "inconclusive")
+    assert {v["check"] for v in report.metric_verdicts} == {"model_randomization",
+                                                            "data_randomization"}
     model_verdict = report.model_randomization["verdict"]
     data_verdict = report.data_randomization["verdict"]
     if model_verdict == data_verdict:
@@ -202,6 +264,10 @@ def test_the_report_is_json_and_holds_the_numbers_behind_the_verdict(saliency_re
     tests = d["model_randomization"]["by_metric"]["spearman_signed"]["tests"]
     assert {"p_lower", "p_higher", "p_higher_adjusted", "mean_reference"} <= set(tests["other_input"])
     assert "wilcoxon" in d["rule"]["test"]
+    assert d["rule"]["headline_metrics"] == ["spearman_signed", "spearman_abs"]
+    assert d["headline_metrics"] == ["spearman_signed", "spearman_abs"]
+    assert d["verdict_reason"].startswith("Model-sensitive: on both the signed and the |map|")
+    assert d["model_randomization"]["verdict"] == "model_sensitive"
     assert d["config"]["signed"] is False  # the resolved configuration, no silent defaults
 
 
