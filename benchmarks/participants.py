@@ -13,7 +13,9 @@ generic crowd id ``PID``, so every simulated participant is found again in the d
 id; ``target_per_arm`` 10,000, so the study never fills), prepared in-process (Celery eager) and
 launched.
 
-Server: gunicorn (``studyapp.wsgi``) on 127.0.0.1 and a free port, ``--preload``, production
+Server: gunicorn (``studyapp.wsgi``) on 127.0.0.1 and a free port, ``--preload``, with Redis as in
+production (``--redis``, database 12: the cache, and sessions read from Redis and written through
+to PostgreSQL; ``--redis ''`` keeps sessions in PostgreSQL only, the embedded setup), production
 settings (DEBUG off, collected static files; ``DJANGO_SECURE_COOKIES=false`` and no HTTPS redirect,
 since the client speaks plain HTTP on loopback; ``--debug`` serves with DEBUG on), ``--workers`` processes
 with ``--threads`` threads each (sync workers when 1, gthread otherwise), warmed up with unmeasured
@@ -77,6 +79,7 @@ from studyapp.simulated_participants import (HttpTransport, SimulationError, Tim
 
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432"
 DEFAULT_DB = "studyapp_bench_participants"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
 N_TEST, N_TRAIN = 60, 20
 DESIGN = {"blocks": [{"phase": "learning", "n_items": 5, "show_model_output": True, "show_aid": True},
                      {"phase": "test", "n_items": 20}],
@@ -97,6 +100,8 @@ def child_env(args, data_dir: str) -> dict:
     env.update({"DATABASE_URL": f"{args.pg.rstrip('/')}/{args.db}", "DATA_DIR": data_dir, "DJANGO_DEBUG": "true",
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "CELERY_BROKER_URL": "", "LOG_LEVEL": "warning",
                 "DJANGO_SETTINGS_MODULE": "studyapp.settings", "PYTHONUNBUFFERED": "1"})
+    if args.redis:
+        env["REDIS_URL"] = args.redis  # also the broker; the child prepares the study in-process (eager) anyway
     if not args.debug:
         # Production settings (DEBUG off) over plain HTTP on loopback: cookies without the Secure
         # flag (an HTTP client would never send them back), no HTTPS redirect, collected static files.
@@ -614,6 +619,9 @@ def main() -> None:
     parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL server (its postgres database is used "
                                                          "to create and drop the benchmark's)")
     parser.add_argument("--db", default=DEFAULT_DB)
+    parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis for the cache and sessions, as in production "
+                        "(sessions read from Redis, written through to PostgreSQL); '' for none: sessions in "
+                        "PostgreSQL only")
     parser.add_argument("--keep", action="store_true", help="keep the database (and print how to reach it)")
     parser.add_argument("--debug", action="store_true", help="serve with DJANGO_DEBUG=true (default: production "
                                                              "settings, DEBUG off, over plain HTTP on loopback)")

@@ -122,6 +122,17 @@ class TestAnswersAreStoredExactlyOnce:
         assert reply.status_code == 409 and reply.json()["stored"]["answer"] == 1
         assert "already answered (answer 1" in reply.json()["detail"]
 
+    def test_a_key_already_used_for_another_trial_is_a_conflict_and_stores_nothing(self, client, prepare):
+        study, trial = self.setup_study(client, prepare)
+        body = answer_body(1)
+        assert post(client, api(study, f"trials/{trial['trial']}/answer"), body).status_code == 201
+        following = client.get(api(study, "trial")).json()
+        reply = post(client, api(study, f"trials/{following['trial']}/answer"), {**body, "answer": 0})
+        assert reply.status_code == 409 and "used for another answer" in reply.json()["detail"]
+        assert Response.objects.count() == 1
+        # The session goes on: the same trial with a fresh key is stored.
+        assert post(client, api(study, f"trials/{following['trial']}/answer"), answer_body(0)).status_code == 201
+
     def test_an_answer_to_a_trial_that_is_not_the_current_one_is_a_conflict(self, client, prepare):
         study, trial = self.setup_study(client, prepare)
         later = Trial.objects.filter(participant__study=study).order_by("position").last()

@@ -7,13 +7,14 @@ CSRF-checked like DRF's SessionAuthentication does for logged-in users.
 from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ValidationError
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, CSRFCheck
 from rest_framework.permissions import BasePermission
 
 from studyapp.models import Participant
-from studyapp.selectors.participation import PARTICIPANT_REQUEST_DEFERRED
+from studyapp.selectors.participation import participant_for_request
 
 SESSION_KEY = "participation"
 
@@ -48,11 +49,10 @@ class ParticipantAuthentication(BaseAuthentication):
         if participant_id is None:
             return None
         try:
-            participant = (Participant.objects.select_related("study").defer(*PARTICIPANT_REQUEST_DEFERRED)
-                           .get(public_id=participant_id, study__public_id=study_public_id))
-        except Participant.DoesNotExist:
+            participant = participant_for_request(public_id=participant_id, study_public_id=study_public_id)
+        except ValidationError:  # not a UUID: a tampered or foreign session value
             return None
-        return AnonymousUser(), participant
+        return None if participant is None else (AnonymousUser(), participant)
 
     def authenticate_header(self, request) -> str:
         return "Session"  # so a missing session is a 401, not a 403

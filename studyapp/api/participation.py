@@ -6,6 +6,7 @@ out-of-range values, 404 for anything not the participant's own.
 """
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import get_user
 from django.core import signing
 from django.middleware.csrf import get_token
@@ -77,7 +78,8 @@ class ParticipantView(APIView):
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
-        get_token(request._request)  # every answer carries the CSRF cookie the next POST needs
+        if settings.CSRF_COOKIE_NAME not in request.COOKIES:
+            get_token(request._request)  # the reply carries the CSRF cookie the next POST needs
         add_never_cache_headers(response)
         response["Cache-Control"] = "no-store, private, max-age=0"
         return response

@@ -14,7 +14,7 @@ from django.db.models import Count, Q
 
 from studyapp.design import StudyDesign, design_parse, trial_asks_confidence
 from studyapp.services.datasets.common import npy_array, stimulus_array
-from studyapp.models import Arm, Edit, Explanation, ModelOutput, Participant, Response, Study, Trial
+from studyapp.models import Arm, Edit, Explanation, ModelOutput, Participant, Response, Stimulus, Study, Trial
 
 
 # Reads of a launched study that never change (its frozen plan cannot): kept per process by
@@ -37,6 +37,22 @@ def _frozen_cached(kind: str, study: Study, build):
     return value
 
 
+_MISSING = object()
+
+
+def _frozen_memo(kind: str, study: Study, key, build):
+    """``build()`` once per ``key`` among a launched study's reads that never change (a model output,
+    an aid, a stimulus' features, an edit): one query per item and process instead of one per request.
+    Bounded by the study's item sample. Every time before launch (previews of a draft)."""
+    if not study.frozen_sha256:
+        return build()
+    memo = _frozen_cached(kind, study, dict)
+    value = memo.get(key, _MISSING)
+    if value is _MISSING:
+        value = memo[key] = build()
+    return value
+
+
 def study_design(*, study: Study) -> StudyDesign:
     """The design that runs: the frozen one once the study is launched."""
     if not study.frozen_sha256:
@@ -45,17 +61,28 @@ def study_design(*, study: Study) -> StudyDesign:
         Study.objects.filter(pk=study.pk).values_list("frozen_config", flat=True).get()["study"]["config"]))
 
 
-# Large JSON columns a participant request never reads (decoding them dominated request time);
-# model, dataset and arms come from the cached StudyRuntime instead of a join per request.
-PARTICIPANT_REQUEST_DEFERRED = ("study__config", "study__frozen_config", "study__preparation", "study__item_sample",
-                                "study__description", "assignment", "source_params", "demographics")
+# The columns every participant request reads (the rest load on first use, one query each: the
+# consent, instructions and debrief texts on their own steps, the JSON columns almost never).
+# Compiling and decoding fewer columns is most of what a lean read saves (benchmarks/participants.py).
+PARTICIPANT_REQUEST_COLUMNS = (
+    "id", "study_id", "arm_id", "public_id", "external_id", "source", "status", "step", "simulated", "preview",
+    "plan_seed", "instructions_shown_at", "completion_code", "n_trials", "started_at", "consented_at",
+    "completed_at", "last_seen_at", "comprehension_attempts", "instructions_ms",
+    "study__id", "study__public_id", "study__state", "study__frozen_sha256", "study__ingest_paused",
+    "study__target_per_arm", "study__title", "study__completion_code", "study__screened_out_code",
+    "study__failed_checks_code")
+
+
+def participant_for_request(*, public_id: str, study_public_id) -> Participant | None:
+    """The participant a browser's session names, if it belongs to the study in the URL."""
+    return (Participant.objects.select_related("study").only(*PARTICIPANT_REQUEST_COLUMNS)
+            .filter(public_id=public_id, study__public_id=study_public_id).first())
 
 
 def participant_current_trial(*, participant: Participant) -> Trial | None:
-    """The first trial without a response, in plan order (None when all are answered)."""
-    return (Trial.objects.filter(participant=participant, response__isnull=True)
-            .select_related("stimulus", "edit").defer("edit__data", "stimulus__source_name")
-            .order_by("position").first())
+    """The first trial without a response, in plan order (None when all are answered). The trial
+    row alone: what it shows of its stimulus and edit comes from ``trial_content``'s memo."""
+    return Trial.objects.filter(participant=participant, response__isnull=True).order_by("position").first()
 
 
 def participant_progress(*, participant: Participant) -> dict:
@@ -76,10 +103,9 @@ def trial_aid(*, participant: Participant, trial: Trial) -> Explanation | None:
     return Explanation.objects.filter(arm_id=participant.arm_id, stimulus_id=trial.stimulus_id).first()
 
 
-def trial_option_edits(*, trial: Trial) -> list[Edit]:
-    """counterfactual_choose: the offered edits in the order shown."""
-    by_id = Edit.objects.defer("data").in_bulk(trial.options)
-    return [by_id[pk] for pk in trial.options]
+def _edit_params(study: Study, edit_id: int) -> dict:
+    return _frozen_memo("edit", study, edit_id, lambda: Edit.objects.filter(pk=edit_id)
+                        .values_list("params", flat=True).get() or {})
 
 
 # ---------------------------------------------------------------- what the participant sees
@@ -147,7 +173,11 @@ def _aid(runtime: StudyRuntime, participant: Participant, trial: Trial) -> dict 
         if image_kind == "exemplars":
             aid["text"] = "Examples from the model's training data that resemble this one."
         return aid
-    explanation = trial_aid(participant=participant, trial=trial)
+    return _frozen_memo("aid", participant.study, (participant.arm_id, trial.stimulus_id),
+                        lambda: _aid_values(runtime, kind, trial_aid(participant=participant, trial=trial)))
+
+
+def _aid_values(runtime: StudyRuntime, kind: str, explanation: Explanation | None) -> dict | None:
     if explanation is None:
         return None
     values = npy_array(explanation.attributions)
@@ -161,8 +191,7 @@ def _aid(runtime: StudyRuntime, participant: Participant, trial: Trial) -> dict 
                                          for i in order]}
 
 
-def _edit(runtime: StudyRuntime, trial: Trial, edit: Edit, slot: str) -> dict:
-    params = edit.params or {}
+def _edit(runtime: StudyRuntime, trial: Trial, params: dict, slot: str) -> dict:
     if runtime.modality == "image":
         return {"image": _media_url(runtime, trial, slot), "box": params.get("box")}
     return {"feature": params.get("feature_name"), "from_value": round(float(params.get("from_value", 0)), 6),
@@ -171,7 +200,8 @@ def _edit(runtime: StudyRuntime, trial: Trial, edit: Edit, slot: str) -> dict:
 
 def trial_content(*, participant: Participant, trial: Trial, design: StudyDesign, total: int) -> dict:
     """What a trial shows, before it is answered. Leakage: see the module docstring."""
-    runtime = study_runtime(study=participant.study)
+    study = participant.study
+    runtime = study_runtime(study=study)
     classes = runtime.class_names
     task = trial.task
     out = {"trial": str(trial.public_id), "number": trial.position + 1, "total": total, "phase": trial.phase,
@@ -181,19 +211,20 @@ def trial_content(*, participant: Participant, trial: Trial, design: StudyDesign
     if runtime.modality == "image":
         out["input"] = {"image": _media_url(runtime, trial, "input")}
     else:
-        out["input"] = {"features": _features(runtime, stimulus_array(trial.stimulus))}
+        out["input"] = {"features": _frozen_memo("features", study, trial.stimulus_id, lambda: _features(
+            runtime, stimulus_array(Stimulus.objects.only("data").get(pk=trial.stimulus_id))))}
     if trial.show_model_output:
         # Forward learning trials: the output on the item; counterfactual trials: on the original.
-        predicted = ModelOutput.objects.filter(model_id=runtime.model_id, stimulus_id=trial.stimulus_id) \
-            .values_list("predicted", flat=True).get()
+        predicted = _frozen_memo("output", study, trial.stimulus_id, lambda: ModelOutput.objects.filter(
+            model_id=runtime.model_id, stimulus_id=trial.stimulus_id).values_list("predicted", flat=True).get())
         out["model_output"] = {"value": predicted, "label": classes[predicted]}
     if task == "counterfactual_choose":
-        out["options"] = [{"value": i, **_edit(runtime, trial, e, f"option-{i}")}
-                          for i, e in enumerate(trial_option_edits(trial=trial))]
+        out["options"] = [{"value": i, **_edit(runtime, trial, _edit_params(study, pk), f"option-{i}")}
+                          for i, pk in enumerate(trial.options)]
     else:
         out["options"] = [{"value": i, "label": name} for i, name in enumerate(classes)]
     if task == "counterfactual_predict":
-        out["edit"] = _edit(runtime, trial, trial.edit, "edit")
+        out["edit"] = _edit(runtime, trial, _edit_params(study, trial.edit_id), "edit")
     out["aid"] = _aid(runtime, participant, trial)
     if task == "attention_check":
         out["question"] = ATTENTION.format(label=classes[trial.expected_answer])

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import F
 from django.utils import timezone
 
 from studyapp.design import StudyDesign, trial_asks_confidence
@@ -99,59 +99,85 @@ def response_record(*, participant: Participant, trial_public_id: uuid.UUID, ans
       Same key, other content: ``AnswerConflict`` (409). A trial answered under another key:
       ``AnswerConflict`` naming the stored answer (409). A trial that is not the current one
       (an earlier trial is unanswered): ``AnswerConflict`` (409).
-    * Backstops in the database: ``Response.trial`` is one-to-one and ``idempotency_key`` unique;
-      a race that got past the lock anyway becomes an IntegrityError, refused like a conflict
-      (the resend then finds the stored row).
+    * The common case costs one plain read: the current trial (the first unanswered one) is the
+      one answered. Otherwise a second read says why not (answered: a resend or a 409; an earlier
+      trial is open: a 409; not the participant's: a 404). A key already stored
+      for *another* trial is found by the database: ``idempotency_key`` is unique, the insert
+      raises IntegrityError, the transaction rolls back and the stored row is read to say why.
+      ``Response.trial`` is one-to-one too, so a race that got past the lock anyway ends the same
+      way: the stored row decides (a resend with the same content gets its reply).
     * ``correct`` is computed here from ``Trial.expected_answer``; the client never says.
     """
     key_sha = answer.sha256()
-    with transaction.atomic():
-        step = Participant.objects.select_for_update().filter(pk=participant.pk).values_list("step", flat=True).get()
+    try:
+        with transaction.atomic():
+            return _record(participant=participant, trial_public_id=trial_public_id, answer=answer,
+                           design=design, key_sha=key_sha)
+    except IntegrityError:
+        # The key is taken: by another trial's answer, or by a copy of this one that got past the
+        # lock. The transaction is rolled back; the stored row decides (a resend gets its reply).
         existing = Response.objects.filter(idempotency_key=answer.idempotency_key).select_related("trial").first()
-        if existing is not None:
-            if existing.trial.participant_id != participant.pk or existing.trial.public_id != trial_public_id:
-                raise AnswerConflict("This idempotency key was used for another answer; send a new key.")
-            if existing.payload_sha256 != key_sha:
-                raise AnswerConflict("This answer was already stored with different content under the same key.",
-                                     stored=stored_reply(existing))
-            return stored_reply(existing), False
-        mine = Trial.objects.filter(participant_id=participant.pk)
-        trial = (mine.filter(public_id=trial_public_id).select_related("response")
-                 .annotate(earlier_open=Exists(mine.filter(position__lt=OuterRef("position"), response__isnull=True)),
-                           is_last=~Exists(mine.filter(position__gt=OuterRef("position"))))
-                 .first())
-        if trial is None:
-            raise ServiceError("No such trial.", code="not_found")
-        other = getattr(trial, "response", None)
-        if other is not None:
-            raise AnswerConflict(f"This trial was already answered (answer {other.answer}, key "
-                                 f"{other.idempotency_key}).", stored=stored_reply(other))
-        if step != Participant.Step.TRIALS:
-            raise AnswerConflict(f"The session is at '{step}', not at the trials.")
-        if trial.earlier_open:
-            raise AnswerConflict("This is not the current trial; fetch the current trial and answer it.")
-        problems = answer_problems(trial=trial, answer=answer, design=design)
-        if problems:
-            raise ServiceError(problems, code="invalid")
-        now = timezone.now()
-        served = trial.served_at or now
-        try:
-            response = Response.objects.create(
-                trial=trial, idempotency_key=answer.idempotency_key, payload_sha256=key_sha, answer=answer.answer,
-                correct=None if trial.expected_answer is None else answer.answer == trial.expected_answer,
-                confidence=answer.confidence, client_rt_ms=answer.client_rt_ms,
-                server_rt_ms=max(0, int((now - served).total_seconds() * 1000)),
-                client_sent_at=answer.client_sent_at, events=list(answer.events),
-                client=answer.client, focus_losses=answer.focus_losses())
-        except IntegrityError:
+        if existing is None:
             raise AnswerConflict("This answer was stored by a concurrent request; resend to get its reply.") from None
-        participant.step = step
-        participant_touch(participant=participant)
-        repeated = response.correct is False and practice_repeat(trial=trial, design=design)
-        if trial.is_last and not repeated:
-            participant_trials_finished(participant=participant)  # that was the last trial of the plan
-        response.trial = trial
-        return stored_reply(response), True
+        return _resent(existing, participant=participant, trial_public_id=trial_public_id, key_sha=key_sha), False
+
+
+def _resent(existing: Response, *, participant: Participant, trial_public_id: uuid.UUID, key_sha: str) -> dict:
+    """The reply to an answer whose idempotency key is stored already (or a 409 saying why not)."""
+    if existing.trial.participant_id != participant.pk or existing.trial.public_id != trial_public_id:
+        raise AnswerConflict("This idempotency key was used for another answer; send a new key.")
+    if existing.payload_sha256 != key_sha:
+        raise AnswerConflict("This answer was already stored with different content under the same key.",
+                             stored=stored_reply(existing))
+    return stored_reply(existing)
+
+
+def _record(*, participant: Participant, trial_public_id: uuid.UUID, answer: Answer, design: StudyDesign,
+            key_sha: str) -> tuple[dict, bool]:
+    # The lock first, in its own statement: the reads below then see every answer committed before it.
+    step, n_trials = (Participant.objects.select_for_update().filter(pk=participant.pk)
+                      .values_list("step", "n_trials").get())
+    mine = Trial.objects.filter(participant_id=participant.pk)
+    # The common case, one plain read: the answer is to the current trial (the first unanswered one).
+    trial = mine.filter(response__isnull=True).order_by("position").first()
+    if trial is None or trial.public_id != trial_public_id:
+        asked = mine.filter(public_id=trial_public_id).select_related("response").first()
+        if asked is None:
+            raise ServiceError("No such trial.", code="not_found")
+        stored = getattr(asked, "response", None)
+        if stored is not None:
+            stored.trial = asked
+            if stored.idempotency_key == answer.idempotency_key:
+                return _resent(stored, participant=participant, trial_public_id=trial_public_id,
+                               key_sha=key_sha), False
+            raise AnswerConflict(f"This trial was already answered (answer {stored.answer}, key "
+                                 f"{stored.idempotency_key}).", stored=stored_reply(stored))
+        raise AnswerConflict("This is not the current trial; fetch the current trial and answer it.")
+    if step != Participant.Step.TRIALS:
+        raise AnswerConflict(f"The session is at '{step}', not at the trials.")
+    problems = answer_problems(trial=trial, answer=answer, design=design)
+    if problems:
+        raise ServiceError(problems, code="invalid")
+    now = timezone.now()
+    served = trial.served_at or now
+    # An IntegrityError here (the key is another answer's) leaves the transaction: see response_record.
+    response = Response.objects.create(
+        trial=trial, idempotency_key=answer.idempotency_key, payload_sha256=key_sha, answer=answer.answer,
+        correct=None if trial.expected_answer is None else answer.answer == trial.expected_answer,
+        confidence=answer.confidence, client_rt_ms=answer.client_rt_ms,
+        server_rt_ms=max(0, int((now - served).total_seconds() * 1000)),
+        client_sent_at=answer.client_sent_at, events=list(answer.events),
+        client=answer.client, focus_losses=answer.focus_losses())
+    participant.step = step
+    participant_touch(participant=participant)
+    repeated = response.correct is False and practice_repeat(trial=trial, design=design)
+    # Positions run 0..n_trials-1 (practice_repeat keeps them so, under this lock): only a trial
+    # that looks last is confirmed by a read.
+    if (not repeated and trial.position >= n_trials - 1
+            and not mine.filter(position__gt=trial.position).exists()):
+        participant_trials_finished(participant=participant)  # that was the last trial of the plan
+    response.trial = trial
+    return stored_reply(response), True
 
 
 def practice_repeat(*, trial: Trial, design: StudyDesign) -> bool:
