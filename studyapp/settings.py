@@ -7,6 +7,7 @@ full stack.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
@@ -43,6 +44,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "csp",
+    # Login lockout after repeated failures (django-axes; settings AXES_* below).
+    "axes",
     # The study design as a form in the admin, generated from its JSON Schema (studyapp/design.py).
     "django_jsonform",
     "studyapp",
@@ -50,6 +53,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django_permissions_policy.PermissionsPolicyMiddleware",
     "studyapp.middleware.StudyCSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -58,6 +62,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "studyapp.urls"
@@ -165,7 +171,31 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    # Participant API rate limits (studyapp/api/throttles.py), counted in the shared cache:
+    # enrollments per client address, answers per participant (far above human pace).
+    "DEFAULT_THROTTLE_RATES": {
+        "participant_entry": env_str("PARTICIPANT_ENTRY_RATE", "60/min"),
+        "participant_answer": env_str("PARTICIPANT_ANSWER_RATE", "120/min"),
+    },
 }
+
+# Logins: django-axes locks a client address out after LOGIN_FAILURE_LIMIT failed logins for
+# LOGIN_LOCKOUT_MINUTES (refused before any password hashing, so a flood costs little). By address,
+# not by user name: nobody can lock a researcher out of their own account from elsewhere. Behind a
+# reverse proxy set LOGIN_PROXY_COUNT to the number of proxies, so the client's address is used.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+AXES_IPWARE_PROXY_COUNT = env_int("LOGIN_PROXY_COUNT", 0, minimum=0) or None
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if AXES_IPWARE_PROXY_COUNT else ["REMOTE_ADDR"]
+
+# Browser features no page here uses are switched off (django-permissions-policy).
+PERMISSIONS_POLICY = {feature: [] for feature in (
+    "accelerometer", "camera", "display-capture", "geolocation", "gyroscope", "magnetometer", "microphone",
+    "midi", "payment", "publickey-credentials-get", "screen-wake-lock", "serial", "usb", "xr-spatial-tracking")}
 SPECTACULAR_SETTINGS = {"TITLE": "Explanation study platform API", "VERSION": "0.1.0",
                         "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAdminUser"]}
 

@@ -5,21 +5,22 @@ from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 
 from studyapp.models import Study
 from studyapp.api.participation import browser_enroll, participant_session_for
+from studyapp.api.throttles import EntryThrottle
 from studyapp.selectors import study_get_by_public_id
 from studyapp.services.participants import ParticipationError, consent_version
 
 
-@require_GET
+@require_safe
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "home.html")
 
 
 @never_cache
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness + database reachability, for docker compose and load balancers."""
     try:
@@ -38,6 +39,7 @@ PAGES = {
     "not_open": ("participant/not_open.html", 200),
     "already_taken_part": ("participant/already_taken_part.html", 200),
     "staff_preview": ("participant/staff_preview.html", 200),
+    "busy": ("participant/busy.html", 429),
 }
 
 
@@ -47,7 +49,7 @@ def _polite(request: HttpRequest, study: Study, reason: str) -> HttpResponse:
 
 
 @never_cache
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def study_landing(request: HttpRequest, public_id) -> HttpResponse:
     """The participant link. GET shows welcome and consent and creates nothing (link scanners and
     previews follow links); POST "I agree" enrolls, "I decline" ends. Staff may preview any state."""
@@ -56,7 +58,7 @@ def study_landing(request: HttpRequest, public_id) -> HttpResponse:
         raise Http404("No such study.")
     staff = request.user.is_authenticated and request.user.is_staff
     preview = study.state != Study.State.LIVE
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         if preview and not staff:
             if study.state == Study.State.CLOSED:
                 return _polite(request, study, "closed")
@@ -65,6 +67,11 @@ def study_landing(request: HttpRequest, public_id) -> HttpResponse:
     if request.POST.get("choice") != "agree":
         return render(request, "participant/declined.html", {"study": study})
     if participant_session_for(request, study) is None:
+        throttle = EntryThrottle()
+        if not throttle.allow_request(request, None):
+            response = _polite(request, study, "busy")
+            response["Retry-After"] = str(int(throttle.wait() or 60) + 1)
+            return response
         try:
             browser_enroll(request, study=study, params=request.GET.dict(),
                            consent_shown=request.POST.get("consent_version", "")[:12] or None)
@@ -83,7 +90,7 @@ def _landing(request: HttpRequest, study: Study, *, preview: bool, staff: bool, 
 
 
 @never_cache
-@require_GET
+@require_safe
 def study_session(request: HttpRequest, public_id) -> HttpResponse:
     """The participant's session page (the steps render from the participant API)."""
     study = study_get_by_public_id(public_id=public_id)

@@ -57,6 +57,10 @@ def _require(problem: str | None) -> None:
 def _isolated_media(request, tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.DATA_DIR = tmp_path
+    if not request.node.get_closest_marker("rate_limits"):
+        # Rate limits count in the shared Redis: off, except in the tests of the limits themselves.
+        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                                   "DEFAULT_THROTTLE_RATES": {"participant_entry": None, "participant_answer": None}}
     if request.node.get_closest_marker("postgres"):
         _require(postgres_problem())
     if request.node.get_closest_marker("redis"):

@@ -71,6 +71,16 @@ def test_accuracy_plot_puts_control_first_and_escapes_arm_names():
     assert "<b>" not in svg
 
 
+def test_an_arm_name_with_dollar_signs_is_drawn_literally_not_as_mathtext():
+    # "$x^2$" would be typeset (and "$\\foo$" would raise) if matplotlib parsed mathtext.
+    names = ["cost $5 or $6", "$x^2$", "$\\notacommand$"]
+    arms = [{"name": n, "kind": "explanation", "estimate": 0.5, "ci_low": 0.4, "ci_high": 0.6} for n in names]
+    for svg in (plots.accuracy_plot(arms), plots.baselines_plot(arms, BASELINES),
+                plots.ratings_plot({"$q$": {n: {1: 1} for n in names}}, names)):
+        texts = [t.strip() for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+        assert any("$x^2$" in t for t in texts) and any("$\\notacommand$" in t for t in texts)
+
+
 def test_empty_input_draws_nothing():
     assert plots.accuracy_plot([]) == ""
     assert plots.pre_post_plot([]) == ""
@@ -268,6 +278,23 @@ def test_report_shows_every_hypothesis_with_p_values_effect_and_decision(staff_c
     assert "Confirmatory analysis, look 1 of 1" in html and f"Run #{run.pk}," in html
     assert "CONFIRMATORY: the pre-registered plan" in html
     assert html.count("<svg") >= 3  # accuracy, pre/post, baselines (+ admin icons)
+
+
+@pytest.mark.django_db
+def test_a_figure_that_fails_to_draw_leaves_the_rest_of_the_report_and_its_download(staff_client, launched_study,
+                                                                                   monkeypatch):
+    add_run(launched_study)
+
+    def broken(*args, **kwargs):
+        raise ValueError("a matplotlib failure")
+
+    monkeypatch.setattr(plots, "pre_post_plot", broken)
+    for url in (report_url(launched_study), reverse("report-study-download", kwargs={"pk": launched_study.pk})):
+        response = staff_client.get(url)
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert "This figure could not be drawn" in html and "H1" in html
+        assert html.count("<svg") >= 2  # the other figures are still there
 
 
 @pytest.mark.django_db

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, Throttled
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.permissions import AllowAny
@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 from studyapp.api import serializers as s
 from studyapp.api.authentication import (IsParticipant, ParticipantAuthentication, enforce_csrf,
                                          session_participant_id, session_remember)
+from studyapp.api.throttles import AnswerThrottle, EntryThrottle
 from studyapp.models import Participant, Study
 from studyapp.selectors.participation import (participant_current_trial, participant_progress, study_design,
                                               trial_content, trial_media_file)
@@ -90,6 +91,11 @@ class ParticipantView(APIView):
             if isinstance(exc, AnswerConflict) and exc.stored is not None:
                 body["stored"] = s.AnswerOutput(exc.stored).data
             return Response(body, status=status.HTTP_409_CONFLICT)
+        if isinstance(exc, Throttled):
+            response = super().handle_exception(exc)  # 429 with Retry-After
+            response.data = {"detail": f"Too many requests; try again in {exc.wait or 1:.0f} s. Nothing was lost: "
+                                       "send the same request again then."}
+            return response
         if isinstance(exc, ParseError):
             return Response({"detail": f"The request body is not valid JSON: {exc.detail}"},
                             status=status.HTTP_422_UNPROCESSABLE_ENTITY)
@@ -157,6 +163,16 @@ class ConsentView(ParticipantView):
     """I agree (enrolls: participant, arm and trial plan at once) or I decline (nothing stored)."""
 
     permission_classes = [AllowAny]
+    throttle_classes = [EntryThrottle]
+
+    def get_throttles(self):
+        # Only new enrollments count: resuming an enrolled browser, declining, or a simulated
+        # participant (its token is checked before enrolling) is not limited.
+        if isinstance(self.request.auth, Participant) or not isinstance(self.request.data, dict):
+            return []
+        if not self.request.data.get("agree") or self.request.data.get("simulation"):
+            return []
+        return super().get_throttles()
 
     @extend_schema(request=s.ConsentInput, responses={201: s.StateOutput, 200: s.StateOutput, 403: s.ErrorOutput,
                                                       422: s.ErrorOutput}, operation_id="participation_consent")
@@ -220,6 +236,8 @@ class CurrentTrialView(ParticipantView):
 
 
 class AnswerView(ParticipantView):
+    throttle_classes = [AnswerThrottle]
+
     @extend_schema(request=s.AnswerInput, responses={201: s.AnswerOutput, 200: s.AnswerOutput, **ERRORS},
                    operation_id="participation_answer")
     def post(self, request, study, trial):

@@ -20,10 +20,13 @@ caption, and on every hypothesis row, so a number from them can never be quoted 
 """
 from __future__ import annotations
 
+import logging
+
 import math
 from collections import defaultdict
 from typing import Any
 
+from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from studyapp.models import AnalysisJob, AnalysisRun, Hypothesis, Participant, PreregistrationDeviation, QuestionnaireAnswer, Study
@@ -58,6 +61,8 @@ EFFECT_PREFERENCE = ("mean_difference", "rank_biserial", "mean", "cohens_d")
 
 
 # ---------------------------------------------------------------- formatting
+
+logger = logging.getLogger(__name__)
 
 
 def _num(value) -> float | None:
@@ -336,6 +341,17 @@ def rating_counts(*, study: Study, results: dict) -> dict[str, dict[str, dict[in
     return {item: {arm: dict(v) for arm, v in per_arm.items()} for item, per_arm in counts.items()}
 
 
+def _figure(draw, *args, **kwargs) -> str:
+    """One figure's SVG, or a sentence saying it could not be drawn: a figure that fails (a
+    matplotlib error on odd input) never takes the report, its download or the other figures down."""
+    try:
+        return draw(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any drawing failure is reported in place
+        logger.exception("report figure %s failed", getattr(draw, "__name__", draw))
+        return format_html('<p class="not-computed">This figure could not be drawn ({}: {}).</p>',
+                           type(exc).__name__, str(exc)[:200])
+
+
 def run_title(run: AnalysisRun, *, looks: int | None = None) -> str:
     """"Confirmatory analysis, look 2 of 2" / "Exploratory analysis 3": numbered per study and kind."""
     if run.kind == AnalysisRun.Kind.CONFIRMATORY:
@@ -359,8 +375,8 @@ def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: b
         chance_level = 1.0 / num_classes
 
     figures = {
-        "accuracy": plots.accuracy_plot(accuracy.get(headline, []), chance=chance_level,
-                                        name=f"{prefix}-accuracy") if headline else "",
+        "accuracy": _figure(plots.accuracy_plot, accuracy.get(headline, []), chance=chance_level,
+                            name=f"{prefix}-accuracy") if headline else "",
         "pre_post": "",
         "ratings": "",
         "baselines": "",
@@ -370,14 +386,14 @@ def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: b
                   "pre": {"estimate": pre["estimate"], "ci_low": pre["ci_low"], "ci_high": pre["ci_high"]},
                   "post": {"estimate": post["estimate"], "ci_low": post["ci_low"], "ci_high": post["ci_high"]}}
                  for pre, post in zip(accuracy["pre_test"], accuracy["post_test"])]
-        figures["pre_post"] = plots.pre_post_plot(pairs, name=f"{prefix}-pre-post")
+        figures["pre_post"] = _figure(plots.pre_post_plot, pairs, name=f"{prefix}-pre-post")
     ratings = rating_counts(study=study, results=results) if (with_ratings and study is not None) else {}
     if ratings:
-        figures["ratings"] = plots.ratings_plot(ratings, [a["name"] for a in arms], name=f"{prefix}-ratings")
+        figures["ratings"] = _figure(plots.ratings_plot, ratings, [a["name"] for a in arms], name=f"{prefix}-ratings")
     if baselines:
         first = next((b for b in baselines if b["phase"] == headline), baselines[0])
-        figures["baselines"] = plots.baselines_plot(
-            first["humans"], [o for o in first["observers"] if o["accuracy"] is not None],
+        figures["baselines"] = _figure(
+            plots.baselines_plot, first["humans"], [o for o in first["observers"] if o["accuracy"] is not None],
             name=f"{prefix}-baselines")
         figures["baselines_phase"] = first["phase_text"]
 

@@ -42,6 +42,9 @@ _BASE_RC = {
     "axes.spines.top": False,
     "axes.spines.right": False,
     "svg.image_inline": True,
+    # Arm names and Likert items are the researcher's text: "$5" or "$x$" is drawn as typed, never
+    # parsed as mathtext (a malformed formula would raise on every render of a frozen plan's report).
+    "text.parse_math": False,
 }
 
 

@@ -15,7 +15,7 @@ from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from studyapp.models import Study
 from studyapp.reports.context import jobs_section, report_context, run_title
@@ -30,7 +30,7 @@ def _admin_context(request: HttpRequest, title: str) -> dict:
 
 
 @never_cache
-@require_GET
+@require_safe
 @staff_member_required
 def study_report(request: HttpRequest, pk: int) -> HttpResponse:
     study = get_object_or_404(Study, pk=pk)
@@ -84,7 +84,7 @@ def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @never_cache
-@require_GET
+@require_safe
 @staff_member_required
 def study_report_download(request: HttpRequest, pk: int) -> HttpResponse:
     """The same report as ONE self-contained HTML file: inline CSS and SVG, no links, no scripts."""
@@ -107,7 +107,7 @@ def _compute(form, compute, failure: str):
 
 
 @never_cache
-@require_GET
+@require_safe
 @staff_member_required
 def planner(request: HttpRequest) -> HttpResponse:
     """Sample size (closed form) and calibration by simulation; GET, so results can be bookmarked.
