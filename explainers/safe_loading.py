@@ -21,6 +21,7 @@ import json
 import math
 import numbers
 import pickletools
+import re
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -62,6 +63,15 @@ TORCHSCRIPT_MESSAGE = (
 )
 
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+# Ours, far lower: a header lists each tensor's name, dtype, shape and offsets (about 100 bytes per
+# tensor, a few KB for our architectures), and a JSON document of 100 MB costs gigabytes once parsed.
+_MAX_HEADER_BYTES = 1024 * 1024
+# A safetensors header is {name: {"dtype", "shape": [...], "data_offsets": [...]}}: 3 levels deep.
+# json.loads recurses once per level, so 200,000 '[' raise RecursionError (or, with a raised recursion
+# limit, overflow the C stack): the depth is checked before parsing, by a scan that cannot recurse.
+_MAX_HEADER_DEPTH = 8
+_JSON_SPECIAL = re.compile(rb'["\[\]{}]')
+_MAX_ZIP_MEMBERS = 10_000  # more than any torch.save / TorchScript file of a state dict holds
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # Opcodes a protocol 0/1 pickle can start with (protocol 2+ starts with PROTO, 0x80).
@@ -81,7 +91,8 @@ def sniff_format(data: bytes) -> str:
 
     Returns one of ``"safetensors"``, ``"pickle"``, ``"torchscript"``, ``"zip"``, ``"unknown"``.
     ``torch.save``'s default zip format and numpy files holding Python objects count as
-    ``"pickle"``: loading them means unpickling.
+    ``"pickle"``: loading them means unpickling. Raises ``ModelValidationError`` for a safetensors
+    header too large or too deeply nested to parse safely.
     """
     data = bytes(data)
     if _looks_like_safetensors(data):
@@ -105,11 +116,59 @@ def _looks_like_safetensors(data: bytes) -> bool:
     header = data[8:8 + n]
     if not header.lstrip(b" ").startswith(b"{"):
         return False
+    if n > _MAX_HEADER_BYTES:
+        raise ModelValidationError(
+            f"The safetensors header (the list of tensors at the start of the file) is "
+            f"{n / (1024 * 1024):.1f} MB; a model of the built-in architectures needs a few KB, and at "
+            f"most {_MAX_HEADER_BYTES // (1024 * 1024)} MB is read. The file is damaged or was not saved "
+            f"from a state_dict(). " + CONVERT_HINT)
+    depth = _json_depth(header, stop_after=_MAX_HEADER_DEPTH)
+    if depth > _MAX_HEADER_DEPTH:
+        raise _too_deep()
     try:
         parsed = json.loads(header)  # JSON is data, not code: parsing it is safe
+    except RecursionError:  # a backstop: the depth was checked above
+        raise _too_deep() from None
     except (UnicodeDecodeError, ValueError):
         return False
     return isinstance(parsed, dict)
+
+
+def _json_depth(text: bytes, *, stop_after: int) -> int:
+    """How deeply JSON text nests brackets outside strings, counting no further than ``stop_after`` + 1.
+
+    A scan that jumps from one quote or bracket to the next (linear: a regular expression for whole
+    strings would backtrack quadratically on an unterminated one full of escaped quotes)."""
+    depth = deepest = 0
+    position = 0
+    while found := _JSON_SPECIAL.search(text, position):
+        char, position = found.group(), found.end()
+        if char == b'"':
+            while True:  # to the closing quote: one preceded by an even number of backslashes
+                end = text.find(b'"', position)
+                if end < 0:
+                    return deepest  # unterminated: not JSON, which json.loads reports
+                start = end
+                while start > position and text[start - 1] == 0x5C:
+                    start -= 1
+                position = end + 1
+                if (end - start) % 2 == 0:
+                    break
+        elif char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > stop_after:
+                break
+        else:
+            depth -= 1
+    return deepest
+
+
+def _too_deep() -> ModelValidationError:
+    return ModelValidationError(
+        f"The safetensors header (the list of tensors at the start of the file) nests brackets more "
+        f"than {_MAX_HEADER_DEPTH} levels deep; a real one is 3 levels deep (tensor name, its "
+        f"description, its shape). The file is damaged or crafted, so it was not read. " + CONVERT_HINT)
 
 
 def _is_zip(data: bytes) -> bool:
@@ -120,6 +179,11 @@ def _is_zip(data: bytes) -> bool:
 
 
 def _sniff_zip(data: bytes) -> str:
+    # zipfile parses every member header when it opens an archive (a million empty members: seconds and
+    # most of a gigabyte). Every member's central-directory record starts with this signature, so its
+    # count (at memchr speed) bounds the members; such a file is refused as a zip without being opened.
+    if data.count(b"PK\x01\x02") > _MAX_ZIP_MEMBERS:
+        return "zip"
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()  # names only: nothing inside is unpickled
@@ -196,7 +260,7 @@ def load_state_dict(data: bytes) -> dict[str, torch.Tensor]:
             "Please upload the model's weights as a .safetensors file. " + CONVERT_HINT)
     try:
         state = _safetensors_load(data)
-    except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:  # RuntimeError: RecursionError too
         raise ModelValidationError(
             "This file starts like a safetensors file but could not be read "
             f"({exc}). It may be truncated or damaged; please save and upload it again."

@@ -316,7 +316,8 @@ def test_an_archive_with_too_many_entries_is_refused(monkeypatch, no_unpacking, 
 def test_an_image_with_too_many_pixels_is_refused(monkeypatch, media_root):
     monkeypatch.setattr(services.common, "MAX_IMAGE_PIXELS", 10)
 
-    assert "cat_00.png is 4x4 pixels, more than the limit of 10 pixels per image" in image_error(image_files())
+    assert ("6 image(s) have more pixels than the limit of 10 per image (about 3x3): cat_00.png (4x4), cat_01.png "
+            "(4x4)") in image_error(image_files())
     assert_nothing_written(media_root)
 
 

@@ -63,6 +63,11 @@ def mlmodel_register(*, name: str, architecture: str, weights: bytes, dataset: D
                            allow_torchscript=settings.MODEL_ALLOW_TORCHSCRIPT)
     except ModelValidationError as exc:
         raise ServiceError(str(exc)) from None
+    except RecursionError:
+        # safe_loading bounds the nesting it parses; should a parser still recurse too deep, the
+        # researcher gets a sentence, not a 500 and a traceback.
+        raise ServiceError("The weights file is nested too deeply to be read (a damaged or crafted file). "
+                           "Save the model's state_dict() with safetensors' save_file and upload it again.") from None
     fmt = MLModel.Format.TORCHSCRIPT if sniff_format(weights) == "torchscript" else MLModel.Format.SAFETENSORS
     if metrics is None:
         metrics = _test_accuracy(model=model, dataset=dataset)

@@ -4,7 +4,16 @@ Everything uploaded is untrusted. An import first reads and validates the whole 
 memory (never extracting anything to disk) and only then writes, in one transaction, so a
 rejected upload leaves no Dataset, no Stimulus and no file behind. Validation problems are
 collected and raised together as :class:`DatasetValidationError`, each message saying what is
-wrong, where, and what to do.
+wrong, where, and what to do; a refusal shows at most ``MAX_MESSAGES`` messages, and each lists
+a few examples and how many more there are.
+
+The work of an import is bounded before it is done: a zip's entry count is read from its end
+records before zipfile parses the directory; an image's size is read from its header, and the
+memory it would take is counted against ``MAX_DECODED_BYTES`` before it is decoded; decoded images
+are held as 8/16-bit arrays and made float32 one at a time while they are written; a CSV's feature
+count (setting ``MAX_DATASET_FEATURES``) is read from the header's bytes before any row is parsed,
+and its rows are parsed and checked a chunk at a time, up to ``MAX_TABULAR_ROWS`` and
+``MAX_TABULAR_VALUES``. Large imports still run in the request (not yet in the worker).
 
 Conventions a consumer needs:
 
@@ -31,10 +40,11 @@ from __future__ import annotations
 
 from studyapp.services.datasets.builtin import BUILTIN_DATASETS, dataset_import_builtin
 from studyapp.services.datasets.common import (BULK_BATCH, EXAMPLES, MAX_ARCHIVE_ENTRIES, MAX_COMPRESSION_RATIO,
-                                               MAX_DECODED_BYTES, MAX_ENTRY_BYTES, MAX_IMAGE_PIXELS,
-                                               MAX_UNCOMPRESSED_FACTOR, RATIO_CHECK_MIN_BYTES, SPLIT_SEED,
-                                               TEST_FRACTION, DatasetValidationError, array_to_npy_bytes,
-                                               stimuli_arrays, stimulus_array)
+                                               MAX_DECODED_BYTES, MAX_ENTRY_BYTES, MAX_IMAGE_PIXELS, MAX_MESSAGES,
+                                               MAX_TABULAR_ROWS, MAX_TABULAR_VALUES, MAX_UNCOMPRESSED_FACTOR,
+                                               RATIO_CHECK_MIN_BYTES, SPLIT_SEED, TEST_FRACTION,
+                                               DatasetValidationError, array_to_npy_bytes, stimuli_arrays,
+                                               stimulus_array)
 from studyapp.services.datasets.images import dataset_import_images
 from studyapp.services.datasets.tabular import dataset_import_tabular
 
@@ -48,6 +58,9 @@ __all__ = [
     "MAX_DECODED_BYTES",
     "MAX_ENTRY_BYTES",
     "MAX_IMAGE_PIXELS",
+    "MAX_MESSAGES",
+    "MAX_TABULAR_ROWS",
+    "MAX_TABULAR_VALUES",
     "MAX_UNCOMPRESSED_FACTOR",
     "RATIO_CHECK_MIN_BYTES",
     "SPLIT_SEED",

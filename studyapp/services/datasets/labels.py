@@ -9,7 +9,7 @@ import numpy as np
 
 from studyapp.models import Stimulus
 from studyapp.services.datasets import common
-from studyapp.services.datasets.common import examples
+from studyapp.services.datasets.common import examples, quoted
 
 
 def sorted_labels(labels: Iterable[str]) -> list[str]:
@@ -20,12 +20,14 @@ def sorted_labels(labels: Iterable[str]) -> list[str]:
 
 
 def check_class_list(names: list[str], *, source: str) -> list[str]:
+    if len(names) > common.MAX_CLASSES:
+        return [f"{source} lists {len(names):,} classes; a dataset may have at most {common.MAX_CLASSES:,}."]
     problems = []
     if any(not n for n in names):
         problems.append(f"{source} contains an empty class name; remove it.")
     duplicates = sorted(n for n, c in Counter(names).items() if c > 1 and n)
     if duplicates:
-        problems.append(f"{source} lists these classes more than once: {examples(duplicates)}. "
+        problems.append(f"{source} lists these classes more than once: {examples([quoted(d) for d in duplicates])}. "
                         f"Each class must appear exactly once.")
     if len(set(names)) < 2:
         problems.append(f"{source} must list at least 2 classes (found {len(set(names))}).")
@@ -43,25 +45,45 @@ def labels_to_indices(labels: list[str], row_numbers: list[int], *, class_names:
     if class_names is None:
         class_names = sorted_labels(present)
         if len(class_names) < 2:
-            problems.append(f"{filename} has fewer than 2 classes (found: {', '.join(class_names) or 'none'}). "
+            problems.append(f"{filename} has fewer than 2 classes (found: {quoted(', '.join(class_names)) or 'none'}). "
                             f"A classification dataset needs items of at least 2 classes.")
+        elif len(class_names) > common.MAX_CLASSES:
+            problems.append(f"{filename} has {len(class_names):,} different labels; a dataset may have at most "
+                            f"{common.MAX_CLASSES:,} classes. Is the label column the right one?")
         problems += _rare_label_questions(labels, row_numbers, filename=filename)
     else:
+        known = set(class_names)
         rows_by_unknown: dict[str, list[int]] = defaultdict(list)
         for n, lab in zip(row_numbers, labels):
-            if lab and lab not in class_names:
+            if lab and lab not in known:
                 rows_by_unknown[lab].append(n)
-        for lab, rows in rows_by_unknown.items():
-            more = f" (and {len(rows) - 1} more row(s))" if len(rows) > 1 else ""
-            problems.append(f"{filename} row {rows[0]}{more}: '{lab}' is not one of the classes in "
-                            f"{class_source} ({', '.join(class_names)}). Fix the label or add the class to "
-                            f"{class_source}.")
+        problems += _unknown_label_problems(rows_by_unknown, class_names, filename=filename,
+                                            class_source=class_source)
         if not rows_by_unknown and not empty and len(set(present)) < 2:
-            problems.append(f"{filename} has items of fewer than 2 classes (only: {', '.join(set(present))}). "
+            problems.append(f"{filename} has items of fewer than 2 classes (only: {quoted(', '.join(set(present)))}). "
                             f"A classification dataset needs items of at least 2 classes.")
     lookup = {name: i for i, name in enumerate(class_names)}
     indices = np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int64)
     return class_names, indices, problems
+
+
+def _unknown_label_problems(rows_by_unknown: dict[str, list[int]], class_names: list[str], *, filename: str,
+                            class_source: str) -> list[str]:
+    """One message for each of the first few labels that are not classes, then one for the rest: N unknown
+    labels once gave N messages each listing every class (a 325 MB admin page for a 42 KB upload)."""
+    classes = examples([quoted(c) for c in class_names[:20]], 20, total=len(class_names))
+    problems = []
+    unknown = list(rows_by_unknown.items())
+    for lab, rows in unknown[:common.EXAMPLES]:
+        more = f" (and {len(rows) - 1:,} more row(s))" if len(rows) > 1 else ""
+        problems.append(f"{filename} row {rows[0]}{more}: '{quoted(lab)}' is not one of the classes in "
+                        f"{class_source} ({classes}). Fix the label or add the class to {class_source}.")
+    rest = unknown[common.EXAMPLES:]
+    if rest:
+        listed = [f"'{quoted(lab)}' (row {rows[0]})" for lab, rows in rest[:common.EXAMPLES]]
+        problems.append(f"{filename} has {len(rest):,} more labels that are not classes in {class_source}: "
+                        f"{examples(listed, total=len(rest))}. Check that {class_source} lists every class.")
+    return problems
 
 
 RARE_AMONG_FREQUENT = 10  # a label seen once where the other classes have at least this many items
@@ -74,15 +96,23 @@ def _rare_label_questions(labels: list[str], row_numbers: list[int], *, filename
     frequent = [lab for lab, n in counts.items() if n >= RARE_AMONG_FREQUENT]
     if len(frequent) < 2:
         return []
+    once = [lab for lab, n in counts.items() if n == 1]
+    if not once:
+        return []
+    row_of = {value: r for r, value in zip(row_numbers, labels) if counts.get(value) == 1}
+    others = [counts[f] for f in frequent]
+    confirm = "list all the classes (classes.txt in an image zip, or the class names field) to confirm it"
     questions = []
-    for lab, n in counts.items():
-        if n == 1:
-            row = next(r for r, value in zip(row_numbers, labels) if value == lab)
-            others = [counts[f] for f in frequent]
-            questions.append(
-                f"{filename} row {row}: the label '{lab}' appears once, while the other classes have {min(others)} "
-                f"to {max(others)} items: a typo?{common.did_you_mean(lab, frequent)} Fix it, or if it is a real "
-                "class, list all the classes (classes.txt in an image zip, or the class names field) to confirm it.")
+    for lab in once[:common.EXAMPLES]:
+        questions.append(
+            f"{filename} row {row_of[lab]}: the label '{quoted(lab)}' appears once, while the other classes have "
+            f"{min(others)} to {max(others)} items: a typo?{common.did_you_mean(lab, frequent)} Fix it, or if it is "
+            f"a real class, {confirm}.")
+    if len(once) > common.EXAMPLES:
+        listed = [f"'{quoted(lab)}' (row {row_of[lab]})" for lab in once[common.EXAMPLES:2 * common.EXAMPLES]]
+        questions.append(f"{filename} has {len(once) - common.EXAMPLES:,} more labels that appear only once: "
+                         f"{examples(listed, total=len(once) - common.EXAMPLES)}. Fix them, or if they are real "
+                         f"classes, {confirm}.")
     return questions
 
 
@@ -94,10 +124,11 @@ def parse_splits(values: list[str] | None, row_numbers: list[int], *,
     if values is None:
         return None, []
     splits = [v.strip().lower() for v in values]
-    bad = [f"row {n}: '{v}'" for n, v, s in zip(row_numbers, values, splits) if s not in ("train", "test")]
+    bad = [(n, v) for n, v, s in zip(row_numbers, values, splits) if s not in ("train", "test")]
     if bad:
+        listed = examples([f"row {n}: '{quoted(v)}'" for n, v in bad[:common.EXAMPLES]], total=len(bad))
         return splits, [f"{filename}: the split column must say 'train' or 'test' in every row; "
-                        f"found {examples(bad)}. Fix these values or delete the split column to let the "
+                        f"found {listed}. Fix these values or delete the split column to let the "
                         f"import make a seeded 80/20 split."]
     return splits, []
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,9 @@ class Prepared:
     source: str
     description: str                      # without the split sentence: store() adds it from split_info
     class_names: list[str]
-    arrays: np.ndarray                    # (N, *input_shape) float32
+    # (N, *input_shape) float32: an array, or a sequence with a ``shape`` that makes each item on access
+    # (images.DecodedImages), so that an item's float32 copy exists only while it is written.
+    arrays: np.ndarray | Sequence[np.ndarray]
     labels: np.ndarray                    # (N,) int64
     splits: list[str]
     split_info: dict
@@ -68,6 +71,15 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _insert(batch: list[Stimulus]) -> None:
+    Stimulus.objects.bulk_create(batch)
+    # bulk_create leaves each instance in a reference cycle with its image's FieldFile, which only the
+    # cyclic garbage collector frees, whenever it runs: without this, every batch's .npy bytes stayed
+    # in memory until the end of the import.
+    for stimulus in batch:
+        stimulus.data = None
+
+
 def store(prepared: Prepared) -> Dataset:
     """Write the dataset and its stimuli in one transaction; remove saved files if it fails."""
     image_field = Stimulus._meta.get_field("image")
@@ -84,6 +96,7 @@ def store(prepared: Prepared) -> Dataset:
                 feature_descriptions=prepared.feature_descriptions, content_sha256=prepared.content_sha256,
                 n_items=len(prepared.arrays), value_range=prepared.value_range, split_info=prepared.split_info)
             batch: list[Stimulus] = []
+            batch_bytes = 0
             for i, array in enumerate(prepared.arrays):
                 image_name = ""
                 if is_image:
@@ -91,13 +104,16 @@ def store(prepared: Prepared) -> Dataset:
                     target = image_field.generate_filename(None, "stimulus.png")
                     image_name = storage.save(target, ContentFile(_png_bytes(array)))
                     saved.append(image_name)
+                data = array_to_npy_bytes(array)
                 batch.append(Stimulus(dataset=dataset, index=i, source_name=prepared.source_names[i][:255],
                                       label=int(prepared.labels[i]), split=prepared.splits[i],
-                                      data=array_to_npy_bytes(array), image=image_name))
-                if len(batch) >= common.BULK_BATCH:
-                    Stimulus.objects.bulk_create(batch)
-                    batch = []
-            Stimulus.objects.bulk_create(batch)
+                                      data=data, image=image_name))
+                batch_bytes += len(data)
+                # A batch is bounded in bytes too: 500 large images would be gigabytes in one INSERT.
+                if len(batch) >= common.BULK_BATCH or batch_bytes >= common.BULK_BATCH_BYTES:
+                    _insert(batch)
+                    batch, batch_bytes = [], 0
+            _insert(batch)
     except BaseException as exc:
         # The rolled-back rows no longer point at these files: delete them so nothing stray remains.
         for name in saved:
