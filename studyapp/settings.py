@@ -160,6 +160,8 @@ MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "/media/"
 
 MAX_UPLOAD_MB = env_int("MAX_UPLOAD_MB", 200, minimum=1, maximum=10_000)
+# Features (columns) a tabular dataset may have: checked from the CSV header before any row is read.
+MAX_DATASET_FEATURES = env_int("MAX_DATASET_FEATURES", 10_000, minimum=1, maximum=1_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 MODEL_ALLOW_TORCHSCRIPT = env_bool("MODEL_ALLOW_TORCHSCRIPT", False)
@@ -171,6 +173,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    # json.loads with too-deep nesting raises RecursionError, which DRF's parser lets through as a 500.
+    "DEFAULT_PARSER_CLASSES": ["studyapp.json_input.BoundedJSONParser"],
     # Participant API rate limits (studyapp/api/throttles.py), counted in the shared cache:
     # enrollments per client address, answers per participant (far above human pace).
     "DEFAULT_THROTTLE_RATES": {

@@ -413,3 +413,26 @@ def test_a_weights_zip_with_too_many_members_is_called_a_zip_without_opening_it(
     assert sniff_format(weights) == "zip"
     with pytest.raises(ModelValidationError, match="This file is a zip archive, not a safetensors file"):
         load_state_dict(weights)
+
+
+# ---------------------------------------------------------------- JSON nested too deeply
+
+
+@pytest.mark.django_db
+def test_a_participant_api_body_nested_a_thousand_deep_is_refused_in_words_not_a_500(client, prepare):
+    from tests.participation_helpers import api, live_tabular, post
+
+    study = live_tabular(prepare)
+    client.get(f"/s/{study.public_id}/")
+    reply = client.post(api(study, "consent"), data="[" * 5000 + "]" * 5000, content_type="application/json",
+                        HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    assert reply.status_code == 422 and "nested too deeply" in reply.json()["detail"]
+    assert post(client, api(study, "consent"), {"agree": True}).status_code == 201  # the session goes on
+
+
+@pytest.mark.django_db
+def test_a_deviation_value_nested_a_thousand_deep_is_a_form_error():
+    from studyapp.admin.forms import DeviationForm
+
+    form = DeviationForm(data={"value": "[" * 5000 + "]" * 5000}, hypothesis_labels=[])
+    assert not form.is_valid() and "nested too deeply" in str(form.errors)

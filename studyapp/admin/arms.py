@@ -23,6 +23,7 @@ from django.utils.text import capfirst
 
 from studyapp.arm_settings import (MANIPULATION_SETTINGS, SettingsHelp, manipulation_settings_problems,
                                    method_settings_problems, settings_choice, settings_help)
+from studyapp.json_input import BoundedJSONForm
 from studyapp.models import Arm, Hypothesis
 from studyapp.services.studies import EDITABLE_STATES
 
@@ -74,7 +75,7 @@ class ArmSettingsWidget(forms.Textarea):
                            self.which, self.choice, mark_safe(panel))
 
 
-class ArmForm(forms.ModelForm):
+class ArmForm(BoundedJSONForm, forms.ModelForm):
     class Meta:
         model = Arm
         fields = "__all__"
@@ -194,7 +195,7 @@ class ArmChoice(forms.Select):
         super().__init__(attrs={"data-arm-choice": ""})
 
 
-class HypothesisForm(forms.ModelForm):
+class HypothesisForm(BoundedJSONForm, forms.ModelForm):
     arm_name = forms.CharField(label="Arm", max_length=80, widget=ArmChoice(),
                                help_text="The arm the claim is about: any arm on this page, saved or not.")
     comparator_name = forms.CharField(label="Comparator", max_length=80, required=False, widget=ArmChoice(),

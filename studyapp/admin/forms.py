@@ -6,13 +6,14 @@ from django import forms
 from django.conf import settings
 from django_jsonform.widgets import JSONFormWidget
 
+from studyapp.json_input import BoundedJSONForm
 from studyapp.models import Dataset
 
 
 def _read_upload(upload, *, label: str) -> bytes:
     limit = settings.MAX_UPLOAD_MB * 1024 * 1024
     if upload.size > limit:
-        raise forms.ValidationError(f"The {label} is {upload.size / 1e6:.1f} MB; the limit is "
+        raise forms.ValidationError(f"The {label} is {upload.size / (1024 * 1024):.1f} MB; the limit is "
                                     f"{settings.MAX_UPLOAD_MB} MB (setting MAX_UPLOAD_MB).")
     return upload.read()
 
@@ -49,7 +50,7 @@ def _architecture_choices() -> list[tuple[str, str]]:
     return [(a.name, f"{a.name}: {a.description}") for a in ARCHITECTURES.values()]
 
 
-class MLModelUploadForm(forms.Form):
+class MLModelUploadForm(BoundedJSONForm, forms.Form):
     name = forms.CharField(max_length=120)
     architecture = forms.ChoiceField(choices=_architecture_choices)
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.order_by("name"),
@@ -91,7 +92,7 @@ class DatasetImportForm(forms.Form):
         return _read_upload(upload, label="descriptions file") if upload else None
 
 
-class DeviationForm(forms.Form):
+class DeviationForm(BoundedJSONForm, forms.Form):
     """A dated, explained change to the plan of a launched study (the frozen plan never changes)."""
 
     target = forms.ChoiceField(label="Concerns", help_text="The whole study, or one pre-registered hypothesis.")
@@ -120,7 +121,7 @@ class DesignWidget(JSONFormWidget):
         return super().media + forms.Media(js=["staff/jsonform_labels.js"])
 
 
-class StudyForm(forms.ModelForm):
+class StudyForm(BoundedJSONForm, forms.ModelForm):
     """The study change form: the design comes from a form generated from its JSON Schema, whose
     empty settings arrive as null; they are dropped so that they keep their defaults. The form
     opens on the design in effect (defaults filled in), so what a researcher sees is what runs and

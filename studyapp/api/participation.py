@@ -16,7 +16,6 @@ from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ParseError, Throttled
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -26,6 +25,7 @@ from studyapp.api import serializers as s
 from studyapp.api.authentication import (IsParticipant, ParticipantAuthentication, enforce_csrf,
                                          session_participant_id, session_remember)
 from studyapp.api.throttles import AnswerThrottle, EntryThrottle
+from studyapp.json_input import BoundedJSONParser
 from studyapp.models import Participant, Study
 from studyapp.selectors.participation import (participant_current_trial, participant_progress, study_design,
                                               trial_content, trial_media_file)
@@ -68,7 +68,7 @@ class ParticipantView(APIView):
     permission_classes = [IsParticipant]
     # JSON only: no browsable HTML API for participants, no form or multipart bodies.
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
     @property
     def participant(self) -> Participant:
