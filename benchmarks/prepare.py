@@ -445,7 +445,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env.update({"DATABASE_URL": f"{args.pg.rstrip('/')}/{args.db}", "DATA_DIR": str(workdir),
                     "CELERY_BROKER_URL": broker, "DJANGO_SETTINGS_MODULE": "studyapp.settings", "LOG_LEVEL": "warning",
-                    "PYTHONUNBUFFERED": "1"})
+                    "PYTHONUNBUFFERED": "1", "DJANGO_DEBUG": os.environ.get("DJANGO_DEBUG", "true")})
         if args.chunk:
             env["PREPARATION_CHUNK"] = str(args.chunk)
         started = time.perf_counter()

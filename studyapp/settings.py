@@ -1,9 +1,11 @@
 """One settings module, driven by environment variables (see studyapp/env.py and .env.example).
 
-With no variables set, the embedded default runs: SQLite file under DATA_DIR, Celery tasks executed
-in-process, DEBUG on, so a fresh clone just works. Production sets DJANGO_DEBUG=False, a secret
-key and allowed hosts; DATABASE_URL=postgres://... and CELERY_BROKER_URL/REDIS_URL switch on the
-full stack.
+DEBUG defaults to off, so a deployment that forgets DJANGO_DEBUG fails closed: the web server and
+the workers refuse to start without a secret key and allowed hosts, and never show a debug page.
+``manage.py`` (the developer's tool: make demo, runserver) and the test suite set DJANGO_DEBUG=true
+unless it is set, so a fresh clone just works on the embedded default: SQLite under DATA_DIR,
+Celery tasks executed in-process. DATABASE_URL=postgres://... and CELERY_BROKER_URL/REDIS_URL switch
+on the full stack.
 """
 from __future__ import annotations
 
@@ -18,12 +20,13 @@ from studyapp.env import (env_bool, env_choice, env_database, env_int, env_list,
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var"))).resolve()
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
+DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if SECRET_KEY is None:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is False "
-                                   "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))').")
+                                   "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'). "
+                                   "For local development set DJANGO_DEBUG=true (manage.py and make demo do).")
     SECRET_KEY = "insecure-embedded-development-key-only-for-DEBUG"  # never used with DEBUG off
 elif not DEBUG and len(SECRET_KEY) < 50:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY is too short for production: use at least 50 random characters.")
@@ -67,6 +70,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "studyapp.urls"
+# Error reports (and DEBUG pages) also hide URL-valued settings: they carry passwords.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "studyapp.error_reports.SettingsMaskingFilter"
 WSGI_APPLICATION = "studyapp.wsgi.application"
 
 TEMPLATES = [

@@ -100,8 +100,36 @@ def test_the_embedded_default_uses_sqlite_and_runs_tasks_in_process(tmp_path):
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("DJANGO_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env={**clean, "DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "studyapp.settings"})
+                            env={**clean, "DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "studyapp.settings",
+                                 "DJANGO_DEBUG": "true"})
     assert result.stdout.split() == ["django.db.backends.sqlite3", "True"], result.stderr
+
+
+def test_a_web_server_started_without_any_setting_refuses_instead_of_running_with_debug(tmp_path):
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("DJANGO_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
+    result = subprocess.run([sys.executable, "-c", "import studyapp.wsgi"], cwd=ROOT, capture_output=True,
+                            text=True, env={**clean, "DATA_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr and "DJANGO_DEBUG=true" in result.stderr
+
+
+def test_manage_py_runs_the_embedded_development_default_without_any_setting(tmp_path):
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("DJANGO_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={**clean, "DATA_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_error_reports_hide_the_service_urls_that_carry_passwords(settings):
+    from django.views.debug import get_exception_reporter_filter
+
+    settings.CELERY_BROKER_URL = "redis://:hunter2@redis:6379/0"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": "redis://:hunter2@redis:6379/1"}}
+    shown = repr(get_exception_reporter_filter(None).get_safe_settings())
+    assert "hunter2" not in shown and "CELERY_BROKER_URL" in shown
 
 
 def test_the_web_process_starts_without_loading_pytorch(tmp_path):
@@ -112,7 +140,7 @@ def test_the_web_process_starts_without_loading_pytorch(tmp_path):
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("DJANGO_", "DATABASE_URL", "CELERY_", "REDIS_URL"))}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env={**clean, "DATA_DIR": str(tmp_path)})
+                            env={**clean, "DATA_DIR": str(tmp_path), "DJANGO_DEBUG": "true"})
     assert result.stdout.split() == ["False", "False"], result.stderr
 
 
