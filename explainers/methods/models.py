@@ -3,6 +3,7 @@
 The caller's model is never mutated: we work on a deep copy moved to the device, in eval mode,
 with parameters frozen (attributions need gradients w.r.t. inputs only, which also saves the
 weight-gradient work). Captum's hooks (DeepLift, GuidedBackprop, Grad-CAM) land on the copy.
+explain() keeps its copies between calls (frozen.py); predict() and the aids take a fresh one.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ _CPU_BUDGET_BYTES = 1 << 30
 # Beyond a few thousand rows a CPU pass no longer gets faster per row (caches), and a GPU is
 # saturated long before this many rows of any image we show people.
 _MAX_ROWS = {"cpu": 2048, "cuda": 32768}
+_NHWC_MIN_CHANNELS = 64  # see attribution_layout
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,21 @@ def private_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return net
 
 
-def memory_format(x: torch.Tensor) -> torch.memory_format:
-    """Layout for attribution passes: NHWC for images, where oneDNN (CPU) and cuDNN (GPU) run
-    convolutions and their backward faster (about 10% on the demo CNN's forward+backward, 6% on
-    a ResNet-18 on CPU: benchmarks/explainers.py). The function is the same; only float rounding
-    in the last bits can differ, as between any two convolution algorithms."""
-    return torch.channels_last if x.ndim == 4 else torch.contiguous_format
+def attribution_layout(net: nn.Module, device: torch.device) -> torch.memory_format:
+    """Memory layout of the private copy and of image inputs in attribution passes.
 
-
-def in_attribution_layout(net: nn.Module, x: torch.Tensor) -> nn.Module:
-    return net.to(memory_format=memory_format(x))
+    NHWC (channels-last) pays off for wide convolutions: measured on one CPU thread,
+    forward+backward of a ResNet-18-sized model at 224 px ran about 6% faster in NHWC, and the
+    image_cnn with 64 channels at 64 px about 6%; narrow ones lose: the demo image_cnn (16 and
+    32 channels) was about 10% slower in NHWC on 8x8 digits and 30% on 32x32 images. So on the
+    CPU a model is run channels-last only when a convolution has at least
+    _NHWC_MIN_CHANNELS output channels. On CUDA it stays channels-last (cuDNN's preferred
+    layout for convolutions; not re-measured here). The function computed is the same; only
+    float rounding in the last bits differs, as between any two convolution algorithms."""
+    widths = [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]
+    if widths and (device.type == "cuda" or max(widths) >= _NHWC_MIN_CHANNELS):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def as_float_tensor(inputs: np.ndarray | torch.Tensor) -> torch.Tensor:

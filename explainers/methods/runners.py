@@ -23,8 +23,6 @@ from captum.attr import (DeepLift, FeatureAblation, GuidedBackprop, InputXGradie
                          Occlusion, Saliency)
 from torch import nn
 
-from .models import memory_format
-
 
 @dataclass
 class RunContext:
@@ -34,6 +32,7 @@ class RunContext:
     feature_mask: torch.Tensor | None  # (1, *input shape), long, on the device
     num_features: int  # interpretable features in feature_mask
     layer: nn.Module | None  # Grad-CAM layer
+    layout: torch.memory_format = torch.contiguous_format  # of the model's inputs
 
 
 class _Scaled(nn.Module):
@@ -63,13 +62,29 @@ def _summed_gradients(forward_fn, inputs, target_ind=None, additional_forward_ar
 
 
 def _fast(attribution):
-    """Use _summed_gradients in a Captum gradient attribution (its documented hook point)."""
+    """Use _summed_gradients in a Captum gradient attribution (its documented hook point).
+
+    Also right under the hooks of GuidedBackprop (ReLU gradients clamped elementwise) and
+    DeepLift (each row's multipliers from its own input and baseline rows): they act on each
+    row's gradient alone, and the one root gives every row the same upstream gradient of ones.
+    """
     attribution.gradient_func = _summed_gradients
     return attribution
 
 
-def _rows(base: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    return None if base is None else base.expand(n, *base.shape[1:]).contiguous()
+def _summed_targets(net: nn.Module, t: torch.Tensor) -> Callable:
+    """The forward function f(x) = sum_i net(x)[i, t_i], of shape (1,): for Captum methods that
+    take no gradient_func (LayerGradCam), one autograd root as in _summed_gradients."""
+    index = t.reshape(-1, 1)
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        return net(inputs).gather(1, index).sum().reshape(1)
+    return forward
+
+
+def _rows(base: torch.Tensor | None, n: int, layout: torch.memory_format) -> torch.Tensor | None:
+    # In the inputs' layout: DeepLift concatenates inputs and baselines, IG interpolates them.
+    return None if base is None else base.expand(n, *base.shape[1:]).contiguous(memory_format=layout)
 
 
 def _plan_gradient(method: str, cfg: dict, ctx: RunContext) -> dict:
@@ -119,7 +134,8 @@ def plan(method: str, cfg: dict, ctx: RunContext, shape: tuple[int, ...]) -> dic
 
 def _ig(ctx, x, t, cfg, p):
     ig = _fast(IntegratedGradients(ctx.net, multiply_by_inputs=cfg["multiply_by_inputs"]))
-    out = ig.attribute(x, baselines=_rows(ctx.baseline, len(x)), target=t, n_steps=cfg["n_steps"],
+    base = _rows(ctx.baseline, len(x), ctx.layout)
+    out = ig.attribute(x, baselines=base, target=t, n_steps=cfg["n_steps"],
                        method=cfg["integration"], internal_batch_size=p["internal_batch_size"],
                        return_convergence_delta=cfg["return_convergence_delta"])
     return out if cfg["return_convergence_delta"] else (out, None)
@@ -146,14 +162,15 @@ def _smoothgrad(ctx, x, t, cfg, p):
         return attr / scale ** power, None
     ig = _fast(IntegratedGradients(net, multiply_by_inputs=cfg["multiply_by_inputs"]))
     attr = NoiseTunnel(ig).attribute(
-        x / scale, baselines=_rows(ctx.baseline, len(x)) / scale, n_steps=cfg["n_steps"],
+        x / scale, baselines=_rows(ctx.baseline, len(x), ctx.layout) / scale,
+        n_steps=cfg["n_steps"],
         method=cfg["integration"], internal_batch_size=p["internal_batch_size"], **common)
     return attr, None  # IG is invariant to the change of variables
 
 
 def _gradcam(ctx, x, t, cfg, p):
-    gc = LayerGradCam(ctx.net, ctx.layer)
-    attr = gc.attribute(x, target=t, attribute_to_layer_input=cfg["attribute_to_layer_input"],
+    gc = LayerGradCam(_summed_targets(ctx.net, t), ctx.layer)
+    attr = gc.attribute(x, target=None, attribute_to_layer_input=cfg["attribute_to_layer_input"],
                         relu_attributions=cfg["relu_attributions"], attr_dim_summation=True)
     if attr.ndim != 4:
         raise ValueError(f"Grad-CAM layer '{cfg['layer']}' does not output a 2-D feature map "
@@ -167,12 +184,12 @@ def _gradcam(ctx, x, t, cfg, p):
 
 
 def _guided_backprop(ctx, x, t, cfg, p):
-    return GuidedBackprop(ctx.net).attribute(x, target=t), None
+    return _fast(GuidedBackprop(ctx.net)).attribute(x, target=t), None
 
 
 def _deeplift(ctx, x, t, cfg, p):
-    dl = DeepLift(ctx.net, multiply_by_inputs=cfg["multiply_by_inputs"], eps=cfg["eps"])
-    return dl.attribute(x, baselines=_rows(ctx.baseline, len(x)), target=t), None
+    dl = _fast(DeepLift(ctx.net, multiply_by_inputs=cfg["multiply_by_inputs"], eps=cfg["eps"]))
+    return dl.attribute(x, baselines=_rows(ctx.baseline, len(x), ctx.layout), target=t), None
 
 
 def _input_x_gradient(ctx, x, t, cfg, p):
@@ -183,15 +200,15 @@ def _occlusion(ctx, x, t, cfg, p):
     c = x.shape[1]
     attr = Occlusion(ctx.net).attribute(
         x, sliding_window_shapes=(c, *cfg["window"]), strides=(1, *cfg["stride"]),
-        baselines=_rows(ctx.baseline, len(x)), target=t,
+        baselines=_rows(ctx.baseline, len(x), ctx.layout), target=t,
         perturbations_per_eval=p["perturbations_per_eval"], show_progress=False)
     return attr, None
 
 
 def _feature_ablation(ctx, x, t, cfg, p):
     attr = FeatureAblation(ctx.net).attribute(
-        x, baselines=_rows(ctx.baseline, len(x)), target=t, feature_mask=ctx.feature_mask,
-        perturbations_per_eval=p["perturbations_per_eval"], show_progress=False)
+        x, baselines=_rows(ctx.baseline, len(x), ctx.layout), target=t,
+        feature_mask=ctx.feature_mask, perturbations_per_eval=p["perturbations_per_eval"], show_progress=False)
     return attr, None
 
 
@@ -246,12 +263,13 @@ RUNNERS = {
 def run(method: str, ctx: RunContext, x: torch.Tensor, targets: torch.Tensor, cfg: dict,
         batching: dict, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
     fn = RUNNERS[method]
-    needs_grad = method not in PERTURBATION_METHODS
+    # Grad-CAM differentiates only down to its layer: an input that requires grad would make
+    # the forward pass record the layers below it for nothing.
+    needs_grad = method not in PERTURBATION_METHODS and method != "gradcam"
     step = batching["stimuli_per_call"]
     attrs, deltas = [], []
-    layout = memory_format(x)  # the layout explain() put the model in
     for i in range(0, x.shape[0], step):
-        xc = x[i:i + step].to(device, memory_format=layout)
+        xc = x[i:i + step].to(device, memory_format=ctx.layout)
         if needs_grad:  # set here so Captum does not warn that it did it for us
             xc.requires_grad_(True)
         tc = targets[i:i + step].to(device)
@@ -260,8 +278,13 @@ def run(method: str, ctx: RunContext, x: torch.Tensor, targets: torch.Tensor, cf
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
             warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
             attr, delta = fn(ctx, xc, tc, cfg, batching)
-        attrs.append(attr.detach().float().cpu().contiguous())
+        attrs.append(attr.detach().float().cpu())
         if delta is not None:
             deltas.append(delta.detach().float().cpu().reshape(-1))
-    out = torch.cat(attrs).numpy().astype(np.float32)
-    return out, (torch.cat(deltas).numpy().astype(np.float32) if deltas else None)
+    return _joined(attrs), (_joined(deltas) if deltas else None)
+
+
+def _joined(parts: list[torch.Tensor]) -> np.ndarray:
+    """float32 (N, ...) C-contiguous, copied only where the chunks or the layout require it."""
+    whole = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return whole.contiguous().numpy()
