@@ -15,8 +15,8 @@ All three run the project's resolved configuration of the method (``resolve_conf
 targets, steps, integration rule, samples, noise level, zero baseline, Grad-CAM layer and ReLU,
 convergence delta for IG. The "same maps" column is ||project - plain|| / ||plain||, so the
 paths are seen to compute the same thing: float rounding gives about 1e-6; the project's NHWC
-layout can flip a near-tie in a ResNet's MaxPool, about 1e-3 (SmoothGrad draws other noise: not
-compared).
+layout (used for models with wide convolutions, such as the ResNet, not for the demo CNN) can flip
+a near-tie in a ResNet's MaxPool, about 1e-3 (SmoothGrad draws other noise: not compared).
 
 Each method runs with all of torch's CPU threads (wall clock) and with one, timed in this
 process's CPU seconds. On the shared 2-core machines other processes swing multi-threaded ratios
@@ -33,9 +33,9 @@ Models: the demo CNN (image_cnn, 1x8x8) and a ResNet-18-sized model at 224x224, 
 already fills the cores, so batching buys nothing but the fixed costs of a call, and a batch
 that means something (the 17 rows the project puts in one CPU pass, about 0.3 s each on one
 thread here) takes minutes per method. An earlier two-stimulus row measured mostly the fixed
-cost of an ``explain`` call (a deep copy of the 47 MB of weights, a forward pass of one image in
-``inspect_model``: about 80 ms on one thread here, against about 100 ms of saliency per image),
-not throughput; the printed "fixed cost of one explain() call" shows it. --full on CPU
+cost of an ``explain`` call (then a deep copy of the 47 MB of weights and a forward pass of one
+image, about 80 ms; since the kept frozen copy, explainers/methods/frozen.py, a copy of the weight
+values), not throughput; the printed "fixed cost of one explain() call" shows it. --full on CPU
 runs it with 34 stimuli (two full passes) for the single-pass methods and 4 for IG and
 SmoothGrad (4 x 50 = 200 rows, a dozen full passes).
 """
