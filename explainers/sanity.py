@@ -10,7 +10,8 @@ maps stay similar when what the model learned is destroyed shows the input, not 
 
 - ``sobel_edges``: the input's Sobel edge map (model-independent),
 - ``other_input``: the trained model's map of another stimulus with the same predicted class,
-- ``random_matched``: a random map with the real map's histogram and smoothness (the floor;
+- ``random_matched``: a random map with the real map's histogram and smoothness (the floor; the
+  manipulation's ``legacy`` algorithm, built from this map itself;
   reported for context, not used in the decision: nothing is reliably below it).
 
 Similarity metrics, per stimulus (``similarity``): Spearman rank correlation of |map| and of
@@ -413,7 +414,7 @@ def null_reference_similarities(reference: np.ndarray, inputs: np.ndarray, *,
             reference, predicted=predicted, seed=seed, same_class=True)
         sims["other_input"] = similarity(reference, donor_maps)
     if FLOOR_REFERENCE not in skip:
-        random_maps, records[FLOOR_REFERENCE] = manipulations.random_matched(reference, seed=seed)
+        random_maps, records[FLOOR_REFERENCE] = manipulations.random_matched(reference, seed=seed, algorithm="legacy")
         sims[FLOOR_REFERENCE] = similarity(reference, random_maps)
     return sims, records
 

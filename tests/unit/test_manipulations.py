@@ -194,19 +194,54 @@ def _smooth_maps(n: int = 3) -> np.ndarray:
     return np.clip(raw, 0, None).astype(np.float32)
 
 
-def test_random_matched_maps_keep_the_real_sorted_values_exactly():
-    maps = _smooth_maps()
+def _digit_like(n: int = 12, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs with a blank background and input x gradient maps (zero where the input is 0)."""
+    from scipy import ndimage
+    rng = np.random.default_rng(seed)
+    x = np.clip(ndimage.gaussian_filter(rng.normal(size=(n, 1, 12, 12)), sigma=(0, 0, 1.5, 1.5)) * 4, 0, 1)
+    grad = ndimage.gaussian_filter(rng.normal(size=x.shape), sigma=(0, 0, 1, 1)) + 0.2
+    return (x * grad).astype(np.float32), x.astype(np.float32)
+
+
+def test_random_matched_maps_take_another_stimulus_values():
+    maps = _smooth_maps(6)
     fake, record = random_matched(maps, seed=0)
     assert fake.shape == maps.shape and fake.dtype == maps.dtype
-    for real, f in zip(maps, fake):
-        np.testing.assert_array_equal(np.sort(f, axis=None), np.sort(real, axis=None))
-        assert not np.array_equal(f, real)
-    assert len(record["smoothness_sigma"]) == len(maps)
+    assert record["algorithm"] == "surrogate" and record["input_relation"] == "none"
+    for i, (f, donor) in enumerate(zip(fake, record["donors"])):
+        assert donor != i
+        np.testing.assert_allclose(np.sort(f, axis=None), np.sort(maps[donor], axis=None), rtol=1e-6)
     assert json.loads(json.dumps(record)) == record
 
 
+@pytest.mark.parametrize("n", [12, 40])  # 40: each fold has 32 others, enough to calibrate
+def test_a_stimulus_placebo_does_not_depend_on_its_own_real_map(n):
+    maps, x = _digit_like(n)
+    changed = maps.copy()
+    rng = np.random.default_rng(1)
+    changed[3] = -2.5 * maps[3] * rng.random(maps[3].shape)  # other values, signs and positions
+    a, record_a = random_matched(maps, seed=0, inputs=x)
+    b, record_b = random_matched(changed, seed=0, inputs=x)
+    assert record_a["input_relation"] == record_b["input_relation"] == "times_input"
+    assert all(fold["calibrated"] is (n == 40) for fold in record_a["fold_models"])
+    np.testing.assert_array_equal(a[3], b[3])
+    assert not np.array_equal(a, b)  # its real map still feeds the other stimuli's placebos
+    smooth = _smooth_maps(6)
+    other = smooth.copy()
+    other[2] = smooth[2][..., ::-1, :] * 3
+    np.testing.assert_array_equal(random_matched(smooth, seed=4)[0][2], random_matched(other, seed=4)[0][2])
+
+
+def test_random_matched_maps_of_input_times_gradient_methods_are_zero_where_the_input_is():
+    maps, x = _digit_like()
+    fake, record = random_matched(maps, seed=2, inputs=x)
+    assert record["input_relation"] == "times_input"
+    assert np.any(x == 0) and not np.any(fake[x == 0])
+    assert np.all(fake[x != 0] != 0)
+
+
 def test_random_matched_maps_are_seeded():
-    maps = _smooth_maps()
+    maps = _smooth_maps(6)
     a, record_a = random_matched(maps, seed=3)
     b, record_b = random_matched(maps, seed=3)
     c, _ = random_matched(maps, seed=4)
@@ -215,33 +250,49 @@ def test_random_matched_maps_are_seeded():
     assert not np.array_equal(a, c)
 
 
-def test_random_matched_maps_match_the_real_maps_smoothness():
-    smooth = _smooth_maps()
-    white = np.abs(np.random.default_rng(2).normal(size=(3, 1, 16, 16))).astype(np.float32)
-    _, smooth_record = random_matched(smooth, seed=0)
-    _, white_record = random_matched(white, seed=0)
-
-    assert min(smooth_record["smoothness_sigma"]) > max(white_record["smoothness_sigma"])
-    for record in (smooth_record, white_record):
-        assert record["sigma_source"] == "estimated"
-        # Sigma fits lags 1, 2 and 4 of the map and |map| together (least squares), so lag 1
-        # alone is matched to within its sampling noise (sd about 0.045 on a 16x16 white map).
-        np.testing.assert_allclose(record["achieved_autocorrelation"],
-                                   record["real_autocorrelation"], atol=0.15)
+def _lag1(maps: np.ndarray) -> float:
+    m = maps[:, 0]
+    pairs = [(m[:, :, :-1], m[:, :, 1:]), (m[:, :-1, :], m[:, 1:, :])]
+    return float(np.mean([np.corrcoef(np.concatenate([u[i].ravel() for u, _ in pairs]),
+                                      np.concatenate([v[i].ravel() for _, v in pairs]))[0, 1]
+                          for i in range(len(m))]))
 
 
-def test_random_matched_uses_a_given_smoothness_sigma():
-    _, record = random_matched(_smooth_maps(2), seed=0, smoothness_sigma=1.5)
+@pytest.mark.parametrize("n", [16, 60])
+def test_random_matched_maps_match_the_real_maps_smoothness(n):
+    smooth = _smooth_maps(n)
+    white = np.abs(np.random.default_rng(2).normal(size=(n, 1, 16, 16))).astype(np.float32)
+    fake_smooth, record = random_matched(smooth, seed=0)
+    fake_white, _ = random_matched(white, seed=0)
+    # With 16 maps each fold has 12-13 others: too few to calibrate, the donors' texture is
+    # used as it is; with 60, 48 others: calibrated to their average power spectrum.
+    assert all(fold["calibrated"] is (n == 60) for fold in record["fold_models"])
+    assert _lag1(fake_smooth) > _lag1(fake_white) + 0.5
+    # Lag 1 of one 16x16 map has a sampling sd of about 0.045.
+    assert _lag1(fake_smooth) == pytest.approx(_lag1(smooth), abs=0.05)
+    assert _lag1(fake_white) == pytest.approx(_lag1(white), abs=0.05)
+
+
+def test_random_matched_takes_a_smoothness_sigma_only_in_the_legacy_algorithm():
+    _, record = random_matched(_smooth_maps(2), seed=0, smoothness_sigma=1.5, algorithm="legacy")
     assert record["sigma_source"] == "given"
     assert record["smoothness_sigma"] == [1.5, 1.5]
+    with pytest.raises(ValueError, match="legacy"):
+        random_matched(_smooth_maps(2), seed=0, smoothness_sigma=1.5)
 
 
-def test_random_matched_tabular_maps_permute_the_real_values_across_features():
+def test_random_matched_of_a_single_stimulus_falls_back_to_the_legacy_algorithm_and_says_so():
+    fake, record = random_matched(_smooth_maps(1), seed=0)
+    assert record["algorithm"] == "legacy" and "single stimulus" in record["fallback"]
+    assert fake.shape == (1, 1, 16, 16)
+
+
+def test_random_matched_tabular_maps_permute_another_stimulus_values_across_features():
     maps = np.random.default_rng(0).normal(size=(5, 6))
     fake, record = random_matched(maps, seed=1)
-    for real, f in zip(maps, fake):
-        np.testing.assert_array_equal(np.sort(f), np.sort(real))
-    assert not np.array_equal(fake, maps)
+    for i, (f, donor) in enumerate(zip(fake, record["donors"])):
+        assert donor != i
+        np.testing.assert_array_equal(np.sort(f), np.sort(maps[donor]))
     assert record["modality"] == "tabular"
 
 
