@@ -95,7 +95,8 @@ def prepare(django_capture_on_commit_callbacks):
 
 @pytest.fixture
 def staff_client(client, django_user_model):
-    """The test client, logged in as a staff user named "analyst" (not a superuser)."""
+    """The test client, logged in as a superuser named "analyst": it may open every study's report and
+    exports (which role may open what is tested in test_permissions.py)."""
     client.force_login(django_user_model.objects.create_user(username="analyst", password="pw-123456789",
-                                                             is_staff=True))
+                                                             is_staff=True, is_superuser=True))
     return client

@@ -85,6 +85,7 @@ def test_staff_who_may_only_view_studies_see_progress_but_cannot_retry_or_cancel
     study = prepare(study_with_arms(methods=("integrated_gradients", "saliency")))
     viewer = django_user_model.objects.create_user(username="viewer", password="pw-123456789", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_study"))
+    study.collaborators.add(viewer)
     client.force_login(viewer)
     url = reverse("admin:studyapp_study_preparation", args=[study.pk])
     text = client.get(url).content.decode()

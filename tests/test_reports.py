@@ -451,7 +451,8 @@ def test_download_of_the_same_runs_is_identical_twice(staff_client, launched_stu
 @pytest.mark.django_db
 def test_run_analysis_needs_a_post_with_a_csrf_token(django_user_model, launched_study):
     client = Client(enforce_csrf_checks=True)
-    client.force_login(django_user_model.objects.create_user(username="analyst", password="pw", is_staff=True))
+    client.force_login(django_user_model.objects.create_user(username="analyst", password="pw", is_staff=True,
+                                                             is_superuser=True))
     url = reverse("report-study-analyze", kwargs={"pk": launched_study.pk})
     assert client.get(url).status_code == 405
     assert client.post(url, {"seed": 0}).status_code == 403

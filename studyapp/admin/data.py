@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import FileResponse, Http404, HttpRequest
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from studyapp.admin.form_view import form_view
 from studyapp.admin.forms import DatasetImportForm, MLModelUploadForm
-from studyapp.models import Dataset, MLModel, Stimulus
+from studyapp.models import Dataset, MLModel, Stimulus, Study
+from studyapp.selectors import studies_visible_to
 from studyapp.services.datasets import stimulus_array
 from studyapp.services.mlmodels import mlmodel_register
 
@@ -22,13 +25,35 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class LabDataAdmin(ReadOnlyAdmin):
+    """The lab's datasets, models and stimuli: shared by every study, so model permissions decide,
+    not study access. Only their deletion page would name other researchers' studies and rows
+    (what the deletion would take or is protected by): it says how many instead."""
+
+    def studies_using(self, objs):
+        raise NotImplementedError
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        hidden = (self.studies_using(objs).exclude(pk__in=studies_visible_to(user=request.user).values("pk"))
+                  .distinct().count())
+        if hidden:
+            words = f"records of {hidden} stud{'y' if hidden == 1 else 'ies'} not shared with you"
+            deleted, counts = [f"{self.model._meta.verbose_name_plural} and {words}"], {}
+            protected = [words] if protected else protected
+        return deleted, counts, perms_needed, protected
+
+
 @admin.register(Dataset)
-class DatasetAdmin(ReadOnlyAdmin):
+class DatasetAdmin(LabDataAdmin):
     list_display = ["name", "modality", "source", "n_items", "created_at"]
     list_filter = ["modality", "source"]
     search_fields = ["name", "description"]
     readonly_fields = ["name", "modality", "source", "description", "class_counts", "input_shape", "class_names",
                        "feature_names", "feature_descriptions", "content_sha256", "n_items", "value_range", "created_at"]
+
+    def studies_using(self, objs):
+        return Study.objects.filter(Q(dataset__in=objs) | Q(model__dataset__in=objs))
 
     @admin.display(description="items per class and split")
     def class_counts(self, obj) -> str:
@@ -44,6 +69,9 @@ class DatasetAdmin(ReadOnlyAdmin):
     def add_view(self, request, form_url="", extra_context=None):
         from studyapp.services import datasets as dataset_services
 
+        if not self.has_add_permission(request):  # form_view replaces Django's add view, and its check
+            raise PermissionDenied
+
         def submit(data):
             if data["kind"] == "images":
                 return dataset_services.dataset_import_images(
@@ -57,7 +85,7 @@ class DatasetAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Stimulus)
-class StimulusAdmin(ReadOnlyAdmin):
+class StimulusAdmin(LabDataAdmin):
     list_display = ["__str__", "thumbnail", "label_name", "split", "source_name"]
     list_filter = ["dataset", "split", "label"]
     search_fields = ["source_name", "dataset__name"]
@@ -65,6 +93,10 @@ class StimulusAdmin(ReadOnlyAdmin):
     list_per_page = 50
     readonly_fields = ["dataset", "index", "source_name", "label", "split", "thumbnail", "values"]
     exclude = ["data", "image"]
+
+    def studies_using(self, objs):
+        return Study.objects.filter(Q(items__stimulus__in=objs) | Q(participants__trials__stimulus__in=objs)
+                                    | Q(arms__explanations__stimulus__in=objs))
 
     @admin.display(description="image")
     def thumbnail(self, obj: Stimulus):
@@ -90,7 +122,11 @@ class StimulusAdmin(ReadOnlyAdmin):
         return extra + super().get_urls()
 
     def image_view(self, request: HttpRequest, pk: int) -> FileResponse:
-        """Staff-only: stimulus images are not public media (see MEDIA_ROOT in settings)."""
+        """Staff who may view stimuli: stimulus images are not public media (see MEDIA_ROOT in
+        settings). Datasets and their stimuli are the lab's, shared by its studies, so no study
+        access is asked."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         stimulus = Stimulus.objects.filter(pk=pk).only("image").first()
         if stimulus is None or not stimulus.image:
             raise Http404("No image.")
@@ -98,7 +134,7 @@ class StimulusAdmin(ReadOnlyAdmin):
 
 
 @admin.register(MLModel)
-class MLModelAdmin(ReadOnlyAdmin):
+class MLModelAdmin(LabDataAdmin):
     # Warnings are on the model's page (two queries each; the list stays constant in queries).
     list_display = ["name", "architecture", "dataset", "role", "format", "short_sha", "test_accuracy", "created_at"]
     list_filter = ["architecture", "role", "format"]
@@ -115,6 +151,9 @@ class MLModelAdmin(ReadOnlyAdmin):
         return format_html_join("", "<div>{}</div>", ((w,) for w in found)) if found else "none"
     exclude = ["weights"]
 
+    def studies_using(self, objs):
+        return Study.objects.filter(model__in=objs)
+
     @admin.display(description="SHA-256")
     def short_sha(self, obj: MLModel) -> str:
         return obj.weights_sha256[:12]
@@ -128,6 +167,9 @@ class MLModelAdmin(ReadOnlyAdmin):
         return request.user.has_perm("studyapp.add_mlmodel")
 
     def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):  # form_view replaces Django's add view, and its check
+            raise PermissionDenied
+
         def submit(data):
             return mlmodel_register(name=data["name"], architecture=data["architecture"], weights=data["weights_file"],
                                     dataset=data["dataset"], input_shape=data["input_shape"],

@@ -9,9 +9,10 @@ from django.urls import reverse
 
 
 def form_view(model_admin: admin.ModelAdmin, request: HttpRequest, *, form_class, title: str, submit,
-               done_url: str | None = None, submit_label: str = "Upload and validate") -> TemplateResponse:
+               done_url: str | None = None, submit_label: str = "Upload and validate",
+               done_message: str | None = None) -> TemplateResponse:
     """Render a form; on valid POST call ``submit(cleaned_data)`` (a service) and go to the new object
-    (or ``done_url``)."""
+    (or ``done_url``), saying ``done_message`` (default: "<object> was recorded.")."""
     form = form_class(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -20,7 +21,7 @@ def form_view(model_admin: admin.ModelAdmin, request: HttpRequest, *, form_class
             for message in exc.messages:
                 form.add_error(None, message)
         else:
-            model_admin.message_user(request, f"{obj} was recorded.", messages.SUCCESS)
+            model_admin.message_user(request, done_message or f"{obj} was recorded.", messages.SUCCESS)
             meta = obj._meta
             return HttpResponseRedirect(done_url or reverse(f"admin:{meta.app_label}_{meta.model_name}_change",
                                                             args=[obj.pk]))

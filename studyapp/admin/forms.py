@@ -173,3 +173,26 @@ class LaunchForm(forms.Form):
         if errors:
             raise forms.ValidationError(errors)
         return data
+
+
+class SharingForm(forms.Form):
+    """Who has access to a study: its collaborators and, for a superuser, its owner."""
+
+    owner = forms.ModelChoiceField(queryset=None, required=False,
+                                   help_text="Only superusers change the owner (for example to give a study "
+                                             "created before owners existed to its researcher).")
+    collaborators = forms.ModelMultipleChoiceField(
+        queryset=None, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="They see the study, its participants and its data, within what their own permissions allow.")
+
+    def __init__(self, *args, can_change_owner: bool, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from django.contrib.auth import get_user_model
+
+        # Only staff can open the admin: offering anyone else would share nothing.
+        staff = get_user_model().objects.filter(is_staff=True, is_active=True).order_by("username")
+        self.fields["collaborators"].queryset = staff
+        if can_change_owner:
+            self.fields["owner"].queryset = staff
+        else:
+            del self.fields["owner"]

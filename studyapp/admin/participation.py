@@ -4,6 +4,34 @@ from django.contrib import admin
 
 from studyapp.admin.data import ReadOnlyAdmin
 from studyapp.models import Participant, Response, Trial
+from studyapp.selectors import studies_visible_to, visible_rows
+
+
+def study_filter(path: str) -> type[admin.SimpleListFilter]:
+    """A "By study" filter that offers only the studies the user may see (Django's would list every
+    study's title). ``path``: the lookup from a row to its study."""
+
+    class StudyFilter(admin.SimpleListFilter):
+        title = "study"
+        parameter_name = f"{path}__id__exact"
+
+        def lookups(self, request, model_admin):
+            return list(studies_visible_to(user=request.user).order_by("title").values_list("pk", "title"))
+
+        def queryset(self, request, queryset):
+            value = self.value()
+            return queryset.filter(**{f"{path}_id": value}) if value and value.isdigit() else queryset
+
+    return StudyFilter
+
+
+class StudyRowsAdmin(ReadOnlyAdmin):
+    """Rows that belong to a study: shown only to those who may see the study."""
+
+    study_path = "study"
+
+    def get_queryset(self, request):
+        return visible_rows(super().get_queryset(request), user=request.user, study_path=self.study_path)
 
 
 class TrialInline(admin.TabularInline):
@@ -35,20 +63,21 @@ class TrialInline(admin.TabularInline):
 
 
 @admin.register(Participant)
-class ParticipantAdmin(ReadOnlyAdmin):
+class ParticipantAdmin(StudyRowsAdmin):
     list_display = ["public_id", "study", "arm", "status", "step", "simulated", "source", "external_id", "started_at",
                     "completed_at"]
-    list_filter = ["status", "simulated", "source", "study", "arm__kind"]
+    list_filter = ["status", "simulated", "source", study_filter("study"), "arm__kind"]
     search_fields = ["external_id", "public_id"]
     list_select_related = ["study", "arm__study"]
     inlines = [TrialInline]
 
 
 @admin.register(Response)
-class ResponseAdmin(ReadOnlyAdmin):
+class ResponseAdmin(StudyRowsAdmin):
+    study_path = "trial__participant__study"
     list_display = ["trial_position", "participant", "study", "answer", "correct", "confidence", "client_rt_ms",
                     "received_at"]
-    list_filter = ["correct", "trial__phase", "trial__task", "trial__participant__study"]
+    list_filter = ["correct", "trial__phase", "trial__task", study_filter("trial__participant__study")]
     search_fields = ["trial__participant__external_id", "idempotency_key"]
     list_select_related = ["trial__participant__study"]
 

@@ -18,13 +18,14 @@ from django.utils.html import format_html, format_html_join
 
 from studyapp.admin.arms import ArmInline, HypothesisInline
 from studyapp.admin.form_view import form_view
-from studyapp.admin.forms import DesignWidget, DeviationForm, LaunchForm, StudyForm
+from studyapp.admin.forms import DesignWidget, DeviationForm, LaunchForm, SharingForm, StudyForm
 from studyapp.api.authentication import session_participant_id, session_remember
 from studyapp.design import design_form_schema
 from studyapp.models import (AnalysisRun, Arm, PreregistrationDeviation, Study, StudyItem, append_only,
                              append_only_refusal)
 from studyapp.exports.admin_actions import EXPORT_ACTIONS
 from studyapp.reports.admin_links import report_link
+from studyapp.selectors import study_for_user, visible_rows
 from studyapp.selectors.gallery import gallery_image, study_gallery
 from studyapp.selectors.participation import study_design, study_monitor
 from studyapp.selectors.plans import plan_review
@@ -161,7 +162,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     actions = ["prepare", "retry_failed_units", "cancel_preparation", "launch", "close", "revert_to_draft", "duplicate",
                "delete_simulated", *EXPORT_ACTIONS]
     readonly_fields = ["state", "participant_link", "report", "planner", "launch_review", "monitor_link", "gallery_link", "public_id", "frozen_sha256", "launched_at", "closed_at",
-                       "preparation_summary", "item_sample_summary", "record_deviation"]
+                       "preparation_summary", "item_sample_summary", "record_deviation", "owner", "collaborators",
+                       "sharing"]
     inlines = [ArmInline, HypothesisInline, DeviationInline, StudyItemInline]
 
     class Media:
@@ -176,6 +178,7 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         ("Pre-registration and provenance", {"fields": ["frozen_sha256", "launched_at", "closed_at",
                                                         "record_deviation", "public_id"]}),
         ("Item sample", {"fields": ["item_sample_summary"]}),
+        ("Access", {"fields": ["owner", "collaborators", "sharing"]}),
     ]
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
@@ -188,8 +191,9 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_queryset(self, request):
-        # Counts in one query for the whole change list (no N+1).
-        return super().get_queryset(request).annotate(
+        # Only the user's own and shared studies (every change list, change page, action and
+        # deletion goes through here). Counts in one query for the whole change list (no N+1).
+        return visible_rows(super().get_queryset(request), user=request.user).annotate(
             _arms=Count("arms", distinct=True),
             _participants=Count("participants", filter=Q(participants__simulated=False), distinct=True),
             _completed=Count("participants", filter=Q(participants__status="completed", participants__simulated=False),
@@ -201,6 +205,24 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         # A launched study is shown, not edited: its plan is frozen (deviations are recorded instead).
         return (obj is None or not obj.frozen_sha256) and super().has_change_permission(request, obj)
+
+    def has_launch_permission(self, request) -> bool:
+        """For the Launch and Close actions (``permissions=["launch"]``)."""
+        return request.user.has_perm("studyapp.launch_study")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        # The export actions (studyapp.exports.admin_actions) ask only for "view": downloads need
+        # their own permission.
+        if not request.user.has_perm("studyapp.export_data"):
+            for action in EXPORT_ACTIONS:
+                actions.pop(action.__name__, None)
+        return actions
+
+    def save_model(self, request, obj, form, change):
+        if not change and obj.owner_id is None:
+            obj.owner = request.user  # a new study belongs to whoever creates it
+        super().save_model(request, obj, form, change)
 
     def get_prepopulated_fields(self, request, obj=None):
         return self.prepopulated_fields if obj is None or obj.state in EDITABLE_STATES else {}
@@ -243,16 +265,16 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                  path("<int:pk>/preview/", self.admin_site.admin_view(self.preview_view),
                       name="studyapp_study_preview"),
                  path("<int:pk>/gallery/<slug:kind>/<int:obj>/", self.admin_site.admin_view(self.gallery_image_view),
-                      name="studyapp_study_gallery_image")]
+                      name="studyapp_study_gallery_image"),
+                 path("<int:pk>/sharing/", self.admin_site.admin_view(self.sharing_view),
+                      name="studyapp_study_sharing")]
         return extra + super().get_urls()
 
     def deviation_view(self, request: HttpRequest, pk: int):
         """Record a deviation from the frozen plan (studyapp.services.preregistration)."""
         from studyapp.services.preregistration import hypothesis_update_after_launch, study_update_after_launch
 
-        study = get_object_or_404(Study, pk=pk)
-        if not self.has_change_permission(request, None):
-            raise PermissionDenied
+        study = study_for_user(user=request.user, pk=pk, perm="studyapp.change_study")
         labels = list(study.hypotheses.order_by("label").values_list("label", flat=True))
 
         def submit(data):
@@ -268,12 +290,13 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def launch_review_view(self, request: HttpRequest, pk: int):
         """The plan as Launch freezes it (or as it was frozen), then Launch with a confirmation and,
         for a failed sanity check, an acknowledgement recorded with the plan."""
-        study = get_object_or_404(Study, pk=pk)
+        study = study_for_user(user=request.user, pk=pk)
         launched = bool(study.frozen_sha256)
         failures = [] if launched else sanity_failures(study=study)
         spotted = [] if launched else spotted_placebos(study=study)
         problems = [] if launched else plan_problems(study=study)
-        can_launch = study.state == Study.State.READY and not problems and self.has_change_permission(request, study)
+        can_launch = (study.state == Study.State.READY and not problems
+                      and request.user.has_perm("studyapp.launch_study"))
         form = LaunchForm(request.POST if request.method == "POST" else None, failures=failures, spotted=spotted)
         if request.method == "POST":
             if not can_launch:
@@ -299,10 +322,9 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def monitor_view(self, request: HttpRequest, pk: int):
         """The live monitor: who is where, per arm, refreshed every 5 s; pause or resume new
         participants for the study or one arm."""
-        study = get_object_or_404(Study, pk=pk)
+        study = study_for_user(user=request.user, pk=pk, perm="studyapp.launch_study" if request.method == "POST"
+                               else "studyapp.view_results")
         if request.method == "POST":
-            if not self.has_view_permission(request, study) or not request.user.has_perm("studyapp.change_study"):
-                raise PermissionDenied
             paused = request.POST.get("paused") == "1"
             arm = study.arms.filter(pk=request.POST.get("arm") or 0).first()
             try:
@@ -328,9 +350,7 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def preparation_view(self, request: HttpRequest, pk: int):
         """The preparation's progress (a fragment the study and report pages refresh every 3 s);
         POST: "Retry failed units" or "Cancel preparation"."""
-        study = get_object_or_404(Study, pk=pk)
-        if not self.has_view_permission(request, study):
-            raise PermissionDenied
+        study = study_for_user(user=request.user, pk=pk)
         can_change = request.user.has_perm("studyapp.change_study")
         if request.method == "POST":
             if not can_change:
@@ -338,7 +358,7 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
             service = {"retry": study_retry_failed_units, "cancel": study_cancel_preparation}.get(request.POST.get("do"))
             if service is None:
                 return HttpResponseBadRequest("Say what to do: retry or cancel.")
-            _run_service(self, request, Study.objects.filter(pk=pk), service,
+            _run_service(self, request, Study.objects.filter(pk=study.pk), service,
                          "failed units sent again" if service is study_retry_failed_units else "preparation cancelled",
                          "not changed")
             return HttpResponseRedirect(reverse("admin:studyapp_study_change", args=[pk]))
@@ -349,18 +369,14 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     def gallery_view(self, request: HttpRequest, pk: int):
         """After Prepare: every arm's aid for the same sampled items, edits and sanity verdicts."""
-        study = get_object_or_404(Study, pk=pk)
-        if not self.has_view_permission(request, study):
-            raise PermissionDenied
+        study = study_for_user(user=request.user, pk=pk)
         context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
                    "title": f"Arm gallery: {study}", "gallery": study_gallery(study=study)}
         return TemplateResponse(request, "admin/studyapp/gallery.html", context)
 
     def gallery_image_view(self, request: HttpRequest, pk: int, kind: str, obj: int):
         """Staff-only images of the gallery (not public media)."""
-        study = get_object_or_404(Study, pk=pk)
-        if not self.has_view_permission(request, study):
-            raise PermissionDenied
+        study = study_for_user(user=request.user, pk=pk)
         image = gallery_image(study=study, kind=kind, pk=obj)
         if image is None:
             raise Http404("No such image in this study's item sample.")
@@ -368,9 +384,7 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
 
     def preview_view(self, request: HttpRequest, pk: int):
         """"Preview as participant": a staff walk through the real pages of a chosen arm."""
-        study = get_object_or_404(Study, pk=pk)
-        if not self.has_view_permission(request, study):
-            raise PermissionDenied
+        study = study_for_user(user=request.user, pk=pk)
         can_preview = study.state in (Study.State.READY, Study.State.LIVE)
         if request.method == "POST":
             arm = get_object_or_404(Arm, pk=request.POST.get("arm") or 0, study=study)
@@ -387,6 +401,37 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                    "title": f"Preview as participant: {study}", "can_preview": can_preview,
                    "arms": study.arms.order_by("position", "id")}
         return TemplateResponse(request, "admin/studyapp/preview.html", context)
+
+    def sharing_view(self, request: HttpRequest, pk: int):
+        """Who has access: the owner names collaborators; a superuser may also change the owner.
+        Open in every state: a live or closed study is shared with a new analyst too."""
+        study = study_for_user(user=request.user, pk=pk)
+        superuser = request.user.is_superuser
+        if not (superuser or study.owner_id == request.user.pk):
+            raise PermissionDenied
+        initial = {"owner": study.owner_id, "collaborators": list(study.collaborators.values_list("pk", flat=True))}
+
+        def submit(data):
+            with transaction.atomic():
+                if superuser:
+                    study.owner = data["owner"]
+                    study.save(update_fields=["owner", "updated_at"])
+                # The owner sees the study anyway; listing them as a collaborator too would keep them
+                # in after a hand-over.
+                study.collaborators.set([user for user in data["collaborators"] if user.pk != study.owner_id])
+            return study
+
+        return form_view(self, request, form_class=partial(SharingForm, can_change_owner=superuser, initial=initial),
+                         title=f"Who has access to {study}", submit=submit, submit_label="Save who has access",
+                         done_url=reverse("admin:studyapp_study_change", args=[study.pk]),
+                         done_message=f"Access to {study} saved.")
+
+    @admin.display(description="sharing")
+    def sharing(self, obj) -> str:
+        if obj is None or obj.pk is None:
+            return "The study is yours once saved; then you can name collaborators."
+        return format_html('<a href="{}">Change who has access</a> (the owner or a superuser)', reverse("admin:studyapp_study_sharing",
+                                                                             args=[obj.pk]))
 
     @admin.display(description="gallery")
     def gallery_link(self, obj) -> str:
@@ -463,11 +508,11 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         url = reverse("study-landing", args=[obj.public_id])
         return format_html('<a href="{}">{}</a>', url, url)
 
-    @admin.action(description="Prepare selected studies (predict, compute explanations)")
+    @admin.action(description="Prepare selected studies (predict, compute explanations)", permissions=["change"])
     def prepare(self, request, queryset):
         _run_service(self, request, queryset, study_prepare, "preparation started", "not prepared")
 
-    @admin.action(description="Launch: review the plan, confirm, freeze it and open the study")
+    @admin.action(description="Launch: review the plan, confirm, freeze it and open the study", permissions=["launch"])
     def launch(self, request, queryset):
         """Launch is confirmed on the study's Launch review page (one study at a time)."""
         studies = list(queryset[:2])
@@ -477,21 +522,26 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
             return None
         return HttpResponseRedirect(reverse("admin:studyapp_study_launch_review", args=[studies[0].pk]))
 
-    @admin.action(description="Revert selected prepared studies to draft (to change them before launch)")
+    @admin.action(description="Revert selected prepared studies to draft (to change them before launch)",
+                  permissions=["change"])
     def revert_to_draft(self, request, queryset):
         _run_service(self, request, queryset, study_back_to_draft, "back to draft", "not reverted")
 
-    @admin.action(description="Retry the failed preparation units of selected studies")
+    @admin.action(description="Retry the failed preparation units of selected studies", permissions=["change"])
     def retry_failed_units(self, request, queryset):
         _run_service(self, request, queryset, study_retry_failed_units, "failed units sent again", "not retried")
 
-    @admin.action(description="Cancel preparation of selected studies (back to draft; finished work is kept)")
+    @admin.action(description="Cancel preparation of selected studies (back to draft; finished work is kept)",
+                  permissions=["change"])
     def cancel_preparation(self, request, queryset):
         _run_service(self, request, queryset, study_cancel_preparation, "preparation cancelled", "not cancelled")
 
-    @admin.action(description="Duplicate selected studies (a new draft with the same design, arms and hypotheses)")
+    @admin.action(description="Duplicate selected studies (a new draft with the same design, arms and hypotheses)",
+                  permissions=["add"])
     def duplicate(self, request, queryset):
-        _run_service(self, request, queryset, study_duplicate, "duplicated as a new draft", "not duplicated")
+        # The copy is the new study of whoever made it (and shared with no one yet).
+        _run_service(self, request, queryset, partial(study_duplicate, owner=request.user), "duplicated as a new draft",
+                     "not duplicated")
 
     def save_related(self, request, form, formsets, change):
         """After each save of a draft (arms and hypotheses included): what still stands between it
@@ -506,11 +556,11 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                 for problem in problems:
                     self.message_user(request, problem, messages.WARNING)
 
-    @admin.action(description="Close selected studies")
+    @admin.action(description="Close selected studies", permissions=["launch"])
     def close(self, request, queryset):
         _run_service(self, request, queryset, study_close, "closed", "not closed")
 
-    @admin.action(description="Delete the simulated participants of selected studies")
+    @admin.action(description="Delete the simulated participants of selected studies", permissions=["change"])
     def delete_simulated(self, request, queryset):
         for study in queryset:
             n = participants_delete_simulated(study=study)
@@ -533,7 +583,8 @@ class AnalysisRunAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         # "look k of n" in every row without a query per row.
         looks = (AnalysisRun.objects.filter(study=OuterRef("study"), kind=AnalysisRun.Kind.CONFIRMATORY)
                  .order_by().values("study").annotate(n=Count("pk")).values("n"))
-        return super().get_queryset(request).annotate(_looks=Coalesce(Subquery(looks), 0))
+        return visible_rows(super().get_queryset(request), user=request.user, study_path="study").annotate(
+            _looks=Coalesce(Subquery(looks), 0))
 
     def refusal(self, obj) -> str | None:
         return append_only.RUN_DELETE if obj.kind == AnalysisRun.Kind.CONFIRMATORY else None

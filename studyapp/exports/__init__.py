@@ -8,6 +8,8 @@ Public API (keyword-only):
 - ``streaming.csv_lines(columns=, rows=)`` -> CSV text blocks, formatted by column type
 - ``cursors.server_side_rows(queryset, chunk_size=)`` -> a values_list queryset's rows from a
   server-side cursor, uuid/timestamptz as text (PostgreSQL; ``.iterator()`` elsewhere)
+- ``cursors.streamed(queryset, chunk_size=)`` -> ``.iterator()`` that streams from the first row:
+  in a transaction (no WITH HOLD copy of the result) and planned without sorting every row
 - ``admin_actions.EXPORT_ACTIONS`` -> admin actions for StudyAdmin (one selected study)
 - ``codebook.codebook_rows / codebook_document / codebook_html(study=)``
 - ``manifest.manifest_build(study=)`` -> provenance dict

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from django.db import connections
 
 from studyapp.exports.columns import RESPONSE_COLUMNS, Column
+from studyapp.exports.cursors import streaming_plan, streaming_transaction
 from studyapp.exports.streaming import Echo
 from studyapp.models import Study, Trial
 from studyapp.selectors import COLUMN_SOURCES, TRIAL_COLUMNS, trials_long_queryset
@@ -88,8 +89,11 @@ def response_lines(*, study: Study, flags: dict[str, tuple[str, int]] | None) ->
            "ORDER BY t.\"participant_id\", t.\"position\"")
     flags = flags or {}
     current, suffix = None, ""
-    with connections[queryset.db].chunked_cursor() as cursor:
-        cursor.execute(sql, params)
+    # In a transaction and planned without sorting, lines leave as soon as they are joined
+    # (``cursors`` says why); a sort of every line used to come first.
+    with streaming_transaction(using=queryset.db), connections[queryset.db].chunked_cursor() as cursor:
+        with streaming_plan(using=queryset.db):
+            cursor.execute(sql, params)
         while rows := cursor.fetchmany(FETCH_ROWS):
             lines = []
             for pid, line in rows:

@@ -16,7 +16,7 @@ from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.fields.json import KT
 
 from studyapp.exports.columns import HYPOTHESIS_COLUMNS, PHASES, likert_column_name
-from studyapp.exports.cursors import server_side_rows
+from studyapp.exports.cursors import server_side_rows, streamed
 from studyapp.models import (AnalysisRun, ModelOutput, Participant, QuestionnaireAnswer, Response, Study, StudyItem,
                              Trial)
 from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
@@ -24,6 +24,9 @@ from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 5_000
+# Participants per FETCH of participants.csv: each one aggregates its trials first, so a small
+# block brings the first row at once (a block of 5,000 took seconds).
+PARTICIPANT_FETCH = 100
 ATTENTION = Trial.Task.ATTENTION_CHECK.value
 _TASK = TRIAL_COLUMNS.index("task")
 _PARTICIPANT = TRIAL_COLUMNS.index("participant")
@@ -109,12 +112,15 @@ def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: di
                                          & Q(trials__response__correct=True))
     first_device = (Response.objects.filter(trial__participant=OuterRef("pk")).order_by("received_at", "pk")
                     .annotate(device=KT("client__device")).values("device")[:1])
+    # The device subquery is annotated after the aggregates: in the same annotate() Django puts it in
+    # the GROUP BY, and PostgreSQL then ran it once per trial instead of once per participant
+    # (42 s for 2,000 participants).
     queryset = (Participant.objects.filter(study=study, preview=False).order_by("id")
                 .values("id", "public_id", "arm__name", "arm__kind", "status", "source", "simulated", "started_at",
                         "consented_at", "consent_version", "completed_at", "last_seen_at", "comprehension_attempts",
                         "instructions_ms")
-                .annotate(**aggregates, device=Subquery(first_device)))
-    for p in queryset.iterator(chunk_size=CHUNK_SIZE):
+                .annotate(**aggregates).annotate(device=Subquery(first_device)))
+    for p in streamed(queryset, chunk_size=min(CHUNK_SIZE, PARTICIPANT_FETCH)):
         duration = ((p["completed_at"] - p["started_at"]).total_seconds()
                     if p["completed_at"] and p["started_at"] else None)
         accuracy = {phase: _accuracy(p[f"c_{phase}"], p[f"n_{phase}"]) for phase in PHASES}

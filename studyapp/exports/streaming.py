@@ -16,6 +16,9 @@ from django.utils.http import content_disposition_header
 from studyapp.exports.columns import COLUMN_FORMATTERS, Column
 
 BLOCK_ROWS = 2_000
+# The first block is small, so the first rows leave as soon as they are read (a wide participants
+# row can take a database round of its own); later blocks are full.
+FIRST_BLOCK_ROWS = 50
 
 
 class Echo:
@@ -45,7 +48,8 @@ def csv_header(columns: Sequence[Column]) -> str:
 
 
 def csv_lines(*, columns: Sequence[Column], rows: Iterable[Sequence], block_rows: int | None = None) -> Iterator[str]:
-    """Header then rows, formatted by column type, as CSV text blocks of ``block_rows`` rows.
+    """Header then rows, formatted by column type, as CSV text blocks of ``block_rows`` rows (the
+    first block of at most ``FIRST_BLOCK_ROWS``).
 
     Formatting is done a block at a time and column by column (``map`` over a column), which is
     several times faster than a Python loop over the cells of each row.
@@ -57,7 +61,9 @@ def csv_lines(*, columns: Sequence[Column], rows: Iterable[Sequence], block_rows
     buffer = Lines()
     writer = csv.writer(buffer, lineterminator="\n")
     rows = iter(rows)
-    while block := list(islice(rows, block_rows)):
+    size = min(block_rows, FIRST_BLOCK_ROWS)
+    while block := list(islice(rows, size)):
+        size = block_rows
         cells = list(zip(*block, strict=True))
         if len(cells) != width:
             raise ValueError(f"rows have {len(cells)} values for {width} columns")

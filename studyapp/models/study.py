@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
@@ -53,9 +54,27 @@ class Study(TimeStamped):
     preparation = models.JSONField(default=dict, blank=True, editable=False)
     # The draw of the study's items (seed, pool size, counts per stratum), set by preparation.
     item_sample = models.JSONField(default=dict, blank=True, editable=False)
+    # Who may see the study and its data (studyapp.selectors.studies_visible_to): its owner, its
+    # collaborators and superusers. A lab runs many researchers' studies on one server.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="owned_studies",
+                              help_text="The researcher who created the study; only the owner, the collaborators and "
+                                        "superusers see it, its participants and its data. A study created before "
+                                        "studies had owners has none and is seen by superusers only, until a "
+                                        "superuser gives it one (Sharing).")
+    collaborators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="shared_studies",
+                                           help_text="Other researchers who see this study and its data, within "
+                                                     "what their permissions allow.")
 
     class Meta:
         verbose_name_plural = "studies"
+        # Beyond view/add/change/delete: what a researcher may do with a study's results.
+        permissions = [
+            ("view_results", "Can view results, reports and the live monitor"),
+            ("export_data", "Can download exports"),
+            ("run_analysis", "Can run analyses"),
+            ("launch_study", "Can launch, pause and close studies"),
+        ]
         constraints = [
             choices_check("state", StudyState, "study_state_valid"),
             # A study that has been launched always carries its frozen plan.

@@ -1,7 +1,9 @@
 """Staff-only report pages: the study report, its download, "Run analysis", and the planner.
 
-Thin: authorize (``staff_member_required``: anonymous and non-staff users go to the admin login),
-parse, call the context builder or the service. "Run analysis" is a POST (CSRF-protected by the
+Thin: authorize (``staff_member_required``: anonymous and non-staff users go to the admin login;
+then ``study_for_user``: the report and its download need "view results", "Run analysis" needs
+"run analysis", the planner "view study", and the study must be the user's own or shared with
+them), parse, call the context builder or the service. "Run analysis" is a POST (CSRF-protected by the
 middleware) that queues an analysis job for the worker, followed by a redirect, so a reload
 never runs the analysis twice.
 """
@@ -11,7 +13,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404, render
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -20,6 +23,7 @@ from django.views.decorators.http import require_POST, require_safe
 from studyapp.models import Study
 from studyapp.reports.context import jobs_section, report_context, run_title
 from studyapp.reports.forms import RunAnalysisForm, SampleSizeForm, SimulationForm
+from studyapp.selectors import study_for_user
 from studyapp.selectors.preparation import preparation_context
 from studyapp.reports.planner import sample_size_result, simulation_result, study_defaults
 from studyapp.services.analysis_jobs import analysis_job_request
@@ -33,7 +37,7 @@ def _admin_context(request: HttpRequest, title: str) -> dict:
 @require_safe
 @staff_member_required
 def study_report(request: HttpRequest, pk: int) -> HttpResponse:
-    study = get_object_or_404(Study, pk=pk)
+    study = study_for_user(user=request.user, pk=pk, perm="studyapp.view_results")
     context = {**_admin_context(request, f"Report: {study.title}"), **report_context(study=study),
                "run_form": RunAnalysisForm(initial={"seed": study.seed}), "jobs": jobs_section(study),
                "launched": study.frozen_config is not None,
@@ -58,7 +62,7 @@ def _control_links(study: Study) -> dict:
 @require_POST
 @staff_member_required
 def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
-    study = get_object_or_404(Study, pk=pk)
+    study = study_for_user(user=request.user, pk=pk, perm="studyapp.run_analysis")
     url = reverse("report-study", kwargs={"pk": study.pk})
     form = RunAnalysisForm(request.POST)
     if not form.is_valid():
@@ -88,7 +92,7 @@ def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
 @staff_member_required
 def study_report_download(request: HttpRequest, pk: int) -> HttpResponse:
     """The same report as ONE self-contained HTML file: inline CSS and SVG, no links, no scripts."""
-    study = get_object_or_404(Study, pk=pk)
+    study = study_for_user(user=request.user, pk=pk, perm="studyapp.view_results")
     html = render_to_string("reports/study_report_standalone.html", report_context(study=study))
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{study.slug}_report.html"'
@@ -112,8 +116,11 @@ def _compute(form, compute, failure: str):
 def planner(request: HttpRequest) -> HttpResponse:
     """Sample size (closed form) and calibration by simulation; GET, so results can be bookmarked.
     With ``?study=<pk>`` both start from that study's own design (``study_defaults``)."""
+    if not request.user.has_perm("studyapp.view_study"):
+        raise PermissionDenied
     calc = request.GET.get("calc")
-    study = Study.objects.filter(pk=request.GET["study"]).first() if request.GET.get("study", "").isdigit() else None
+    study = (study_for_user(user=request.user, pk=int(request.GET["study"]))
+             if request.GET.get("study", "").isdigit() else None)
     defaults = study_defaults(study=study) if study else None
     size_form = SampleSizeForm(request.GET if calc == "size" else None, initial=defaults.size if defaults else None)
     sim_form = SimulationForm(request.GET if calc == "simulate" else None, prefix="sim",

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
-
 from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
@@ -85,28 +83,23 @@ def trials_long_queryset(*, study: Study, answered_only: bool = False,
     )
 
 
-def trials_long_frame(*, study: Study, answered_only: bool = True, columns: tuple[str, ...] = TRIAL_COLUMNS):
+def trials_long_frame(*, study: Study, answered_only: bool = True, columns: tuple[str, ...] = TRIAL_COLUMNS,
+                      method: str | None = None, uuid_text: bool = False):
     """The long format as a pandas DataFrame of ``columns``, for the analysis.
 
-    Rows come straight from a database cursor running the selector's SQL (Django's per-value
-    converters cost more than the query on a million rows); the participant column is turned
-    back into UUIDs once per participant, not once per row.
+    Same rows and order as ``trials_long_queryset``, with fixed dtypes per column
+    (``studyapp.selectors.frames.COLUMN_KINDS``). ``method``: "copy" (PostgreSQL: COPY into
+    ``pandas.read_csv``, several times faster than a cursor), "cursor" (any database), or None
+    for the fastest available; both give the same frame. ``uuid_text``: UUID columns as canonical
+    text instead of ``uuid.UUID`` objects, which hash in C (a groupby or isin over a million
+    rows spends seconds hashing ``uuid.UUID`` objects).
     """
-    import pandas as pd
-    from django.db import connection
+    from studyapp.selectors.frames import long_frame
 
-    sql, params = trials_long_queryset(study=study, answered_only=answered_only, columns=columns).query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        frame = pd.DataFrame.from_records(cursor.fetchall(), columns=list(columns))
-    if "participant" in frame and len(frame):
-        codes, uniques = pd.factorize(frame["participant"])
-        as_uuid = np.array([u if isinstance(u, uuid.UUID) else uuid.UUID(str(u)) for u in uniques], dtype=object)
-        frame["participant"] = as_uuid[codes]
-    if "correct" in frame and connection.vendor == "sqlite":
-        # SQLite returns booleans as 0/1 integers; keep the dtype the same on both databases.
-        frame["correct"] = frame["correct"].map(lambda value: None if value is None else bool(value))
-    return frame
+    def queryset_for(selected: tuple[str, ...], order_key: bool) -> QuerySet:
+        return trials_long_queryset(study=study, answered_only=answered_only, columns=selected, order_key=order_key)
+
+    return long_frame(queryset_for=queryset_for, columns=tuple(columns), method=method, uuid_text=uuid_text)
 
 
 # ---------------------------------------------------------------- edits
@@ -130,3 +123,47 @@ def edit_settings_key(*, study) -> str:
 def study_edits(*, study, stimuli):
     """The study's candidate edits of ``stimuli`` (those made under its settings)."""
     return Edit.objects.filter(stimulus__in=stimuli, settings_sha256=edit_settings_key(study=study))
+
+
+# ---------------------------------------------------------------- access
+# Every staff view asks these: a study belongs to its owner and collaborators (superusers see
+# every study), and a staff user without the model or custom permission a view needs is refused.
+
+
+def visible_rows(queryset: QuerySet, *, user, study_path: str = "") -> QuerySet:
+    """``queryset`` narrowed to the rows whose study ``user`` may see. ``study_path``: the lookup
+    from a row to its study ("study", "trial__participant__study"; "" for studies themselves)."""
+    if not (user.is_active and user.is_staff):
+        return queryset.none()
+    if user.is_superuser:
+        return queryset
+    prefix = f"{study_path}__" if study_path else ""
+    # A subquery rather than a join on collaborators: a join would repeat rows (and inflate the
+    # admin's counts) once per collaborator.
+    shared = Study.collaborators.through.objects.filter(user_id=user.pk).values("study_id")
+    return queryset.filter(Q(**{f"{prefix}owner_id": user.pk}) | Q(**{f"{study_path or 'pk'}__in": shared}))
+
+
+def studies_visible_to(*, user) -> QuerySet:
+    """The studies ``user`` may see: all for a superuser, else those they own or collaborate on
+    (a study without an owner, created before owners existed, is seen by superusers only)."""
+    return visible_rows(Study.objects.all(), user=user)
+
+
+def study_for_user(*, user, pk, perm: str | tuple[str, ...] | None = "studyapp.view_study") -> Study:
+    """The study ``pk`` if ``user`` has ``perm`` (all of them, when several) and may see it.
+
+    Raises PermissionDenied (403) for a missing permission, before looking the study up, so a
+    user without the permission cannot learn which studies exist; Http404 for a study that does
+    not exist or is not theirs (the same answer for both, for the same reason).
+    """
+    from django.core.exceptions import PermissionDenied
+    from django.http import Http404
+
+    perms = (perm,) if isinstance(perm, str) else tuple(perm or ())
+    if not (user.is_active and user.is_staff) or not user.has_perms(perms):
+        raise PermissionDenied
+    study = studies_visible_to(user=user).filter(pk=pk).first()
+    if study is None:
+        raise Http404("No such study, or it is not shared with you: ask its owner to add you as a collaborator.")
+    return study

@@ -110,17 +110,30 @@ def _not_available(reason: str, status: str = "not_available") -> dict:
 
 
 def _trials(study: Study) -> pd.DataFrame:
-    """Answered trials in the analysis package's column names; ``item_id`` = stimulus (+ edit)."""
-    frame = trials_long_frame(study=study, answered_only=True, columns=ANALYSIS_COLUMNS)
+    """Answered trials in the analysis package's column names; ``item_id`` = stimulus (+ edit).
+
+    Participant ids are canonical UUID text (as in ``_Data``): text hashes in C, ``uuid.UUID``
+    objects in Python, which cost seconds in every groupby and isin over a million trials.
+    Nullable integer columns become float64 with NaN, the numpy types the statistics expect.
+    """
+    frame = trials_long_frame(study=study, answered_only=True, columns=ANALYSIS_COLUMNS, uuid_text=True)
     frame = frame.rename(columns={"participant": "participant_id", "response": "answer"})
     correct = frame["correct"].astype("float64")
     # A response stored without a verdict is scored against the expected answer, when there is one.
     derivable = correct.isna() & frame["expected_answer"].notna()
     correct[derivable] = (frame.loc[derivable, "answer"] == frame.loc[derivable, "expected_answer"]).astype(float)
     frame["correct"] = correct
-    edit = frame["edit"].astype("object")
     # Zero-padded so that sorting item ids (the bootstrap does) follows stimulus order, not "10" < "2".
-    frame["item_id"] = frame["stimulus"].map("{:012d}".format) + np.where(edit.notna(), ":" + edit.astype(str), "")
+    # Formatted once per distinct (stimulus, edit), not once per trial.
+    stimulus_codes, stimuli = pd.factorize(frame["stimulus"])
+    edit_codes, edits = pd.factorize(frame["edit"])  # missing edit: code -1
+    codes, pairs = pd.factorize(stimulus_codes * (len(edits) + 1) + edit_codes + 1)
+    stimulus_of, edit_of = np.divmod(pairs, len(edits) + 1)
+    labels = np.array([f"{stimuli[s]:012d}" + (f":{edits[e - 1]}" if e else "") for s, e in zip(stimulus_of, edit_of)],
+                      dtype=object)
+    frame["item_id"] = pd.array(labels[codes], dtype="str")
+    nullable = [c for c in frame.columns if isinstance(frame[c].dtype, pd.Int64Dtype)]
+    frame[nullable] = frame[nullable].astype("float64")
     return frame
 
 
@@ -514,14 +527,15 @@ class _Data:
     num_classes: int
     _cache: dict = dataclasses.field(default_factory=dict)
 
-    def exclusions(self, extra_rules: dict | None = None) -> dict[uuid.UUID, list[str]]:
+    def exclusions(self, extra_rules: dict | None = None) -> dict[str, list[str]]:
         effective = {**self.rules, **(extra_rules or {})}
         key = repr(sorted(effective.items()))
         if key not in self._cache:
-            self._cache[key] = participant_exclusions(study=self.study, rules=effective)
+            found = participant_exclusions(study=self.study, rules=effective)
+            self._cache[key] = {str(p): reasons for p, reasons in found.items()}
         return self._cache[key]
 
-    def analysed(self, extra_rules: dict | None = None) -> set[uuid.UUID]:
+    def analysed(self, extra_rules: dict | None = None) -> set[str]:
         completed = set(self.people.loc[self.people["status"] == Participant.Status.COMPLETED, "participant_id"])
         return {p for p, reasons in self.exclusions(extra_rules).items() if p in completed and not reasons}
 
@@ -539,6 +553,9 @@ def _load(study: Study, rules: dict, *, simulated: bool = False) -> _Data:
         QuestionnaireAnswer.objects.filter(participant__study=study, participant__preview=False).values_list(
             "participant__public_id", "participant__arm__name", "item", "value"),
         columns=["participant_id", "arm", "item", "value"])
+    # Participants are identified by canonical UUID text throughout a run (see _trials).
+    people["participant_id"] = people["participant_id"].map(str).astype("str")
+    likert["participant_id"] = likert["participant_id"].map(str).astype("str")
     keep = set(people["participant_id"])
     trials = _trials(study)
     trials = trials.loc[trials["participant_id"].isin(keep)] if len(trials) else trials

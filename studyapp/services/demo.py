@@ -145,12 +145,16 @@ def demo_model(*, spec: DemoSpec, dataset: Dataset, result: DemoResult) -> MLMod
                  "test_n": int(len(y_test))})
 
 
-def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: DemoResult) -> Study:
+def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: DemoResult, owner) -> Study:
     study = Study.objects.filter(slug=spec.slug).first()
+    if study is not None and study.owner_id is None:
+        # A demo made before studies had owners: without one, only superusers would see it.
+        Study.objects.filter(pk=study.pk).update(owner=owner)
+        study.owner = owner
     if study is None:
         with transaction.atomic():
             study = Study.objects.create(
-                title=spec.title, slug=spec.slug, model=model, dataset=dataset, seed=DEMO_SEED,
+                title=spec.title, slug=spec.slug, model=model, dataset=dataset, seed=DEMO_SEED, owner=owner,
                 description=f"Built-in demo ({spec.builtin}) created by `make demo`.", consent_text=CONSENT, debrief_text=DEBRIEF,
                 completion_code="DEMO-COMPLETE", screened_out_code="DEMO-SCREENED",
                 failed_checks_code="DEMO-FAILED",
@@ -186,34 +190,36 @@ def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: Demo
     return study
 
 
-def demo_admin(*, result: DemoResult) -> None:
-    """An admin login for the demo; the password is generated once and kept in DATA_DIR."""
+def demo_admin(*, result: DemoResult):
+    """An admin login for the demo (returned: it owns the demo studies); the password is generated
+    once and kept in DATA_DIR."""
     password_file = Path(settings.DATA_DIR) / "demo-admin-password.txt"
     User = get_user_model()
     user = User.objects.filter(username=result.admin_username).first()
     if user is not None and password_file.exists():
         result.admin_password = password_file.read_text().strip()
-        return
+        return user
     password = secrets.token_urlsafe(12)
     password_file.parent.mkdir(parents=True, exist_ok=True)
     password_file.write_text(password + "\n")
     password_file.chmod(0o600)
     if user is None:
-        User.objects.create_superuser(result.admin_username, "admin@example.invalid", password)
+        user = User.objects.create_superuser(result.admin_username, "admin@example.invalid", password)
         result.created.append("admin user")
     else:
         user.set_password(password)
         user.save(update_fields=["password"])
     result.admin_password = password
+    return user
 
 
 def demo_setup() -> DemoResult:
     from studyapp.services.datasets import dataset_import_builtin
 
     result = DemoResult()
+    admin = demo_admin(result=result)
     for spec in DEMOS:
         dataset = dataset_import_builtin(which=spec.builtin)
         model = demo_model(spec=spec, dataset=dataset, result=result)
-        result.studies.append(demo_study(spec=spec, model=model, dataset=dataset, result=result))
-    demo_admin(result=result)
+        result.studies.append(demo_study(spec=spec, model=model, dataset=dataset, result=result, owner=admin))
     return result

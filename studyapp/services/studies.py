@@ -276,16 +276,17 @@ def _copied_fields(obj, *, skip: tuple[str, ...]) -> dict:
             if f.name not in ("id", "created_at", "updated_at", *skip)}
 
 
-def study_duplicate(*, study: Study) -> Study:
+def study_duplicate(*, study: Study, owner=None) -> Study:
     """A new draft with the same design, texts, arms and hypotheses: for a replication, the next
     study, or a change to a launched study (whose plan is frozen). Nothing computed, nobody
     enrolled, a new participant link; the completion codes are left empty, because each study on
-    a crowd platform has codes of its own."""
+    a crowd platform has codes of its own. It belongs to ``owner`` (default: the original's owner)
+    and is shared with no one yet."""
     with transaction.atomic():
         duplicate = Study.objects.create(**_copied_fields(study, skip=(
             "slug", "title", "state", "public_id", "frozen_config", "frozen_sha256", "launched_at", "closed_at",
-            "preparation", "item_sample", "completion_code", "screened_out_code", "failed_checks_code")),
-            slug=_free_slug(study.slug), title=f"{study.title} (copy)"[:200])
+            "preparation", "item_sample", "completion_code", "screened_out_code", "failed_checks_code", "owner")),
+            slug=_free_slug(study.slug), title=f"{study.title} (copy)"[:200], owner_id=owner.pk if owner else study.owner_id)
         arms = {arm.pk: Arm.objects.create(**_copied_fields(arm, skip=("study",)), study=duplicate)
                 for arm in study.arms.order_by("position", "id")}
         for h in study.hypotheses.order_by("label"):

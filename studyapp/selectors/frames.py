@@ -1,0 +1,206 @@
+"""The long format as a pandas DataFrame, read fast, with the same dtypes on every database.
+
+Two readers of the one SQL query ``trials_long_queryset`` builds:
+
+* ``copy`` (PostgreSQL with psycopg2): ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`` into a
+  buffer that ``pandas.read_csv`` parses in C with a dtype per column. No Python object is made
+  per row: text columns are read as categoricals (a few distinct values each), so even the
+  participant UUIDs are built once per participant.
+* ``cursor`` (any database, SQLite included): a cursor read ``fetchmany`` block by block, each
+  block turned column by column into the same dtypes.
+
+Both give the same frame, column for column, dtype for dtype, row for row (a test compares
+them on PostgreSQL). The dtypes are fixed by ``COLUMN_KINDS``, never inferred from the data, so
+a column does not change type because one study happens to have no missing value in it:
+
+=============  ==========================================================================
+kind           dtype
+=============  ==========================================================================
+``int``        ``int64`` (never missing)
+``Int64``      pandas' nullable ``Int64`` (missing is ``<NA>``)
+``bool``       ``bool`` (never missing)
+``boolean``    pandas' nullable ``boolean``
+``str``        ``str`` (missing is NaN)
+``uuid``       ``object`` of ``uuid.UUID`` (missing is None); ``uuid_text=True``: ``str``
+``datetime``   ``datetime64[us, UTC]`` (missing is NaT)
+=============  ==========================================================================
+"""
+from __future__ import annotations
+
+import io
+import uuid
+
+import numpy as np
+import pandas as pd
+from django.db import connections, transaction
+
+# Column -> kind (see the module docstring). Answer columns are nullable even where the response
+# table's are not: with answered_only=False an unanswered trial has no response row.
+COLUMN_KINDS = {
+    "study": "str", "participant": "uuid", "participant_status": "str", "simulated": "bool",
+    "arm": "str", "arm_kind": "str", "position": "int", "phase": "str", "task": "str",
+    "stimulus": "int", "stimulus_index": "int", "edit": "Int64", "truth": "int", "model_output": "Int64",
+    "expected_answer": "Int64", "n_options": "Int64", "show_explanation": "bool", "show_model_output": "bool",
+    "response": "Int64", "correct": "boolean", "confidence": "Int64", "client_rt_ms": "Int64",
+    "server_rt_ms": "Int64", "client_sent_at": "datetime", "received_at": "datetime", "idempotency_key": "uuid",
+    "focus_losses": "Int64", "device": "str",
+}
+METHODS = ("copy", "cursor")
+FETCH_ROWS = 100_000
+DATETIME = "datetime64[us, UTC]"
+
+
+def copy_available(*, using: str = "default") -> bool:
+    """PostgreSQL through psycopg2 (``copy_expert``); psycopg 3 and SQLite read through a cursor."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return False
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return not is_psycopg3
+
+
+def long_frame(*, queryset_for, columns: tuple[str, ...], method: str | None = None,
+               uuid_text: bool = False, using: str = "default") -> pd.DataFrame:
+    """The frame of ``columns``; ``queryset_for(columns, order_key)`` gives the selector's queryset.
+
+    ``method``: "copy", "cursor", or None for the fastest this database offers.
+    """
+    unknown = [c for c in columns if c not in COLUMN_KINDS]
+    if unknown:
+        raise ValueError(f"unknown long-format columns: {unknown}")
+    if method is None:
+        method = "copy" if copy_available(using=using) else "cursor"
+    if method == "copy":
+        if not copy_available(using=using):
+            raise ValueError("the COPY reader needs PostgreSQL through psycopg2; use method='cursor'")
+        return _by_copy(queryset_for, columns, uuid_text=uuid_text, using=using)
+    if method == "cursor":
+        return _by_cursor(queryset_for(columns, False), columns, uuid_text=uuid_text, using=using)
+    raise ValueError(f"method must be one of {METHODS} or None, got {method!r}")
+
+
+# ---------------------------------------------------------------- COPY (PostgreSQL)
+
+# Text cells get a one-character prefix in SQL, stripped again in pandas: COPY writes NULL as \N,
+# and without the prefix a text value that is literally "\N" would come back as missing.
+_PREFIX = "."
+
+
+def _copy_cell(kind: str, column: str) -> str:
+    value = f't."{column}"'
+    if kind == "str":
+        return f"'{_PREFIX}' || ({value})::text"
+    if kind == "uuid":
+        return f"({value})::text"
+    if kind in ("bool", "boolean"):
+        return f"({value})::int"
+    if kind == "datetime":  # microseconds since the epoch: exact (EXTRACT gives numeric)
+        return f"(EXTRACT(EPOCH FROM {value}) * 1000000)::bigint"
+    return value
+
+
+_READ_DTYPE = {"int": "int64", "Int64": "Int64", "bool": "int8", "boolean": "Int8", "str": "category",
+               "uuid": "category", "datetime": "Int64"}
+
+
+def _by_copy(queryset_for, columns, *, uuid_text: bool, using: str) -> pd.DataFrame:
+    from studyapp.selectors import COLUMN_SOURCES
+
+    # "position" is selected for the outer ORDER BY when the caller did not ask for it.
+    inner_columns = columns if "position" in columns else (*columns, "position")
+    queryset = queryset_for(inner_columns, True)
+    sql, params = queryset.query.sql_with_params()
+    cells = ", ".join(_copy_cell(COLUMN_KINDS[c], COLUMN_SOURCES[c]) for c in columns)
+    buffer = io.BytesIO()
+    with connections[using].cursor() as cursor:
+        inner = cursor.cursor.mogrify(sql, params).decode()  # COPY takes no parameters
+        # The outer ORDER BY repeats the inner one; PostgreSQL keeps the subquery's order without
+        # sorting again, and the order no longer depends on how the subquery is planned.
+        cursor.copy_expert(f'COPY (SELECT {cells} FROM ({inner}) AS t ORDER BY t."participant_id", t."position") '
+                           "TO STDOUT WITH (FORMAT csv, NULL '\\N')", buffer)
+    if not buffer.getbuffer().nbytes:  # read_csv refuses an empty file
+        return _block([], columns, uuid_text=uuid_text)
+    buffer.seek(0)
+    raw = pd.read_csv(buffer, header=None, names=list(columns), engine="c", keep_default_na=False,
+                      na_values=["\\N"], dtype={c: _READ_DTYPE[COLUMN_KINDS[c]] for c in columns})
+    frame = pd.DataFrame(index=pd.RangeIndex(len(raw)))
+    for column in columns:
+        frame[column] = _from_copy(raw[column], COLUMN_KINDS[column], uuid_text=uuid_text)
+    return frame
+
+
+def _from_copy(values: pd.Series, kind: str, *, uuid_text: bool):
+    if kind == "str":
+        return values.cat.rename_categories([c[len(_PREFIX):] for c in values.cat.categories]).astype("str")
+    if kind == "uuid":
+        return _uuid_column(values.cat.codes.to_numpy(), values.cat.categories, uuid_text=uuid_text)
+    if kind == "bool":
+        return values.astype(bool)
+    if kind == "boolean":
+        return values.astype("boolean")
+    if kind == "datetime":
+        return pd.to_datetime(values, unit="us", utc=True).astype(DATETIME)
+    return values
+
+
+# ---------------------------------------------------------------- cursor (any database)
+
+
+def _by_cursor(queryset, columns, *, uuid_text: bool, using: str) -> pd.DataFrame:
+    """Rows in blocks from a cursor (server-side on PostgreSQL), each block typed column by column.
+
+    Raw cursor values, not the ORM's converters (which cost more than the query on a million
+    rows): the kinds below accept what PostgreSQL and SQLite return (UUID objects or hex text,
+    aware datetimes or ISO text, booleans or 0/1).
+    """
+    sql, params = queryset.query.sql_with_params()
+    blocks = []
+    connection = connections[using]
+    # Inside a transaction the named cursor streams; outside one PostgreSQL would first copy the
+    # whole result (WITH HOLD) before the first block.
+    with transaction.atomic(using=using), connection.chunked_cursor() as cursor:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(FETCH_ROWS):
+            blocks.append(_block(rows, columns, uuid_text=uuid_text))
+    if not blocks:
+        return _block([], columns, uuid_text=uuid_text)
+    return pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
+
+
+def _block(rows: list[tuple], columns, *, uuid_text: bool) -> pd.DataFrame:
+    values = list(zip(*rows)) if rows else [()] * len(columns)
+    frame = pd.DataFrame(index=pd.RangeIndex(len(rows)))
+    for column, cells in zip(columns, values):
+        frame[column] = _from_values(np.array(cells, dtype=object), COLUMN_KINDS[column], uuid_text=uuid_text)
+    return frame
+
+
+def _from_values(cells: np.ndarray, kind: str, *, uuid_text: bool):
+    if kind == "int":
+        return cells.astype(np.int64)
+    if kind == "Int64":
+        return pd.array(cells, dtype="Int64")
+    if kind == "bool":
+        return cells.astype(bool)
+    if kind == "boolean":
+        return pd.array(cells, dtype="boolean")
+    if kind == "str":
+        return pd.Series(cells, dtype="object").astype("str").array
+    if kind == "uuid":
+        codes, uniques = pd.factorize(cells)
+        return _uuid_column(codes, uniques, uuid_text=uuid_text)
+    if kind == "datetime":
+        return pd.to_datetime(pd.Series(cells, dtype="object"), utc=True, format="ISO8601").astype(DATETIME).array
+    raise ValueError(f"unknown column kind {kind!r}")
+
+
+def _uuid_column(codes: np.ndarray, uniques, *, uuid_text: bool):
+    """UUIDs from factorized values (code -1 = missing), built once per distinct value."""
+    parsed = [u if isinstance(u, uuid.UUID) else uuid.UUID(str(u)) for u in uniques.tolist()]
+    if uuid_text:
+        table = np.array([str(u) for u in parsed] + [None], dtype=object)
+        return pd.array(table[codes], dtype="str")
+    table = np.empty(len(parsed) + 1, dtype=object)
+    table[:len(parsed)] = parsed
+    return table[codes]  # code -1 picks the trailing None
