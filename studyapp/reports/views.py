@@ -42,7 +42,9 @@ def study_report(request: HttpRequest, pk: int) -> HttpResponse:
                "run_form": RunAnalysisForm(initial={"seed": study.seed}), "jobs": jobs_section(study),
                "launched": study.frozen_config is not None,
                "has_deviations": study.deviations.exists(), "control_links": _control_links(study),
-               "prep": preparation_context(study=study, can_change=request.user.has_perm("studyapp.change_study"))}
+               "prep": preparation_context(study=study, can_change=request.user.has_perm("studyapp.change_study")),
+               "can_run_analysis": request.user.has_perm("studyapp.run_analysis"),
+               "can_export": request.user.has_perm("studyapp.export_data")}
     return render(request, "reports/study_report.html", context)
 
 
