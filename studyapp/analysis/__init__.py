@@ -31,7 +31,7 @@ from .contingency import (
 )
 from .decisions import Decision, HypothesisSpec, decide
 from .effect_sizes import cohens_d, cohens_h, difference_in_proportions, odds_ratio
-from .mixed import crossed_mixed_logistic, gee_logistic
+from .mixed import NotRun, crossed_mixed_design_problems, crossed_mixed_logistic, gee_logistic
 from .multiplicity import METHODS as CORRECTION_METHODS
 from .multiplicity import AdjustedPValues, adjust_pvalues
 from .paired import (
@@ -48,10 +48,13 @@ from .planning import (
     OneGroupSampleSize,
     Power,
     SampleSize,
+    participant_accuracy_spread,
     power_one_group,
+    power_participant_accuracy,
     power_two_means,
     power_two_proportions,
     sample_size_one_group,
+    sample_size_participant_accuracy,
     sample_size_two_means,
     sample_size_two_proportions,
 )
@@ -68,6 +71,7 @@ __all__ = [
     "EffectSize",
     "HypothesisSpec",
     "LongColumns",
+    "NotRun",
     "OneGroupSampleSize",
     "PairedSample",
     "Power",
@@ -82,6 +86,7 @@ __all__ = [
     "cohens_d",
     "cohens_h",
     "completion_table",
+    "crossed_mixed_design_problems",
     "crossed_mixed_logistic",
     "decide",
     "difference_in_proportions",
@@ -95,14 +100,17 @@ __all__ = [
     "paired_t_test",
     "paired_tost",
     "participant_accuracy",
+    "participant_accuracy_spread",
     "participant_outcomes",
     "permutation_test",
     "pooled_binomial_descriptive",
     "power_one_group",
+    "power_participant_accuracy",
     "power_two_means",
     "power_two_proportions",
     "primary_analysis",
     "sample_size_one_group",
+    "sample_size_participant_accuracy",
     "sample_size_two_means",
     "sample_size_two_proportions",
     "select_trials",

@@ -15,20 +15,29 @@ in every phase (Hase & Bansal's pre/post design), so the gain removes the abilit
 ``calibrate`` pushes N simulated studies through :func:`primary_analysis` (the real test and
 the real correction over the family) under the null (every arm at the control's accuracy) and
 under the configured alternative, and returns the family-wise false-positive rate and the
-power. Every study draws from its own child of one ``numpy.random.SeedSequence``.
+power, each with its Clopper-Pearson interval over the simulated studies (statsmodels
+``proportion_confint(method="beta")``; R: ``binom.test``). ``null_only=True`` runs only the
+null half (a family-wise error check costs half as much). Study i of the null half draws from
+child i of ``numpy.random.SeedSequence(seed).spawn(2 * n_studies)`` and study i of the
+alternative half from child ``n_studies + i``, so the results are the same whatever the number
+of ``workers`` (processes of a ``concurrent.futures.ProcessPoolExecutor``) and whether the
+alternative half runs.
 """
 
 from __future__ import annotations
 
 import gc
+import math
+import multiprocessing
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from scipy.special import expit, logit
+from statsmodels.stats.proportion import proportion_confint
 
 from .multiplicity import DEFAULT_METHOD
 from .primary import primary_analysis
@@ -116,13 +125,51 @@ def simulate_study(
 
 @dataclass(frozen=True)
 class CalibrationResult:
+    """Family-wise false-positive rate under the null and power under the alternative.
+
+    Intervals are Clopper-Pearson (exact binomial) at ``params["confidence_level"]`` over the
+    simulated studies. With ``null_only`` the power fields are None.
+    """
+
     n_studies: int
     alpha: float
     fwer_null: float
-    fwer_null_ci: tuple[float, float]  # Clopper-Pearson 95% interval over the simulated studies
-    power_any: float
-    power_per_arm: dict[str, float]
+    fwer_null_ci: tuple[float, float]
+    power_any: float | None
+    power_per_arm: dict[str, float] | None
     params: dict[str, Any]
+    power_any_ci: tuple[float, float] | None = None
+    power_per_arm_ci: dict[str, tuple[float, float]] | None = None
+
+
+def _clopper_pearson(successes: int, n: int, confidence_level: float) -> tuple[float, float]:
+    low, high = proportion_confint(successes, n, alpha=1 - confidence_level, method="beta")
+    return float(low), float(high)
+
+
+def _rejections(task: tuple) -> np.ndarray:
+    """One simulated study analysed by the real primary analysis: which arms were rejected."""
+    accuracy, child, design, analysis, arms = task
+    trials = simulate_study(arm_accuracy=accuracy, seed=child, **design)
+    return primary_analysis(trials, arms=arms, **analysis).adjusted.reject
+
+
+def _worker_start() -> None:
+    # Unpickling this function imported this module, and with it pandas, scipy and statsmodels:
+    # freeze them, as calibrate does in the calling process (see there).
+    gc.freeze()
+
+
+def _run_all(tasks: list[tuple], workers: int) -> np.ndarray:
+    if workers == 1 or len(tasks) < 2:
+        return np.array([_rejections(t) for t in tasks])
+    # "spawn": forking a process that runs threads (a web server, a Celery worker) can copy a
+    # held lock into the child and hang it. Chunks amortise the pickling of the tasks; the
+    # results come back in task order, so they do not depend on the scheduling.
+    context = multiprocessing.get_context("spawn")
+    chunksize = max(1, math.ceil(len(tasks) / (4 * workers)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start) as pool:
+        return np.array(list(pool.map(_rejections, tasks, chunksize=chunksize)))
 
 
 def calibrate(
@@ -142,12 +189,23 @@ def calibrate(
     baseline_accuracy: float | None = None,
     participant_sd: float = 0.5,
     item_sd: float = 0.5,
+    null_only: bool = False,
+    workers: int = 1,
+    confidence_level: float = 0.95,
 ) -> CalibrationResult:
     """Family-wise false-positive rate under the null and power under ``arm_accuracy``.
 
     With two or more phases the first is the pre-test and the default outcome is the gain
     (last phase minus first); with one phase the outcome is that phase's accuracy.
+    ``null_only`` skips the alternative half (power fields None); ``workers`` > 1 runs the
+    studies in that many processes with identical results (``workers`` is therefore not in
+    ``params``). Scripts that use ``workers`` > 1 need the ``if __name__ == "__main__":``
+    guard of every multiprocessing program (the workers are spawned, and import the script).
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must lie between 0 and 1, got {confidence_level}")
     pre_phase = phases[0] if len(phases) > 1 else None
     if outcome is None:
         outcome = "gain" if pre_phase is not None else phases[0]
@@ -172,36 +230,53 @@ def calibrate(
     if pre_phase is not None:
         analysis.update(pre_phase=pre_phase, post_phase=phases[-1])
     null_accuracy = {arm: arm_accuracy[control] for arm in arm_accuracy}
+    # Always 2 * n_studies children: the null half gets the same seeds with or without the
+    # alternative half, so a null-only run reproduces the null half of a full run.
     children = np.random.SeedSequence(seed).spawn(2 * n_studies)
     arms = [a for a in arm_accuracy if a != control]
-
-    def run(accuracy, child) -> np.ndarray:
-        trials = simulate_study(arm_accuracy=accuracy, seed=child, **design)
-        result = primary_analysis(trials, arms=arms, **analysis)
-        return result.adjusted.reject
+    tasks = [(null_accuracy, c, design, analysis, arms) for c in children[:n_studies]]
+    if not null_only:
+        tasks += [(dict(arm_accuracy), c, design, analysis, arms) for c in children[n_studies:]]
 
     # statsmodels' Holm branch calls gc.collect() on every call (~50 ms with pandas and scipy
     # loaded). Freezing the objects that exist now keeps those collections cheap; objects
-    # created inside the loop are still collected normally.
+    # created inside the loop are still collected normally. Worker processes freeze theirs
+    # when they start.
     gc.freeze()
     try:
-        null_rejections = np.array([run(null_accuracy, c) for c in children[:n_studies]])
-        alt_rejections = np.array([run(arm_accuracy, c) for c in children[n_studies:]])
+        rejections = _run_all(tasks, workers)
     finally:
         gc.unfreeze()
+    null_rejections = rejections[:n_studies]
     any_null = int(null_rejections.any(axis=1).sum())
-    ci = stats.binomtest(any_null, n_studies).proportion_ci(method="exact")
+    power_any = power_per_arm = power_any_ci = power_per_arm_ci = None
+    if not null_only:
+        alt_rejections = rejections[n_studies:]
+        any_alt = int(alt_rejections.any(axis=1).sum())
+        per_arm = alt_rejections.sum(axis=0)
+        power_any = any_alt / n_studies
+        power_any_ci = _clopper_pearson(any_alt, n_studies, confidence_level)
+        power_per_arm = {arm: float(per_arm[i]) / n_studies for i, arm in enumerate(arms)}
+        power_per_arm_ci = {
+            arm: _clopper_pearson(int(per_arm[i]), n_studies, confidence_level)
+            for i, arm in enumerate(arms)
+        }
     return CalibrationResult(
         n_studies=n_studies,
         alpha=alpha,
         fwer_null=any_null / n_studies,
-        fwer_null_ci=(float(ci.low), float(ci.high)),
-        power_any=float(alt_rejections.any(axis=1).mean()),
-        power_per_arm={arm: float(alt_rejections[:, i].mean()) for i, arm in enumerate(arms)},
+        fwer_null_ci=_clopper_pearson(any_null, n_studies, confidence_level),
+        power_any=power_any,
+        power_per_arm=power_per_arm,
+        power_any_ci=power_any_ci,
+        power_per_arm_ci=power_per_arm_ci,
         params={
             "seed": seed,
             "arm_accuracy": dict(arm_accuracy),
             **design,
             **analysis,
+            "null_only": null_only,
+            "confidence_level": confidence_level,
+            "interval": "Clopper-Pearson (statsmodels proportion_confint, method='beta')",
         },
     )

@@ -7,10 +7,19 @@ ratio, and GEE should recover the smaller population-averaged log odds ratio.
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
-from studyapp.analysis import crossed_mixed_logistic, gee_logistic, simulate_study
+from studyapp.analysis import (
+    NotRun,
+    StatResult,
+    crossed_mixed_design_problems,
+    crossed_mixed_logistic,
+    gee_logistic,
+    simulate_study,
+)
 
 pytest.importorskip("gpboost", reason="the crossed-effects GLMM needs gpboost==1.8.0")
 
@@ -50,12 +59,72 @@ def test_crossed_glmm_recovers_sign_and_size_of_a_known_effect(trials):
     assert result.params["fit_params"]["max_num_restarts_lbfgs"] == 3
 
 
-def test_crossed_glmm_pre_post_interaction_recovers_the_change(trials):
+def test_crossed_glmm_refuses_the_within_participant_pre_post_change(trials):
+    # The arm x post interaction is a within-participant contrast: refused with the reason, as a
+    # result entry that the analysis service records as "not_run" (not an exception).
     result = crossed_mixed_logistic(trials, control="control", phase="post_test",
                                     pre_phase="pre_test")["ig"]
-    assert result.extra["log_odds_ratio"] == pytest.approx(TRUE_LOG_OR, abs=0.35)
-    # no difference between arms before the intervention
-    assert abs(result.extra["coefficients"]["arm[ig]"]) < 0.35
+    assert isinstance(result, NotRun)
+    assert "measured within participants (120 participants answered both phases)" in result.reason
+    assert "use the primary test on each participant's gain" in result.reason
+    assert result.to_dict()["status"] == "not_run" and result.to_dict()["reason"] == result.reason
+    assert result.n == {"trials": 7200, "participants": 120, "items": 40}
+    # GEE (robust sandwich SEs, clustered by participant) still estimates the pre/post change.
+    gee = gee_logistic(trials, control="control", phase="post_test", pre_phase="pre_test")["ig"]
+    assert abs(gee.extra["coefficients"]["arm[ig]"]) < 0.35
+
+
+def _within_participants(trials):
+    """Every participant answers half of the items in each arm (a within-subject design)."""
+    rows = trials.loc[trials["phase"] == "post_test"].copy()
+    swap = (rows["participant_id"] + rows["item_id"]) % 2 == 1
+    rows["arm"] = np.where(swap, np.where(rows["arm"] == "ig", "control", "ig"), rows["arm"].astype(str))
+    return rows
+
+
+def test_crossed_glmm_refuses_a_condition_that_varies_within_participants(trials):
+    rows = _within_participants(trials)
+    result = crossed_mixed_logistic(rows, control="control", phase="post_test")["ig"]
+    assert isinstance(result, NotRun)
+    assert result.reason.startswith("the condition varies within participants (120 participants answered "
+                                    "trials in 'ig' and in another arm)")
+    assert "10-30% too small against lme4" in result.reason and "use the paired tests" in result.reason
+    assert crossed_mixed_design_problems(rows, control="control", phase="post_test") == {"ig": result.reason}
+
+
+def test_one_participant_in_two_arms_is_enough_to_refuse(trials):
+    rows = trials.loc[trials["phase"] == "post_test"].copy()
+    rows["arm"] = rows["arm"].astype(str)
+    first = rows["participant_id"] == rows["participant_id"].iloc[0]
+    rows.loc[first & (rows["item_id"] % 2 == 0), "arm"] = "ig"
+    problems = crossed_mixed_design_problems(rows, control="control", phase="post_test")
+    assert "(1 participant answered trials in 'ig'" in problems["ig"]
+
+
+def test_crossed_glmm_refuses_a_condition_that_varies_between_items_and_fits_the_other_arms(trials):
+    rows = trials.loc[trials["phase"] == "post_test"].copy()
+    rows["arm"] = rows["arm"].astype(str)
+    # A third arm whose items were never shown in control: the arm is an item attribute.
+    extra = rows.loc[rows["arm"] == "ig"].assign(arm="new_items", participant_id=lambda f: f["participant_id"] + 1000,
+                                                  item_id=lambda f: f["item_id"] + 1000)
+    rows = pd.concat([rows, extra], ignore_index=True)
+    results = crossed_mixed_logistic(rows, control="control", phase="post_test", alternative="greater")
+    assert list(results) == ["ig", "new_items"]
+    refused = results["new_items"]
+    assert isinstance(refused, NotRun)
+    assert refused.reason.startswith("'new_items' and 'control' share no item")
+    assert "the condition varies between items" in refused.reason
+    assert refused.n == {"trials": 3600, "participants": 120, "items": 80}
+    fitted = results["ig"]  # fitted without the refused arm: the same numbers as ig alone
+    alone = crossed_mixed_logistic(rows, control="control", phase="post_test", arms=["ig"],
+                                   alternative="greater")["ig"]
+    assert isinstance(fitted, StatResult) and fitted.p_value < 1e-3
+    assert fitted.extra["log_odds_ratio"] == pytest.approx(alone.extra["log_odds_ratio"], rel=1e-9)
+    assert fitted.n == {"trials": 3600, "participants": 120, "items": 40}
+
+
+def test_a_between_participant_crossed_design_has_no_problems(trials):
+    assert crossed_mixed_design_problems(trials, control="control", phase="post_test") == {}
 
 
 def test_gee_recovers_the_attenuated_population_averaged_effect(trials):

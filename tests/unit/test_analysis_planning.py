@@ -1,14 +1,24 @@
 """Sample-size planning against R's power.t.test / power.prop.test and pwr examples."""
 
+import math
+
 import pytest
+from scipy import stats
+from scipy.special import expit, logit
 
 from studyapp.analysis import (
+    calibrate,
+    participant_accuracy,
+    participant_accuracy_spread,
     power_one_group,
+    power_participant_accuracy,
     power_two_means,
     power_two_proportions,
     sample_size_one_group,
+    sample_size_participant_accuracy,
     sample_size_two_means,
     sample_size_two_proportions,
+    simulate_study,
 )
 
 
@@ -146,3 +156,88 @@ def test_effect_against_the_alternative_is_refused():
                                     formula="power.prop.test")
     with pytest.raises(ValueError, match="against"):
         sample_size_one_group(effect_size=-0.3, design="paired", alternative="greater")
+
+
+# Participant-level accuracy with k trials each (issue 13: the planner's two calculators disagreed
+# by a factor of ten about the same effect). The simulation's default population: participant and
+# item SD 0.5 on the log-odds scale, 20 trials, typical accuracies 0.6 and 0.7.
+SPREAD = {"participant_sd": 0.5, "item_sd": 0.5}
+
+
+def _accuracy_design(k=20, **extra):
+    (p_c, sd_c), (p_t, sd_t) = (participant_accuracy_spread(typical_accuracy=a, **SPREAD) for a in (0.6, 0.7))
+    return dict(p_control=p_c, p_treatment=p_t, trials_per_participant=k, between_sd=sd_c,
+                between_sd_treatment=sd_t, **extra)
+
+
+def test_accuracy_spread_matches_an_independent_integration():
+    # scipy's norm.expect (adaptive quad), an implementation independent of the Gauss-Hermite rule.
+    mean, sd = participant_accuracy_spread(typical_accuracy=0.7, participant_sd=0.8)
+    ref_mean = stats.norm.expect(lambda u: expit(logit(0.7) + u), scale=0.8)
+    ref_var = stats.norm.expect(lambda u: (expit(logit(0.7) + u) - ref_mean) ** 2, scale=0.8)
+    assert mean == pytest.approx(ref_mean, abs=1e-9) and sd == pytest.approx(math.sqrt(ref_var), abs=1e-9)
+    assert participant_accuracy_spread(typical_accuracy=0.7, participant_sd=0.0) == pytest.approx((0.7, 0.0))
+
+
+def test_accuracy_variance_matches_simulated_participants():
+    # Each participant draws 20 of 400 items, as the formula assumes (items independent per participant).
+    design = _accuracy_design()
+    plan = sample_size_participant_accuracy(**design)
+    trials = simulate_study(arm_accuracy={"control": 0.6, "ig": 0.7}, n_per_arm=3000, trials_per_phase=20,
+                            n_items=400, phases=("test",), seed=21, **SPREAD)
+    observed = participant_accuracy(trials).groupby("arm", observed=True)["accuracy"].agg(["mean", "std"])
+    for arm, key, p in (("control", "control", "p_control"), ("ig", "treatment", "p_treatment")):
+        sd = plan.params["participant_sd"][key]
+        assert observed.loc[arm, "std"] == pytest.approx(sd, abs=4 * sd / math.sqrt(2 * 3000))
+        # The study's 400 item difficulties are one draw: its mean moves accuracy by ~0.006 (SD).
+        assert observed.loc[arm, "mean"] == pytest.approx(design[p], abs=0.02)
+
+
+def test_accuracy_power_agrees_with_the_simulation_within_monte_carlo_error():
+    design = _accuracy_design(alternative="greater")
+    n = sample_size_participant_accuracy(**design).n_control
+    assert n == 33
+    predicted = power_participant_accuracy(n_control=n, **design).power
+    simulated = calibrate(arm_accuracy={"control": 0.6, "ig": 0.7}, n_per_arm=n, n_studies=300, seed=13,
+                          phases=("test",), trials_per_phase=20, n_items=400, confidence_level=0.99, **SPREAD)
+    low, high = simulated.power_per_arm_ci["ig"]
+    assert low <= predicted <= high, (predicted, simulated.power_per_arm["ig"], (low, high))
+
+
+def test_the_two_proportion_formula_answers_for_one_answer_per_participant():
+    # Why the calculators disagreed: "two proportions" is one yes/no answer per participant.
+    accuracy = sample_size_participant_accuracy(**_accuracy_design())
+    one_answer = sample_size_two_proportions(p_control=0.6, p_treatment=0.7)
+    assert accuracy.n_control == 42 and one_answer.n_control == 356
+    assert 8 < one_answer.n_control_exact / accuracy.n_control_exact < 12
+    # With one trial each the spread between participants cannot show (k = 1): the same design as
+    # the t-test on one 0/1 answer, within 0.5% of the two-proportion formula.
+    single = sample_size_participant_accuracy(p_control=0.6, p_treatment=0.7, trials_per_participant=1,
+                                              between_sd=0.2)
+    d = 0.1 / math.sqrt((0.24 + 0.21) / 2)
+    assert single.n_control_exact == pytest.approx(sample_size_two_means(effect_size=d).n_control_exact, rel=1e-9)
+    assert single.n_control_exact == pytest.approx(one_answer.n_control_exact, rel=5e-3)
+
+
+def test_accuracy_plan_states_its_design_effect_and_power_at_n_inverts_it():
+    plan = sample_size_participant_accuracy(p_control=0.6, p_treatment=0.7, trials_per_participant=30,
+                                            between_sd=0.1, ratio=2, power=0.9)
+    rho = 0.01 / 0.24
+    assert plan.params["design_effect"]["control"] == pytest.approx(1 + 29 * rho)
+    assert plan.params["participant_sd"]["control"] == pytest.approx(math.sqrt(0.01 * (1 - 1 / 30) + 0.24 / 30))
+    at_n = power_participant_accuracy(p_control=0.6, p_treatment=0.7, trials_per_participant=30, between_sd=0.1,
+                                      ratio=2, n_control=plan.n_control_exact)
+    assert at_n.power == pytest.approx(0.9, abs=1e-6)
+    assert plan.n_treatment_exact == pytest.approx(2 * plan.n_control_exact)
+
+
+def test_impossible_accuracy_designs_are_refused_in_plain_words():
+    with pytest.raises(ValueError, match=r"between_sd must lie between 0 and sqrt\(p \(1 - p\)\)"):
+        sample_size_participant_accuracy(p_control=0.9, p_treatment=0.95, trials_per_participant=10,
+                                         between_sd=0.4)
+    with pytest.raises(ValueError, match="whole number of at least 1"):
+        sample_size_participant_accuracy(p_control=0.6, p_treatment=0.7, trials_per_participant=0,
+                                         between_sd=0.1)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        power_participant_accuracy(p_control=60, p_treatment=70, trials_per_participant=10, between_sd=0.1,
+                                   n_control=20)

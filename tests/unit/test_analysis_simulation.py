@@ -5,8 +5,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from statsmodels.stats.proportion import proportion_confint
 
 from studyapp.analysis import calibrate, participant_accuracy, primary_analysis, simulate_study
+from studyapp.analysis.simulation import _clopper_pearson
 
 
 def test_simulated_study_has_the_long_trial_format():
@@ -84,3 +86,45 @@ def test_primary_analysis_permutation_option_is_seeded():
     assert first.params["seed"] == 5
     with pytest.raises(ValueError, match="seed"):
         primary_analysis(trials, control="control", test="permutation")
+
+
+CALIBRATION = dict(arm_accuracy={"control": 0.6, "ig": 0.7, "placebo": 0.6}, n_per_arm=12, n_studies=12,
+                   trials_per_phase=10, seed=9)
+
+
+def test_null_only_calibration_reproduces_the_null_half_and_reports_no_power():
+    full = calibrate(**CALIBRATION)
+    null = calibrate(null_only=True, **CALIBRATION)
+    assert (null.fwer_null, null.fwer_null_ci) == (full.fwer_null, full.fwer_null_ci)
+    assert null.power_any is None and null.power_per_arm is None
+    assert null.power_any_ci is None and null.power_per_arm_ci is None
+    assert null.params["null_only"] is True and full.params["null_only"] is False
+
+
+def test_calibration_gives_the_same_numbers_with_parallel_workers():
+    # One seed per simulated study: the scheduling of studies over processes cannot matter.
+    assert calibrate(workers=2, **CALIBRATION) == calibrate(workers=1, **CALIBRATION)
+    null = calibrate(workers=2, null_only=True, **CALIBRATION)
+    assert null == calibrate(null_only=True, **CALIBRATION)
+
+
+def test_calibration_reports_a_clopper_pearson_interval_for_each_half():
+    result = calibrate(**CALIBRATION)
+    n = result.n_studies
+    for value, (low, high) in [(result.fwer_null, result.fwer_null_ci), (result.power_any, result.power_any_ci),
+                               *((result.power_per_arm[a], result.power_per_arm_ci[a]) for a in ("ig", "placebo"))]:
+        assert low <= value <= high
+        assert (low, high) == pytest.approx(proportion_confint(round(value * n), n, method="beta"))
+    assert result.params["confidence_level"] == 0.95 and "Clopper-Pearson" in result.params["interval"]
+
+
+def test_the_calibration_interval_is_r_binom_test_exact_interval():
+    # R ?binom.test example (Mendel's peas): binom.test(c(682, 243), p = 3/4)
+    # -> 95 percent confidence interval: 0.7076683 0.7654066.
+    low, high = _clopper_pearson(682, 925, 0.95)
+    assert (low, high) == pytest.approx((0.7076683, 0.7654066), abs=5e-8)
+
+
+def test_calibration_refuses_no_workers():
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        calibrate(workers=0, **CALIBRATION)
