@@ -430,8 +430,9 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def sharing(self, obj) -> str:
         if obj is None or obj.pk is None:
             return "The study is yours once saved; then you can name collaborators."
-        return format_html('<a href="{}">Change who has access</a> (the owner or a superuser)', reverse("admin:studyapp_study_sharing",
-                                                                             args=[obj.pk]))
+        # The link stands alone (axe: a link inside text must not rely on colour alone).
+        return format_html('<a href="{}">Change who has access</a><div class="help">The owner or a superuser '
+                           'may change it.</div>', reverse("admin:studyapp_study_sharing", args=[obj.pk]))
 
     @admin.display(description="gallery")
     def gallery_link(self, obj) -> str:
