@@ -8,7 +8,9 @@ failed, shows "not computed" (with the reason when the results give one) instead
 
 Results keys read (all optional): ``kind``, ``label``, ``exploratory_reasons``, ``spec.note``,
 ``plan_sha256``, ``plan_verified``, ``plan_drift``, ``seed``, ``arms`` [{name, kind}],
-``control``, ``descriptives`` {measure: {arm: {n, mean, sd[, ci_low, ci_high]}}},
+``control``, ``descriptives`` {measure: {arm: {n, mean, sd[, ci_low, ci_high] | status, reason}}},
+``participants_in_several_arms`` {participant: [arms]}, hypotheses' ``paired`` (a within-participant
+test: which paired test ran and why, pairs, per-condition descriptives),
 ``hypotheses`` [..., see :func:`hypothesis_rows`], ``families``, ``secondary`` {label: {analysis:
 StatResult dict | {status, reason}}}, ``chance`` {measure: {arm: StatResult dict}},
 ``participant_flow`` {arms, totals, rule_descriptions, note, attrition_test, exclusion_test},
@@ -141,6 +143,10 @@ def accuracy_rows(results: dict, arms: list[dict]) -> dict[str, list[dict]]:
         for arm in arms:
             d = per_arm.get(arm["name"]) or {}
             low, high = d.get("ci_low"), d.get("ci_high")  # two-sided t interval from the analysis
+            if not _ok(d):  # e.g. the arm shares a participant with another arm: the reason, not numbers
+                rows.append({"name": arm["name"], "kind": arm["kind"], "n": DASH, "estimate": None, "ci_low": None,
+                             "ci_high": None, "mean_text": DASH, "sd_text": DASH, "ci_text": _reason(d)})
+                continue
             rows.append({
                 "name": arm["name"], "kind": arm["kind"], "n": d.get("n", 0),
                 "estimate": _num(d.get("mean")), "ci_low": _num(low), "ci_high": _num(high),
@@ -152,6 +158,10 @@ def accuracy_rows(results: dict, arms: list[dict]) -> dict[str, list[dict]]:
 
 def _comparison_text(entry: dict) -> str:
     arm = entry.get("arm", "?")
+    contrast = entry.get("contrast") if isinstance(entry.get("contrast"), dict) else {}
+    if contrast.get("kind") == "within_participants":
+        return (f"{arm}: {MEASURES.get(contrast.get('condition'), contrast.get('condition'))} vs "
+                f"{MEASURES.get(contrast.get('comparator'), contrast.get('comparator'))}, same participants")
     if entry.get("comparison") == "arm_vs_chance":
         return f"{arm} vs chance"
     return f"{arm} vs {entry.get('comparator') or entry.get('comparator_resolved') or 'control'}"
@@ -177,6 +187,24 @@ def _effect(entry: dict, main_test: dict) -> dict:
             return {"name": (effect.get("name") or "").replace("_", " "), "estimate": fmt(effect.get("estimate")),
                     "ci": ci, "method": effect.get("method", "")}
     return {"name": "", "estimate": DASH, "ci": DASH, "method": ""}
+
+
+def _paired(entry: dict) -> dict | None:
+    """A within-participant test: which paired test ran and why, its pairs and the mean difference."""
+    paired = entry.get("paired")
+    if not isinstance(paired, dict):
+        return None
+    described = paired.get("descriptives") or {}
+    condition, comparator = paired.get("condition"), paired.get("comparator")
+    sizes = entry.get("effect_sizes") if isinstance(entry.get("effect_sizes"), dict) else {}
+    effect = _effect({"effect_sizes": {"mean_difference": sizes.get("mean_difference")}}, {})
+    return {"label": entry.get("label", DASH), "arm": entry.get("arm", DASH),
+            "condition": MEASURES.get(condition, condition), "comparator": MEASURES.get(comparator, comparator),
+            "n_pairs": paired.get("n_pairs", DASH),
+            "condition_mean": fmt((described.get(condition) or {}).get("mean")),
+            "comparator_mean": fmt((described.get(comparator) or {}).get("mean")),
+            "difference": effect["estimate"], "ci": effect["ci"],
+            "why": paired.get("why", "")}
 
 
 def hypothesis_rows(results: dict, *, exploratory: bool) -> list[dict]:
@@ -213,6 +241,7 @@ def hypothesis_rows(results: dict, *, exploratory: bool) -> list[dict]:
             "verdict_text": VERDICTS.get(verdict, NOT_COMPUTED),
             "reason": entry.get("error") or decision.get("reason", ""),
             "error": entry.get("error"),
+            "paired": _paired(entry),
             "scope": scope,
             "scope_text": scope.capitalize(),
         })
@@ -398,6 +427,7 @@ def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: b
         figures["baselines_phase"] = first["phase_text"]
 
     spec = results.get("spec") if isinstance(results.get("spec"), dict) else {}
+    hypotheses = hypothesis_rows(results, exploratory=exploratory)
     return {
         "id": run.pk,
         "anchor": f"run-{run.pk}",
@@ -420,7 +450,9 @@ def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: b
         "arms": arms,
         "accuracy": [{"measure": m, "title": MEASURES[m], "rows": rows} for m, rows in accuracy.items()],
         "headline": MEASURES.get(headline, ""),
-        "hypotheses": hypothesis_rows(results, exploratory=exploratory),
+        "hypotheses": hypotheses,
+        "paired": [row["paired"] for row in hypotheses if row["paired"]],
+        "several_arms": sorted((results.get("participants_in_several_arms") or {}).items()),
         "has_hypotheses_section": isinstance(results.get("hypotheses"), list),
         "families": [{"name": name, "correction": f.get("correction", DASH), "labels": ", ".join(f.get("labels", [])),
                       "warnings": f.get("warnings", [])}

@@ -24,6 +24,18 @@ exclusion rule removes are analysed):
 * ``exclusion_rules`` of a hypothesis are added to (and override) the study's rules for that
   hypothesis only.
 
+Within or between participants (recorded on each hypothesis as ``contrast``): arms are assigned
+between participants (one arm per person), so arm-vs-arm and arm-vs-control comparisons, gains
+included (one post-minus-pre gain per participant, compared between arms), use the independent-
+groups tests above. The gain of one arm against 0 asks whether that arm's participants improved
+from pre-test to post-test: each participant is on both sides, so it runs the paired family of
+``studyapp.analysis.paired`` on each participant's post-test and pre-test accuracy, with the named
+test mapped to its paired equivalent (``welch_t`` -> paired t, ``mann_whitney`` -> Wilcoxon signed-
+rank, ``permutation`` -> sign-flip permutation; a margin -> paired TOST); a participant without
+both is refused by name, never dropped. A participant found in more than one arm contradicts the
+design: every hypothesis about those arms is refused with the reason (and their arms' descriptives
+are not computed) instead of guessing where they belong.
+
 Secondary, never used for verdicts: crossed-random-effects logistic model (participants and items;
 only with at least MIXED_MIN_TRIALS trials), GEE clustered by participant, two-stage bootstrap CI
 (single-phase outcomes), accuracy against chance per arm, and trivial observers next to human
@@ -49,6 +61,7 @@ from django.db.models import Count, Max
 from django.utils import timezone
 
 from studyapp import analysis as stats
+from studyapp.design import StudyDesign
 from studyapp.models import AnalysisRun, Explanation, Participant, QuestionnaireAnswer, Study
 from studyapp.selectors import ANALYSIS_COLUMNS, study_edits, trials_long_frame
 from studyapp.services.errors import ServiceError
@@ -71,6 +84,13 @@ CV_MAX_FOLDS = 5
 COUNTERFACTUAL_TASKS = ("counterfactual_predict", "counterfactual_choose")
 FORWARD_PHASES = ("pre_test", "post_test", "test")
 SOFTWARE = ("numpy", "scipy", "statsmodels", "gpboost", "pandas", "django", "scikit-learn")
+# The paired equivalent of each test a hypothesis can name, for a contrast within participants
+# (anything else, e.g. the older "welch", is a t-test as in _two_sample).
+PAIRED_TESTS = {"mann_whitney": "wilcoxon_signed_rank", "permutation": "sign_flip_permutation"}
+PAIRED_TEST_WORDS = {"paired_t": "paired t-test", "wilcoxon_signed_rank": "Wilcoxon signed-rank test",
+                     "sign_flip_permutation": "sign-flip permutation test"}
+NAMED_TEST_WORDS = {"welch_t": "Welch's t-test", "welch": "Welch's t-test", "mann_whitney": "the Mann-Whitney U test",
+                    "permutation": "a permutation test"}
 LABELS = {"confirmatory": "CONFIRMATORY: the pre-registered plan, frozen at launch",
           "exploratory": "EXPLORATORY: not part of the pre-registered plan"}
 
@@ -262,6 +282,12 @@ def _test_hypothesis(h: dict, values: pd.DataFrame, *, comparator: str | None, c
         out["effect_sizes"]["mean_difference"] = welch.effect.to_dict()
         out["effect_sizes"]["cohens_d"] = stats.cohens_d(x, y).to_dict()
     out["tests"]["difference"] = difference.to_dict()
+    _with_equivalence(out, difference=difference, tost=tost, direction=direction)
+    return out
+
+
+def _with_equivalence(out: dict, *, difference, tost: dict | None, direction: str) -> None:
+    """The hypothesis's p-value: the equivalence test's for an equivalence hypothesis, else the difference test's."""
     if tost is not None:
         out["tests"]["equivalence"] = tost
     if direction == "equivalence":
@@ -269,7 +295,105 @@ def _test_hypothesis(h: dict, values: pd.DataFrame, *, comparator: str | None, c
     else:
         out["p_value"] = difference.p_value
         out["p_equivalence"] = tost["p_value"] if tost is not None else None
+
+
+# ---------------------------------------------------------------- within or between participants
+
+
+@dataclasses.dataclass(frozen=True)
+class _Contrast:
+    """What one hypothesis compares, and whether the same participants are on both sides."""
+
+    kind: str  # between_participants, within_participants or against_a_value
+    factor: str | None  # the column that tells the two sides apart: arm or phase
+    condition: str | None
+    comparator: str | None
+    why: str
+
+
+def _contrast(h: dict, comparator: str | None, design: str) -> _Contrast:
+    arm = h["arm"]
+    if h["comparison"] == "arm_vs_chance" and h["outcome"] == "gain":
+        return _Contrast(
+            "within_participants", "phase", "post_test", "pre_test",
+            f"the gain of '{arm}' against 0 asks whether its participants improved from pre-test to post-test; "
+            f"each of them answered both, so each one's post-test accuracy is paired with their own pre-test "
+            f"accuracy (design: {design})")
+    if comparator is None:
+        return _Contrast("against_a_value", None, arm, None,
+                         f"the participants of '{arm}' against a fixed value, one value per participant")
+    values = ("gains (post-test minus pre-test, one per participant)" if h["outcome"] == "gain"
+              else "values, one per participant")
+    return _Contrast("between_participants", "arm", arm, comparator,
+                     f"each participant is assigned to one arm, so '{arm}' and '{comparator}' are independent "
+                     f"groups; their {values} are compared (design: {design})")
+
+
+def _phase_pairs(trials: pd.DataFrame, contrast: _Contrast, arm: str) -> stats.PairedSample:
+    """Each analysed participant of ``arm``: accuracy in the contrast's condition and comparator phase.
+
+    ``paired_sample`` refuses, by name, a participant without both or with two values in one.
+    """
+    rows, _, _ = _measure_rows(trials, "gain")
+    rows = rows.loc[rows["arm"] == arm]
+    long = stats.participant_accuracy(rows, phases=[contrast.comparator, contrast.condition])
+    return stats.paired_sample(long, condition=contrast.condition, comparator=contrast.comparator,
+                               columns=stats.LongColumns(condition="phase"))
+
+
+def _paired_test(h: dict, sample: stats.PairedSample, *, seed: int) -> dict:
+    """Raw p-values and effect sizes of a hypothesis about a contrast within participants: the
+    named test's paired equivalent on the differences (condition - comparator)."""
+    direction, margin, alpha = h["direction"], h.get("equivalence_margin"), h["alpha"]
+    alt = "two-sided" if direction == "equivalence" else direction
+    paired = PAIRED_TESTS.get(h["test"], "paired_t")
+    if paired == "wilcoxon_signed_rank":
+        difference = stats.wilcoxon_signed_rank(sample, alternative=alt)
+    elif paired == "sign_flip_permutation":
+        difference = stats.sign_flip_permutation_test(sample, alternative=alt, n_resamples=N_PERMUTATIONS, seed=seed)
+    else:
+        difference = stats.paired_t_test(sample, alternative=alt)
+    t_test = difference if paired == "paired_t" else stats.paired_t_test(sample)
+    tost = stats.paired_tost(sample, margin=margin, alpha=alpha).to_dict() if margin is not None else None
+    out = {"descriptives": {h["arm"]: _describe(sample.differences)}, "p_value": math.nan, "p_equivalence": None,
+           "p_difference": None, "tests": {"difference": difference.to_dict()},
+           "effect_sizes": {"mean_difference": t_test.effect.to_dict(),
+                            "cohens_dz": {"name": "cohens_dz", "estimate": t_test.extra["cohens_dz"],
+                                          "method": "mean of the differences / their SD"}}}
+    if paired == "wilcoxon_signed_rank":
+        out["effect_sizes"]["rank_biserial"] = difference.effect.to_dict()
+    _with_equivalence(out, difference=difference, tost=tost, direction=direction)
+    named = NAMED_TEST_WORDS.get(h["test"], h["test"])
+    ran = PAIRED_TEST_WORDS[paired] + (" and paired TOST" if tost is not None else "")
+    out["paired"] = {
+        "test": paired, "tost": tost is not None, "named_test": h["test"], "n_pairs": sample.n,
+        "condition": sample.condition, "comparator": sample.comparator,
+        "descriptives": {sample.condition: _describe(sample.condition_values),
+                         sample.comparator: _describe(sample.comparator_values)},
+        "why": f"the plan names {named}; the same participants are on both sides, so its paired equivalent ran "
+               f"({ran}) on {sample.n} pairs",
+    }
     return out
+
+
+def _several_arms(*frames: pd.DataFrame) -> dict[str, list[str]]:
+    """participant_id -> the arms they appear in, for every participant found in more than one."""
+    pairs = [f[["participant_id", "arm"]].drop_duplicates() for f in frames if len(f)]
+    if not pairs:
+        return {}
+    pairs = pd.concat(pairs, ignore_index=True).drop_duplicates()
+    several = pairs.loc[pairs["participant_id"].duplicated(keep=False)]
+    return {str(p): sorted(str(a) for a in arms) for p, arms in several.groupby("participant_id")["arm"]}
+
+
+def _several_arms_reason(found: dict[str, list[str]]) -> str:
+    shown = "; ".join(f"{p} in {' and '.join(arms)}" for p, arms in list(found.items())[:5])
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    return (f"{len(found)} analysed participant{'s appear' if len(found) != 1 else ' appears'} in more than one "
+            f"arm ({shown}{more}). Arms are assigned between participants (each person is in one arm), so these "
+            "data contradict the study's design; this was not computed rather than guess which arm they belong to "
+            "or leave their answers out. Find out how they came to be in two arms (a repeated enrollment, a "
+            "mislabelled import) and correct the data.")
 
 
 # ---------------------------------------------------------------- families and verdicts
@@ -368,20 +492,32 @@ def _guard(compute) -> dict:
 
 
 def _chance_and_descriptives(trials: pd.DataFrame, arms: list[str], *, num_classes: int,
-                             cf_chance: float | None) -> tuple[dict, dict]:
+                             cf_chance: float | None, several_arms: dict[str, list[str]]) -> tuple[dict, dict]:
+    """Accuracy per arm and measure, and each arm against chance. An arm that shares a participant
+    with another arm (a data error) is not computed, with the reason; the other arms are."""
+    analysed = set(trials["participant_id"]) if several_arms else set()
+    several = {p: a for p, a in several_arms.items() if p in analysed}
+    refused = {arm for found in several.values() for arm in found}
+    reason = _several_arms_reason(several) if several else ""
     chance, descriptives = {}, {}
     for measure in (*FORWARD_PHASES, "counterfactual"):
         rows, phase, _ = _measure_rows(trials, measure)
         rows = rows.loc[rows["correct"].notna()]
         if rows.empty:
             continue
-        values = _accuracy(rows, phase)
+        if refused:
+            rows = rows.loc[~rows["arm"].isin(refused)]
+        values = _accuracy(rows, phase) if len(rows) else pd.DataFrame(columns=["participant_id", "arm", "value"])
         level = cf_chance if measure == "counterfactual" else 1.0 / num_classes
         descriptives[measure] = {arm: _describe(_arm_values(values, arm)) for arm in arms}
         chance[measure] = {}
         for arm in arms:
             x = _arm_values(values, arm)
-            if x.size < 2 or level is None:
+            if arm in refused:
+                descriptives[measure][arm] = {"n": None, "mean": None, "sd": None, "ci_low": None, "ci_high": None,
+                                              "status": "not_run", "reason": reason}
+                chance[measure][arm] = _not_available(reason, "not_run")
+            elif x.size < 2 or level is None:
                 chance[measure][arm] = _not_available("fewer than 2 analysed participants", "not_run")
             else:
                 chance[measure][arm] = {"status": "ok",
@@ -525,6 +661,8 @@ class _Data:
     arm_names: list[str]
     control: str | None
     num_classes: int
+    design: str  # StudyDesign.design of the plan: between or within_pre_post
+    several_arms: dict[str, list[str]]  # participants found in more than one arm (a data error)
     _cache: dict = dataclasses.field(default_factory=dict)
 
     def exclusions(self, extra_rules: dict | None = None) -> dict[str, list[str]]:
@@ -560,10 +698,13 @@ def _load(study: Study, rules: dict, *, simulated: bool = False) -> _Data:
     trials = _trials(study)
     trials = trials.loc[trials["participant_id"].isin(keep)] if len(trials) else trials
     likert = likert.loc[likert["participant_id"].isin(keep)] if len(likert) else likert
+    config = (plan.get("study") or {}).get("config") or {}
     return _Data(study=study, rules=rules, people=people, trials=trials, likert=likert,
                  arm_names=[a["name"] for a in arms],
                  control=next((a["name"] for a in arms if a["kind"] == "control"), None),
-                 num_classes=len(plan["model"]["class_names"]))
+                 num_classes=len(plan["model"]["class_names"]),
+                 design=config.get("design") or StudyDesign.model_fields["design"].default,
+                 several_arms=_several_arms(people, trials, likert))
 
 
 def _run_hypotheses(data: _Data, hypotheses: list[dict], *, cf_chance: float | None,
@@ -577,19 +718,38 @@ def _run_hypotheses(data: _Data, hypotheses: list[dict], *, cf_chance: float | N
         if problems:
             entry.update(error="; ".join(problems), p_value=math.nan, p_equivalence=None, p_difference=None)
             continue
+        contrast = _contrast(h, comparator, data.design)
+        entry["contrast"] = {**dataclasses.asdict(contrast), "design": data.design, "named_test": h["test"],
+                             "test_run": None}
         keep = data.analysed(h["exclusion_rules"])
+        arms = {h["arm"], comparator}
+        several = {p: a for p, a in data.several_arms.items() if p in keep and arms.intersection(a)}
+        if several:
+            reason = _several_arms_reason(several)
+            entry.update(error=reason, p_value=math.nan, p_equivalence=None, p_difference=None)
+            if comparator is not None and h["outcome"] != "likert":
+                secondary[h["label"]] = {name: _not_available(reason, "not_run")
+                                         for name in ("mixed_logistic", "gee", "bootstrap")}
+            continue
         trials = data.trials.loc[data.trials["participant_id"].isin(keep)]
         likert = data.likert.loc[data.likert["participant_id"].isin(keep)]
-        values = _values(trials, likert, outcome=h["outcome"], likert_item=h["likert_item"])
         chance = None
         if comparator is None:
             chance = {"gain": 0.0, "counterfactual_accuracy": cf_chance}.get(h["outcome"], 1.0 / data.num_classes)
         try:
-            entry.update(_test_hypothesis(h, values, comparator=comparator, chance=chance, seed=seed))
+            if contrast.kind == "within_participants":
+                entry.update(_paired_test(h, _phase_pairs(trials, contrast, h["arm"]), seed=seed))
+            else:
+                values = _values(trials, likert, outcome=h["outcome"], likert_item=h["likert_item"])
+                entry.update(_test_hypothesis(h, values, comparator=comparator, chance=chance, seed=seed))
         except (ValueError, TypeError) as exc:
-            against = f"'{comparator}'" if comparator else "chance"
-            entry.update(error=f"{h['outcome']} of '{h['arm']}' vs {against} could not be tested: {exc}",
+            if contrast.kind == "within_participants":
+                what = f"{contrast.condition} vs {contrast.comparator} of the same participants of '{h['arm']}'"
+            else:
+                what = f"{h['outcome']} of '{h['arm']}' vs " + (f"'{comparator}'" if comparator else "chance")
+            entry.update(error=f"{what} could not be tested: {exc}",
                          p_value=math.nan, p_equivalence=None, p_difference=None)
+        entry["contrast"]["test_run"] = ((entry.get("tests") or {}).get("difference") or {}).get("method")
         if comparator is not None and h["outcome"] != "likert":
             secondary[h["label"]] = _secondary(h, trials, comparator=comparator, seed=seed)
     return entries, secondary
@@ -673,7 +833,7 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
     entries, secondary = _run_hypotheses(data, hypotheses, cf_chance=cf_chance, seed=seed)
     families = _families(entries)
     chance, descriptives = _chance_and_descriptives(trials, data.arm_names, num_classes=data.num_classes,
-                                                    cf_chance=cf_chance)
+                                                    cf_chance=cf_chance, several_arms=data.several_arms)
     arms = [{"name": a["name"], "kind": a["kind"]}
             for a in (study.frozen_config or study_plan_document(study=study))["arms"]]
     exclusions = data.exclusions()
@@ -688,7 +848,9 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
                      "n_attrition_resamples": N_ATTRITION_RESAMPLES, "mixed_min_trials": MIXED_MIN_TRIALS,
                      "cv_max_folds": CV_MAX_FOLDS, "num_classes": data.num_classes,
                      "counterfactual_chance": cf_chance},
-        "arms": arms, "control": data.control, "exclusion_rules": rules,
+        "arms": arms, "control": data.control, "exclusion_rules": rules, "design": data.design,
+        # A data error (see _several_arms_reason): listed so the report can say so above every table.
+        "participants_in_several_arms": {p: a for p, a in data.several_arms.items() if p in analysed},
         "exclusions": {str(p): reasons for p, reasons in exclusions.items() if reasons},
         "analysed_participants": len(analysed), "simulated_participants": simulated,
         "participant_flow": _participant_flow(data.people, exclusions, rules, data.arm_names, seed),

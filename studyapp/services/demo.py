@@ -145,9 +145,11 @@ def demo_model(*, spec: DemoSpec, dataset: Dataset, result: DemoResult) -> MLMod
                  "test_n": int(len(y_test))})
 
 
-def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: DemoResult, owner) -> Study:
+def demo_study(*, spec: DemoSpec, model: MLModel, dataset: Dataset, result: DemoResult, owner=None) -> Study:
+    """The demo study of ``spec`` (created once); ``owner`` (make demo's admin) sees it without being
+    a superuser. Tests and benchmarks that build one without an owner use it as superusers."""
     study = Study.objects.filter(slug=spec.slug).first()
-    if study is not None and study.owner_id is None:
+    if study is not None and study.owner_id is None and owner is not None:
         # A demo made before studies had owners: without one, only superusers would see it.
         Study.objects.filter(pk=study.pk).update(owner=owner)
         study.owner = owner
