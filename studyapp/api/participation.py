@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ParseError, Throttled
+from rest_framework.exceptions import NotAuthenticated, ParseError, Throttled
 from rest_framework.renderers import JSONRenderer
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -37,9 +37,14 @@ from studyapp.services.responses import Answer, AnswerConflict, response_record,
 SIMULATION_SALT = "studyapp.simulated-participants"
 SIMULATION_MAX_AGE = 7 * 24 * 3600
 Step = Participant.Step
-ERRORS = {404: OpenApiResponse(s.ErrorOutput, description="Not this participant's"),
+NO_SESSION = OpenApiResponse(s.ErrorOutput, description="No session for this study in this browser")
+ERRORS = {401: NO_SESSION,
+          404: OpenApiResponse(s.ErrorOutput, description="Not this participant's"),
           409: OpenApiResponse(s.ErrorOutput, description="Not at this step, or the answer conflicts"),
           422: OpenApiResponse(s.ErrorOutput, description="Malformed or out-of-range values")}
+# Unsafe methods are CSRF-checked (authentication.enforce_csrf): 403 without the token.
+POST_ERRORS = {**ERRORS, 403: OpenApiResponse(s.ErrorOutput, description="CSRF check failed")}
+THROTTLED = OpenApiResponse(s.ErrorOutput, description="Too many requests; send the same request again later")
 
 
 def simulation_token(*, study: Study, allow_live: bool) -> str:
@@ -76,6 +81,13 @@ class ParticipantView(APIView):
 
     def design(self):
         return study_design(study=self.participant.study)
+
+    def permission_denied(self, request, message=None, code=None):
+        # DRF answers a missing session with its generic "Authentication credentials were not
+        # provided."; a participant needs to know what to do (IsParticipant.message).
+        if request.authenticators and not request.successful_authenticator:
+            raise NotAuthenticated(message)
+        super().permission_denied(request, message=message, code=code)
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -174,8 +186,11 @@ class ConsentView(ParticipantView):
             return []
         return super().get_throttles()
 
-    @extend_schema(request=s.ConsentInput, responses={201: s.StateOutput, 200: s.StateOutput, 403: s.ErrorOutput,
-                                                      422: s.ErrorOutput}, operation_id="participation_consent")
+    @extend_schema(request=s.ConsentInput, responses={
+        201: s.StateOutput, 200: s.StateOutput, 422: s.ErrorOutput, 429: THROTTLED,
+        403: OpenApiResponse(s.ErrorOutput, description="Not open to this browser (the reason says why), or the "
+                                                        "CSRF check failed"),
+        404: OpenApiResponse(s.ErrorOutput, description="No such study")}, operation_id="participation_consent")
     def post(self, request, study):
         enforce_csrf(request._request)
         target = Study.objects.filter(public_id=study).first()
@@ -196,21 +211,21 @@ class ConsentView(ParticipantView):
 
 
 class StateView(ParticipantView):
-    @extend_schema(responses={200: s.StateOutput, 401: s.ErrorOutput}, operation_id="participation_state")
+    @extend_schema(responses={200: s.StateOutput, 401: NO_SESSION}, operation_id="participation_state")
     def get(self, request, study):
         svc.participant_touch(participant=self.participant)
         return Response(self.state())
 
 
 class InstructionsView(ParticipantView):
-    @extend_schema(request=None, responses={200: s.StateOutput, **ERRORS}, operation_id="participation_instructions")
+    @extend_schema(request=None, responses={200: s.StateOutput, **POST_ERRORS}, operation_id="participation_instructions")
     def post(self, request, study):
         svc.participant_instructions_done(participant=self.participant, design=self.design())
         return Response(self.state())
 
 
 class ComprehensionView(ParticipantView):
-    @extend_schema(request=s.ComprehensionInput, responses={200: s.ComprehensionOutput, **ERRORS},
+    @extend_schema(request=s.ComprehensionInput, responses={200: s.ComprehensionOutput, **POST_ERRORS},
                    operation_id="participation_comprehension")
     def post(self, request, study):
         data = self.parsed(s.ComprehensionInput)
@@ -238,7 +253,8 @@ class CurrentTrialView(ParticipantView):
 class AnswerView(ParticipantView):
     throttle_classes = [AnswerThrottle]
 
-    @extend_schema(request=s.AnswerInput, responses={201: s.AnswerOutput, 200: s.AnswerOutput, **ERRORS},
+    @extend_schema(request=s.AnswerInput, responses={201: s.AnswerOutput, 200: s.AnswerOutput, **POST_ERRORS,
+                                                      429: THROTTLED},
                    operation_id="participation_answer")
     def post(self, request, study, trial):
         data = self.parsed(s.AnswerInput)
@@ -253,7 +269,7 @@ class AnswerView(ParticipantView):
 
 
 class QuestionnaireView(ParticipantView):
-    @extend_schema(request=s.QuestionnaireInput, responses={200: s.StateOutput, **ERRORS},
+    @extend_schema(request=s.QuestionnaireInput, responses={200: s.StateOutput, **POST_ERRORS},
                    operation_id="participation_questionnaire")
     def post(self, request, study):
         data = self.parsed(s.QuestionnaireInput)
@@ -262,7 +278,7 @@ class QuestionnaireView(ParticipantView):
 
 
 class DemographicsView(ParticipantView):
-    @extend_schema(request=s.DemographicsInput, responses={200: s.StateOutput, **ERRORS},
+    @extend_schema(request=s.DemographicsInput, responses={200: s.StateOutput, **POST_ERRORS},
                    operation_id="participation_demographics")
     def post(self, request, study):
         data = self.parsed(s.DemographicsInput)
@@ -271,7 +287,7 @@ class DemographicsView(ParticipantView):
 
 
 class DebriefView(ParticipantView):
-    @extend_schema(request=None, responses={200: s.StateOutput, **ERRORS}, operation_id="participation_debrief")
+    @extend_schema(request=None, responses={200: s.StateOutput, **POST_ERRORS}, operation_id="participation_debrief")
     def post(self, request, study):
         svc.participant_complete(participant=self.participant, design=self.design())
         return Response(self.state())
@@ -280,7 +296,7 @@ class DebriefView(ParticipantView):
 class WithdrawView(ParticipantView):
     """Withdraw consent: the session ends here."""
 
-    @extend_schema(request=None, responses={200: s.StateOutput, **ERRORS}, operation_id="participation_withdraw")
+    @extend_schema(request=None, responses={200: s.StateOutput, **POST_ERRORS}, operation_id="participation_withdraw")
     def post(self, request, study):
         svc.participant_withdraw(participant=self.participant)
         return Response(self.state())
@@ -297,7 +313,8 @@ class CompletionView(ParticipantView):
 class MediaView(ParticipantView):
     """Image bytes of the participant's own trial: opaque URL, no file name, no metadata, not cached."""
 
-    @extend_schema(responses={(200, "image/png"): bytes, 404: s.ErrorOutput}, operation_id="participation_media")
+    @extend_schema(responses={(200, "image/png"): bytes, 401: NO_SESSION, 404: s.ErrorOutput},
+                   operation_id="participation_media")
     def get(self, request, study, trial, slot):
         media = trial_media_file(participant=self.participant, trial_public_id=trial, slot=slot)
         if media is None:
