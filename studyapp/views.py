@@ -10,7 +10,7 @@ from django.views.decorators.http import require_http_methods, require_safe
 from studyapp.models import Study
 from studyapp.api.participation import browser_enroll, participant_session_for
 from studyapp.api.throttles import EntryThrottle
-from studyapp.selectors import study_get_by_public_id
+from studyapp.selectors import studies_visible_to, study_get_by_public_id
 from studyapp.services.participants import ParticipationError, consent_version
 
 
@@ -59,7 +59,9 @@ def study_landing(request: HttpRequest, public_id) -> HttpResponse:
     staff = request.user.is_authenticated and request.user.is_staff
     preview = study.state != Study.State.LIVE
     if request.method in ("GET", "HEAD"):
-        if preview and not staff:
+        # A study that is not live is previewed only by staff who may see it (its owner and
+        # collaborators, superusers); to anyone else it does not exist.
+        if preview and not (staff and studies_visible_to(user=request.user).filter(pk=study.pk).exists()):
             if study.state == Study.State.CLOSED:
                 return _polite(request, study, "closed")
             raise Http404("No such study.")

@@ -43,6 +43,16 @@ def test_a_study_that_is_not_live_is_hidden_from_participants_but_previewable_by
     assert preview.status_code == 200 and "Preview for staff" in preview.content.decode()
 
 
+def test_a_study_that_is_not_live_is_hidden_from_staff_who_may_not_see_it(client, django_user_model):
+    study = with_state("ready")
+    stranger = django_user_model.objects.create_user("stranger", password="x", is_staff=True)
+    client.force_login(stranger)
+    url = reverse("study-landing", args=[study.public_id])
+    assert client.get(url).status_code == 404
+    study.collaborators.add(stranger)
+    assert client.get(url).status_code == 200
+
+
 def test_a_closed_study_says_so(client):
     study = with_state("closed")
     response = client.get(reverse("study-landing", args=[study.public_id]))
