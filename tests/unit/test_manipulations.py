@@ -339,3 +339,44 @@ def test_other_input_falls_back_to_any_other_stimulus_for_a_class_of_one():
     assert record["fallback_stimuli"] == [2]
     with pytest.raises(ValueError, match="at least two"):
         other_input(np.ones((1, 4)), predicted=[0], seed=0)
+
+
+def _times_input_sample(seed: int, n: int = 12):
+    """Sparse 'digits' and maps that are a gradient field times the input (zero off the ink)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, 1, 6, 6)) < 0.4) * rng.uniform(0.2, 1.0, (n, 1, 6, 6))
+    return x, x * rng.normal(size=(n, 1, 6, 6))
+
+
+def test_other_input_fills_the_donors_blank_positions_with_the_gradients_of_its_pool_at_that_position():
+    x, maps = _times_input_sample(0)
+    predicted = np.array([0, 1] * 6)
+    donated, donors, record = other_input(maps, predicted=predicted, seed=3, inputs=x)
+    ratio = np.where(x != 0, maps / np.where(x != 0, x, 1), np.nan)
+
+    assert record["input_relation"] == "times_input"
+    assert not np.any(donated[x == 0])
+    for i, (donor, used, sources) in enumerate(zip(donors, record["field_donors"], record["field_sources"])):
+        assert used[0] == donor and i not in used
+        assert all(predicted[j] == predicted[i] for j in used)
+        pool = (predicted == predicted[i]) & (np.arange(12) != i)
+        # Every inked position of i that some stimulus of the pool has ink at takes the
+        # multiplier of one of the stimuli used, at that very position.
+        covered = (x[pool] != 0).any(axis=0)
+        for pos in zip(*np.nonzero((x[i] != 0) & covered)):
+            candidates = [x[i][pos] * ratio[j][pos] for j in used if x[j][pos] != 0]
+            assert candidates and np.isclose(donated[i][pos], candidates, rtol=1e-5).any()
+        uncovered = ((x[i] != 0) & ~covered).sum() / (x[i] != 0).sum()
+        assert sources["nearest_position"] == pytest.approx(uncovered, abs=1e-6)
+        assert sources["donor"] + sources["pool"] + sources["nearest_position"] == pytest.approx(1, abs=1e-5)
+
+
+def test_other_input_ignores_the_stimulus_own_map():
+    x, maps = _times_input_sample(1)
+    predicted = np.array([0, 1, 2] * 4)
+    changed = maps.copy()
+    changed[4] = x[4] * np.random.default_rng(9).normal(size=x[4].shape)  # another map, same input
+    a, donors_a, _ = other_input(maps, predicted=predicted, seed=0, inputs=x)
+    b, donors_b, _ = other_input(changed, predicted=predicted, seed=0, inputs=x)
+    np.testing.assert_array_equal(donors_a, donors_b)
+    np.testing.assert_array_equal(a[4], b[4])

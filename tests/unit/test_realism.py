@@ -92,12 +92,14 @@ def test_the_matched_random_map_stays_within_the_realism_margin(demo, matched, m
     assert max(report.auc, report.auc_with_input) <= AUC_MARGIN
 
 
-def test_another_inputs_map_of_ig_is_at_the_edge_of_the_realism_margin(demo):
-    """Within 0.65 on these 100 digits; 0.66 / 0.68 on the issue's 200 (close, not yet robust)."""
+def test_another_inputs_map_of_ig_stays_within_the_realism_margin(demo):
+    """Measured with this seed: 0.51 alone / 0.54 with the input. Over placebo seeds 0-9: at most
+    0.58 / 0.59 here, 0.59 / 0.63 on the issue's 200 digits (means 0.57 / 0.61; classifier seeds
+    0-4 on placebo seed 0: at most 0.59 / 0.64). Before the pool fill: 0.65 / 0.65 here."""
     placebo = manipulations.other_input(demo["integrated_gradients"], predicted=demo["targets"], seed=0,
                                         inputs=demo["x"])[0]
     report = _realism(demo, "integrated_gradients", placebo)
-    assert max(report.auc, report.auc_with_input) <= 0.70
+    assert max(report.auc, report.auc_with_input) <= AUC_MARGIN
 
 
 def test_an_inverted_signed_map_is_spotted_by_its_sign_balance(demo):
@@ -136,6 +138,20 @@ def test_another_inputs_map_of_ig_is_that_inputs_gradients_on_this_input(demo):
     on_both = (x != 0) & (x[donors] != 0)
     np.testing.assert_allclose(donated[on_both], (x * maps[donors] / np.where(x[donors] != 0, x[donors], 1))[on_both],
                                rtol=1e-4, atol=1e-7)
+    # Where the donor has no ink, other stimuli of its class lend their gradients there.
+    assert all(demo["targets"][j] == demo["targets"][i] and j != i
+               for i, used in enumerate(record["field_donors"]) for j in used)
+    assert np.mean([s["pool"] for s in record["field_sources"]]) > 0.1
+
+
+def test_another_inputs_map_of_a_digit_does_not_change_with_that_digits_own_map(demo):
+    maps, x = demo["integrated_gradients"], demo["x"]
+    changed = maps.copy()
+    changed[5] = -maps[5] * np.random.default_rng(0).random(maps[5].shape)  # still zero off the ink
+    a, _, _ = manipulations.other_input(maps, predicted=demo["targets"], seed=0, inputs=x)
+    b, _, record = manipulations.other_input(changed, predicted=demo["targets"], seed=0, inputs=x)
+    assert record["input_relation"] == "times_input"
+    np.testing.assert_array_equal(a[5], b[5])
 
 
 # ---------------------------------------------------------------- the classifier and null
