@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.cache import cache
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from studyapp.models import Participant, Response
@@ -77,3 +77,16 @@ def test_a_login_flood_from_one_address_is_locked_out_before_any_password_is_che
     assert codes == [200, 200, 429, 429, 429]
     # Locked out: even the right password is refused from this address until the cool-off.
     assert client.post(url, {"username": "admin", "password": "password"}).status_code == 429
+
+
+def test_with_redis_down_answers_and_enrollments_go_through_uncounted(client, prepare, rates):
+    study = live_tabular(prepare)
+    rates(entry="100/min", answer="100/min")
+    # Nothing listens on port 1: the counters cannot be read, as with Redis stopped.
+    down = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0",
+                        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1}}}
+    with override_settings(CACHES=down):
+        to_trials(client, study)
+        trial = client.get(api(study, "trial")).json()
+        assert post(client, api(study, f"trials/{trial['trial']}/answer"), answer_body(0)).status_code == 201
+    assert Response.objects.count() == 1 and Participant.objects.count() == 1
