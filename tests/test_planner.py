@@ -71,6 +71,22 @@ def test_two_proportions_give_the_same_n_per_arm_as_r(staff_client):
 
 
 @pytest.mark.django_db
+def test_accuracy_over_k_trials_needs_about_a_tenth_of_the_one_answer_formula(staff_client):
+    from studyapp.analysis import sample_size_participant_accuracy
+
+    params = {**SIZE, "design": "accuracy", "p_control": "0.60", "p_treatment": "0.70",
+              "trials_per_participant": "20", "between_sd": "0.10", "power": "0.80"}
+    text = result_text(staff_client.get(URL, params), "sample-size-result")
+    expected = sample_size_participant_accuracy(p_control=0.6, p_treatment=0.7, trials_per_participant=20,
+                                                between_sd=0.1, alpha=0.05, power=0.8)
+    assert text.startswith(f"{expected.n_control} participants per arm")
+    one_answer = sample_size_two_proportions(p_control=0.6, p_treatment=0.7, alpha=0.05, power=0.8).n_control
+    assert one_answer > 5 * expected.n_control
+    refused = staff_client.get(URL, {**params, "trials_per_participant": "", "between_sd": "0.7"})
+    assert "trials per participant is needed" in errors(refused) and "lies between 0 and 0.5" in errors(refused)
+
+
+@pytest.mark.django_db
 def test_two_means_give_the_same_n_per_arm_as_r(staff_client):
     # R: pwr::pwr.t.test(d = 0.5, sig.level = 0.05, power = 0.80) gives n = 63.76561 -> 64 per group.
     response = staff_client.get(URL, {**SIZE, "design": "means", "p_control": "", "p_treatment": "",
@@ -270,4 +286,4 @@ def test_the_study_page_links_the_planner_for_its_design(admin_client):
 
 def test_the_planner_explains_why_its_two_calculators_can_disagree(admin_client):
     page = admin_client.get(reverse("report-planner")).content.decode()
-    assert 'id="two-calculators"' in page and "treats each participant as" in page and "standard deviation of" in page
+    assert 'id="two-calculators"' in page and "treats each participant as" in page and "accuracy over k trials" in page

@@ -78,13 +78,21 @@ class _PlanningFields(forms.Form):
 
 class SampleSizeForm(_PlanningFields):
     design = forms.ChoiceField(
-        choices=[("proportions", "Two proportions (expected share correct in each arm)"),
+        choices=[("accuracy", "Participant accuracy over k trials (the usual outcome here)"),
+                 ("proportions", "Two proportions (one yes/no answer per participant)"),
                  ("means", "Two means (standardized effect size, Cohen's d)")],
         initial="proportions", widget=forms.RadioSelect)
-    p_control = forms.FloatField(required=False, label="Expected proportion in the control arm",
+    p_control = forms.FloatField(required=False, label="Expected proportion (accuracy) in the control arm",
                                  help_text="e.g. 0.50")
-    p_treatment = forms.FloatField(required=False, label="Expected proportion in the treatment arm",
+    p_treatment = forms.FloatField(required=False, label="Expected proportion (accuracy) in the treatment arm",
                                    help_text="e.g. 0.75")
+    trials_per_participant = forms.IntegerField(
+        required=False, label="Trials per participant (k)", help_text="Accuracy design: the trials each "
+        "participant's accuracy is computed from, e.g. 20.")
+    between_sd = forms.FloatField(
+        required=False, label="SD of participants' true accuracy", initial=0.1,
+        help_text="Accuracy design: how much people differ beyond trial-to-trial chance, e.g. 0.10 (from a pilot: "
+                  "the SD of participant accuracies, which also contains chance over k trials, is an upper bound).")
     effect_size = forms.FloatField(required=False, label="Effect size d",
                                    help_text="Difference in means divided by the SD of participants' scores; "
                                              "for accuracy use the SD of participant accuracies.")
@@ -106,8 +114,10 @@ class SampleSizeForm(_PlanningFields):
             self.add_error("n_arms", "A comparison needs at least 2 arms (a control and one treatment); at most 50.")
         if m is not None and not 1 <= m <= 1000:
             self.add_error("n_comparisons", "The correction family must contain at least one comparison.")
-        if cleaned.get("design") == "proportions":
+        if cleaned.get("design") in ("proportions", "accuracy"):
             self._check_proportions(cleaned)
+        if cleaned.get("design") == "accuracy":
+            self._check_accuracy(cleaned)
         elif cleaned.get("design") == "means":
             self._check_means(cleaned)
         return cleaned
@@ -140,6 +150,19 @@ class SampleSizeForm(_PlanningFields):
                                           f"The treatment proportion ({p2:g}) is {direction} than control ({p1:g})")
         if problem:
             self.add_error("alternative", problem)
+
+    def _check_accuracy(self, cleaned: dict) -> None:
+        k, sd = cleaned.get("trials_per_participant"), cleaned.get("between_sd")
+        if k is None and "trials_per_participant" not in self.errors:
+            self.add_error("trials_per_participant", "The number of trials per participant is needed for the "
+                                                     "accuracy design.")
+        elif k is not None and not 1 <= k <= 10_000:
+            self.add_error("trials_per_participant", "Trials per participant must be between 1 and 10,000.")
+        if sd is None and "between_sd" not in self.errors:
+            self.add_error("between_sd", "The SD of participants' true accuracy is needed (0 if everyone is alike).")
+        elif sd is not None and not (0 <= sd < 0.5 and math.isfinite(sd)):
+            self.add_error("between_sd", "An SD of accuracy lies between 0 and 0.5 (accuracy itself is between 0 "
+                                         "and 1); 0.05 to 0.15 is typical.")
 
     def _check_means(self, cleaned: dict) -> None:
         d = cleaned.get("effect_size")

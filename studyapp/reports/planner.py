@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from scipy import stats as scipy_stats
 
-from studyapp.analysis import calibrate, sample_size_two_means, sample_size_two_proportions
+from studyapp.analysis import (calibrate, sample_size_participant_accuracy, sample_size_two_means,
+                               sample_size_two_proportions)
 from studyapp.reports.forms import CORRECTION_LABELS
 
 
@@ -32,7 +33,14 @@ def sample_size_result(cleaned: dict) -> dict:
     alpha = family_alpha(alpha=cleaned["alpha"], correction=cleaned["correction"], n_comparisons=m)
     common = {"alpha": alpha, "power": cleaned["power"], "ratio": cleaned["ratio"],
               "alternative": cleaned["alternative"]}
-    if cleaned["design"] == "proportions":
+    if cleaned["design"] == "accuracy":
+        size = sample_size_participant_accuracy(
+            p_control=cleaned["p_control"], p_treatment=cleaned["p_treatment"],
+            trials_per_participant=cleaned["trials_per_participant"], between_sd=cleaned["between_sd"], **common)
+        effect_name = "Effective d (difference / SD of observed participant accuracy)"
+        r_call = (f"pwr::pwr.t.test(d = {size.effect_size:.4f}, sig.level = {alpha:.6g}, power = {cleaned['power']:g})"
+                  f"  # d from var = sd_b^2 (1 - 1/k) + p (1 - p) / k, k = {cleaned['trials_per_participant']}")
+    elif cleaned["design"] == "proportions":
         size = sample_size_two_proportions(p_control=cleaned["p_control"], p_treatment=cleaned["p_treatment"],
                                            **common)
         effect_name = "Cohen's h"
@@ -130,6 +138,7 @@ def study_defaults(*, study) -> StudyDefaults:
     trials = _trials_per_participant(study, outcome)
     if trials is not None:
         simulation.update(trials_per_phase=trials[0], design=trials[1])
+        size.update(trials_per_participant=trials[0])
         notes.append(trials[2])
     if family:
         size_values, sim_values, family_notes = _family_defaults(family)
