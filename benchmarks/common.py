@@ -3,8 +3,12 @@ accounting from Linux /proc, and how goals are printed."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -68,3 +72,48 @@ def cpu_snapshot(roots: tuple[int, ...]) -> dict:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """SIGTERM to the process group we started (start_new_session), SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+class PrivateRedis:
+    """A benchmark's own redis-server on a free port, keeping nothing on disk; the port stays the
+    same, so it can be stopped and started again at the same address (benchmarks/load.py's drill)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise SystemExit("redis-server is not installed (the benchmark runs a private one)")
+        self.workdir, self.port, self.process = workdir, free_port(), None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--dir", str(self.workdir)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
+                return
+            except redis.exceptions.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("redis-server did not start")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        stop_process(self.process)

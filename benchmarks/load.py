@@ -58,7 +58,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import free_port, pg_connect, recreate_database  # noqa: E402
+from benchmarks.common import PrivateRedis, free_port, pg_connect, recreate_database  # noqa: E402
 from benchmarks.participants import (BenchTransport, Deadline, Ledger, SharedIds, StampedTimings,  # noqa: E402
                                      Window, child_env, integrity, pct, start_gunicorn, stop_gunicorn,
                                      wait_healthy, warm_up)
@@ -115,43 +115,6 @@ class PrivatePostgres:
             except Exception as exc:  # still remove the directory
                 print(f"stopping the private PostgreSQL failed: {exc}", file=sys.stderr)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class PrivateRedis:
-    """A redis-server on a fixed free port, so it can be stopped and started again at the same address."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            raise SystemExit("redis-server is not installed (the drill runs a private one)")
-        self.workdir, self.port, self.process = workdir, free_port(), None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        self.process = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no", "--dir", str(self.workdir)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
-                return
-            except redis.exceptions.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
 
 
 def children(pid: int) -> list[int]:

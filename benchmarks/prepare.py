@@ -63,7 +63,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -74,7 +73,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import cpu_snapshot, free_port, recreate_database, verdict  # noqa: E402
+from benchmarks.common import PrivateRedis, cpu_snapshot, recreate_database, stop_process, verdict  # noqa: E402
 
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432"
 DEFAULT_DB = "studyapp_bench_prepare"
@@ -85,43 +84,6 @@ RUN_TIMEOUT = 600.0
 
 
 # -- services: database, broker, worker processes -------------------------------------------------
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    """A redis-server of the benchmark's own on a free port, keeping nothing on disk."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (the benchmark runs a private one)")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-            return process, url
-        except redis.exceptions.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("redis-server did not start")
-            time.sleep(0.1)
-
-
-def stop_process(process: subprocess.Popen | None) -> None:
-    """SIGTERM to the process group we started (start_new_session), SIGKILL if it lingers."""
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-
 
 class Celery:
     """A Celery worker or beat process as production starts it, logging to a file."""
@@ -441,7 +403,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="studyapp_bench_prepare_"))
     redis_process = beat = worker = None
     try:
-        redis_process, broker = start_redis(workdir)
+        redis_process = PrivateRedis(workdir)
+        redis_process.start()
+        broker = redis_process.url
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env.update({"DATABASE_URL": f"{args.pg.rstrip('/')}/{args.db}", "DATA_DIR": str(workdir),
                     "CELERY_BROKER_URL": broker, "DJANGO_SETTINGS_MODULE": "studyapp.settings", "LOG_LEVEL": "warning",
@@ -529,7 +493,8 @@ def main() -> None:
         for process in (worker, beat):
             if process is not None:
                 process.stop()
-        stop_process(redis_process)
+        if redis_process is not None:
+            redis_process.stop()
         with contextlib.suppress(Exception):
             from django.db import connections
 
