@@ -58,9 +58,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import PrivateRedis, free_port, pg_connect, recreate_database  # noqa: E402
+from benchmarks.common import PrivateRedis, free_port, pg_connect, recreate_database, stop_process  # noqa: E402
 from benchmarks.participants import (BenchTransport, Deadline, Ledger, SharedIds, StampedTimings,  # noqa: E402
-                                     Window, child_env, integrity, pct, start_gunicorn, stop_gunicorn,
+                                     Window, child_env, integrity, pct, start_gunicorn,
                                      wait_healthy, warm_up)
 
 from studyapp.simulated_participants import SimulationError, run_participant  # noqa: E402
@@ -456,7 +456,7 @@ def main() -> None:
         print(f"\nall windows: lost {lost}, duplicated {duplicated} -> {'PASS' if ok else 'FAIL'}")
     finally:
         if server is not None:
-            stop_gunicorn(server)
+            stop_process(server)
         if redis is not None:
             redis.stop()
         if pg is not None:

@@ -59,7 +59,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -74,7 +73,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import cpu_snapshot, free_port, pg_connect, recreate_database, verdict  # noqa: E402
+from benchmarks.common import (cpu_snapshot, free_port, pg_connect, recreate_database, stop_process,  # noqa: E402
+                               verdict)
 
 from studyapp.simulated_participants import (HttpTransport, SimulationError, Timings,  # noqa: E402
                                              run_participant)
@@ -193,19 +193,6 @@ def warm_up(base_url: str, study: str, *, clients: int, seconds: float) -> int:
     for t in threads:
         t.join(seconds + HTTP_TIMEOUT)
     return sum(done.values())
-
-
-def stop_gunicorn(server: subprocess.Popen) -> None:
-    if server.poll() is not None:
-        return
-    try:
-        os.killpg(server.pid, signal.SIGTERM)  # our own process group (start_new_session)
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=15)
-    except ProcessLookupError:
-        pass
 
 
 # -- CPU accounting (Linux /proc) ----------------------------------------------------------------
@@ -768,7 +755,7 @@ def main() -> None:
         ok = integrity(args, study["public_id"], ledger)
     finally:
         if server is not None:
-            stop_gunicorn(server)
+            stop_process(server)  # our own process group (start_new_session)
         if args.keep:
             print(f"\nkept: DATABASE_URL={args.pg.rstrip('/')}/{args.db} DATA_DIR={data_dir}")
         else:
