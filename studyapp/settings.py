@@ -163,6 +163,24 @@ STORAGES = {
 # participant-facing images go through views that check the trial state (no leakage).
 MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "/media/"
+# Object storage for the media (django-storages, any S3-compatible service: AWS S3, MinIO, Ceph,
+# R2...), so that web replicas and workers on several hosts share uploads and rendered images
+# without a network volume. Credentials come from boto3's usual sources (AWS_ACCESS_KEY_ID /
+# AWS_SECRET_ACCESS_KEY, an instance role). Objects stay private: every file reaches a browser
+# through a view that checks permissions and the trial state, never through a bucket URL.
+MEDIA_S3_BUCKET = env_str("MEDIA_S3_BUCKET", "")
+if MEDIA_S3_BUCKET:
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": MEDIA_S3_BUCKET,
+        "endpoint_url": env_str("MEDIA_S3_ENDPOINT_URL", "") or None,
+        "region_name": env_str("MEDIA_S3_REGION", "") or None,
+        "location": env_str("MEDIA_S3_PREFIX", "media"),
+        # No ACL on objects: the bucket's own (private, public access blocked) applies; buckets with
+        # ACLs disabled, AWS's default, refuse a canned ACL.
+        "default_acl": None,
+        # Never overwrite: names are opaque and unique, and a collision must not replace a file.
+        "file_overwrite": False,
+    }}
 
 MAX_UPLOAD_MB = env_int("MAX_UPLOAD_MB", 200, minimum=1, maximum=10_000)
 # Features (columns) a tabular dataset may have: checked from the CSV header before any row is read.

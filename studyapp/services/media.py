@@ -42,12 +42,15 @@ def media_orphans(*, grace: dt.timedelta = DEFAULT_GRACE, storage=default_storag
     cutoff = timezone.now() - grace
     orphans, recent, referenced = [], 0, 0
     for folder, fields in sorted(_managed_fields().items()):
-        if not storage.exists(folder):
+        try:
+            # Not ``storage.exists(folder)``: object storage has no folders, only key prefixes.
+            filenames = storage.listdir(folder)[1]
+        except FileNotFoundError:
             continue
         used = set()
         for model, name in fields:
             used.update(model.objects.exclude(**{name: ""}).values_list(name, flat=True).iterator())
-        for filename in storage.listdir(folder)[1]:
+        for filename in filenames:
             path = f"{folder}/{filename}"
             if path in used:
                 referenced += 1

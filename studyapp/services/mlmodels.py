@@ -11,6 +11,7 @@ import json
 import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
 
 from explainers.errors import ModelValidationError
@@ -96,14 +97,15 @@ def _test_accuracy(*, model, dataset: Dataset) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(weights_sha: str, path: str, architecture: str, input_shape: tuple, class_names: tuple,
+def _load_cached(weights_sha: str, name: str, architecture: str, input_shape: tuple, class_names: tuple,
                  hyperparameters_json: str):
     from explainers.safe_loading import load_model, weights_sha256
 
-    with open(path, "rb") as handle:
+    # Through the storage, not a file path: the media may live in object storage (MEDIA_S3_BUCKET).
+    with default_storage.open(name, "rb") as handle:
         data = handle.read()
     if weights_sha256(data) != weights_sha:
-        # The file on disk changed after registration: never run weights we did not validate.
+        # The stored file changed after registration: never run weights we did not validate.
         raise ServiceError(f"The weights file of this model no longer matches its recorded SHA-256 ({weights_sha}).")
     return load_model(architecture=architecture, weights=data, input_shape=list(input_shape),
                       class_names=list(class_names), hyperparameters=json.loads(hyperparameters_json),
@@ -112,6 +114,6 @@ def _load_cached(weights_sha: str, path: str, architecture: str, input_shape: tu
 
 def mlmodel_load(*, mlmodel: MLModel):
     """The validated torch module for a registered model (cached per process by weight hash)."""
-    return _load_cached(mlmodel.weights_sha256, mlmodel.weights.path, mlmodel.architecture,
+    return _load_cached(mlmodel.weights_sha256, mlmodel.weights.name, mlmodel.architecture,
                         tuple(mlmodel.input_shape), tuple(mlmodel.class_names),
                         json.dumps(mlmodel.hyperparameters, sort_keys=True))
