@@ -287,3 +287,115 @@ def test_the_study_page_links_the_planner_for_its_design(admin_client):
 def test_the_planner_explains_why_its_two_calculators_can_disagree(admin_client):
     page = admin_client.get(reverse("report-planner")).content.decode()
     assert 'id="two-calculators"' in page and "treats each participant as" in page and "accuracy over k trials" in page
+
+
+def without_timing(text: str) -> str:
+    return re.sub(r"Took [0-9.]+ s with \d+ worker process(es)?\.", "", text)
+
+
+@pytest.mark.django_db
+def test_the_simulation_says_each_interval_in_words(staff_client):
+    text = result_text(staff_client.get(URL, SIMULATE), "simulation-result")
+    direct = calibrate(arm_accuracy={"control": 0.6, "saliency": 0.75, "placebo": 0.6}, n_per_arm=12, n_studies=20,
+                       seed=3, trials_per_phase=10)
+    hits = round(direct.fwer_null * 20)
+    low, high = direct.fwer_null_ci
+    assert (f"When no arm differs from control, {hits} of 20 simulated studies ({100 * direct.fwer_null:.1f}%) gave "
+            f"at least one significant comparison after Holm; with 95% confidence the true rate lies between "
+            f"{100 * low:.1f}% and {100 * high:.1f}%: the interval contains alpha = 0.05") in text
+    saliency_low, saliency_high = direct.power_per_arm_ci["saliency"]
+    assert (f"saliency (true accuracy 0.75) was detected in {round(direct.power_per_arm['saliency'] * 20)} of 20 "
+            f"simulated studies ({100 * direct.power_per_arm['saliency']:.1f}%); with 95% confidence the true rate "
+            f"lies between {100 * saliency_low:.1f}% and {100 * saliency_high:.1f}%.") in text
+    assert "placebo (true accuracy 0.60, the same as control, so this is a false-positive rate, not power)" in text
+    assert "With the accuracies you entered, at least one arm was detected in" in text
+
+
+@pytest.mark.django_db
+def test_a_null_only_simulation_checks_the_false_positive_rate_without_power(staff_client):
+    text = result_text(staff_client.get(URL, {**SIMULATE, "sim-null_only": "on"}), "simulation-result")
+    null = calibrate(arm_accuracy={"control": 0.6, "saliency": 0.75, "placebo": 0.6}, n_per_arm=12, n_studies=20,
+                     seed=3, trials_per_phase=10, null_only=True)
+    assert "(only the scenario in which no arm differs from control)" in text
+    assert f"when no arm differs from control {null.fwer_null:.3f} 95% CI [{null.fwer_null_ci[0]:.3f}," in text
+    assert "Power was not simulated: this was the false-positive check only." in text
+    assert "Power for" not in text and "at least one arm detected" not in text
+
+
+@pytest.mark.django_db
+def test_the_confidence_level_sets_every_interval(staff_client):
+    text = result_text(staff_client.get(URL, {**SIMULATE, "sim-confidence_level": "0.8"}), "simulation-result")
+    direct = calibrate(arm_accuracy={"control": 0.6, "saliency": 0.75, "placebo": 0.6}, n_per_arm=12, n_studies=20,
+                       seed=3, trials_per_phase=10, confidence_level=0.8)
+    low, high = direct.power_per_arm_ci["saliency"]
+    assert f"Power for saliency (true accuracy 0.75) {direct.power_per_arm['saliency']:.3f} 80% CI [{low:.3f}, " \
+           f"{high:.3f}]" in text
+    assert f"80% CI [{direct.fwer_null_ci[0]:.3f}, {direct.fwer_null_ci[1]:.3f}]" in text
+    assert "with 80% confidence the true rate lies between" in text and "95%" not in text
+
+
+@pytest.mark.django_db
+def test_worker_processes_give_the_same_numbers_as_one(staff_client, monkeypatch):
+    from studyapp.reports import forms as forms_module
+
+    monkeypatch.setattr(forms_module, "max_workers", lambda: 2)  # the same on a one-core machine
+    used = []
+    real = planner_module.calibrate
+
+    def recording(**kwargs):
+        used.append(kwargs["workers"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(planner_module, "calibrate", recording)
+    one = result_text(staff_client.get(URL, SIMULATE), "simulation-result")
+    two = result_text(staff_client.get(URL, {**SIMULATE, "sim-workers": "2"}), "simulation-result")
+    assert used == [1, 2]
+    assert "with 2 worker processes." in two and "with 1 worker process." in one
+    assert without_timing(two) == without_timing(one)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"sim-workers": "0"}, "Worker processes must be between 1 and {cores}, the number of CPU cores of this server "
+                           "(you entered 0)."),
+    ({"sim-workers": "{too_many}"}, "Worker processes must be between 1 and {cores}"),
+    ({"sim-workers": "two"}, "Enter a whole number."),
+    ({"sim-confidence_level": "95"}, "The confidence level must be between 0.5 and 0.999 (you entered 95). Enter a "
+                                     "proportion such as 0.95, not a percentage."),
+    ({"sim-confidence_level": "0.2"}, "The confidence level must be between 0.5 and 0.999"),
+])
+@pytest.mark.django_db
+def test_bad_calibration_options_are_explained_in_plain_words(staff_client, params, message):
+    import os
+
+    cores = os.cpu_count() or 1
+    params = {k: v.format(too_many=cores + 1) for k, v in params.items()}
+    response = staff_client.get(URL, {**SIMULATE, **params})
+    assert 'id="simulation-result"' not in response.content.decode()
+    assert message.format(cores=cores) in errors(response)
+
+
+def test_null_only_halves_the_estimated_time_and_workers_add_their_start():
+    from studyapp.reports.forms import WORKER_START_SECONDS
+
+    cleaned = {"arm_accuracies": {"a": 0.7, "b": 0.6}, "n_per_arm": 30, "trials_per_phase": 20, "design": "pre_post",
+               "n_studies": 100}
+    both = SimulationForm.estimated_seconds(cleaned)
+    assert SimulationForm.estimated_seconds({**cleaned, "null_only": True}) == pytest.approx(both / 2)
+    assert SimulationForm.estimated_seconds({**cleaned, "workers": 4}) == pytest.approx(WORKER_START_SECONDS + both / 4)
+    assert SimulationForm.estimated_seconds({**cleaned, "workers": 1}) == pytest.approx(both)
+
+
+@pytest.mark.django_db
+def test_a_simulation_that_only_worker_start_up_makes_too_slow_is_told_to_use_one_worker(staff_client, monkeypatch):
+    from studyapp.reports import forms as forms_module
+
+    monkeypatch.setattr(forms_module, "max_workers", lambda: 2)
+    # About 3.8 s in one process; 2.5 s to start two, then 1.9 s each: over the 4 s budget.
+    response = staff_client.get(URL, {**SIMULATE, "sim-workers": "2", "sim-n_studies": "75"})
+    assert 'id="simulation-result"' not in response.content.decode()
+    assert "use 1 worker process (starting 2 takes about 2.5 s; one process does this in about 3.8 s)" in errors(response)
+    alone = staff_client.get(URL, {**SIMULATE, "sim-workers": "1", "sim-n_studies": "75"})
+    assert errors(alone) == "" and 'id="simulation-result"' in alone.content.decode()
+    # When one process would not fit either, fewer studies are the advice.
+    slow = staff_client.get(URL, {**SIMULATE, "sim-workers": "2", "sim-n_studies": "200"})
+    assert "lower the number of simulated studies to at most" in errors(slow)

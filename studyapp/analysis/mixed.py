@@ -64,6 +64,39 @@ A random-intercept model ignores participant-specific effects of a within-partic
 which lme4 users model with random slopes (Barr et al. 2013, "Random effects structure for
 confirmatory hypothesis testing: keep it maximal").
 
+Designs GEE refuses (``NotRun``), and those it allows
+-----------------------------------------------------
+GEE's sandwich standard errors allow any correlation of the trials *within* a participant, so they
+stay valid for a factor that varies within participants (participant-specific effects included),
+not only between them. Items are another matter: an item is answered by many participants, so
+its difficulty correlates trials *across* clusters, which GEE clustered by participant ignores.
+When both conditions share the items the item effects largely cancel from the contrast; when the
+condition is constant within items (each item shown in one condition only) they do not.
+Simulated null studies measured it (issue 13; no true effect, two-sided Wald test at alpha 0.05,
+60 participants of 20 trials from 40 items, participant SD 0.7, item SD 0.5 and, where the
+condition or the phase varies within participants, participant-specific effects of SD 0.5 on the
+logit scale; false-positive rate over 200 studies, then over 1,000 with its Clopper-Pearson 95%
+interval):
+
+* arm between participants, every item in both arms (the design above): 0.070; 0.061 [0.047,
+  0.078]; mean reported SE 0.189 / SD of the estimates 0.194. Allowed.
+* arm within participants (each participant answers half of the items in each condition,
+  counterbalanced): 0.045; 0.052 [0.039, 0.068]; SE 0.125 / SD 0.124. Allowed.
+* with ``pre_phase``, the arm x post change (arm between participants, pre and post on the same
+  items, participant-specific learning): 0.025; 0.042 [0.030, 0.056]; SE 0.188 / SD 0.180.
+  Allowed.
+* the condition is an item attribute (everyone answers items of both conditions, each item
+  belongs to one): 0.200; 0.209 [0.184, 0.236]; SE 0.123 / SD 0.193. Refused.
+* each arm has its own participants and its own items: 0.120; 0.099 [0.081, 0.119]; SE 0.189 /
+  SD 0.221. Refused.
+
+(Measured with this module's ``gee_logistic`` fit before the guard below existed; the seeds were
+``numpy.random.SeedSequence(20240613).spawn(n)``. A 100-study version of the within-participant
+case runs in ``tests/unit/test_analysis_mixed.py``.) So ``gee_logistic`` refuses an arm that
+shares no item with the control (the same check as the mixed model's, above) and fits the other
+arms; a participant in two arms and the pre/post interaction are allowed.
+``gee_design_problems`` gives the reasons without fitting.
+
 A refusal is an entry of the returned mapping, not an exception: ``NotRun.to_dict()`` is
 ``{"status": "not_run", "reason": ...}``, which the analysis service records as it is (its
 ``_guard`` keeps a result that carries a ``status``), so one refused secondary model never sinks
@@ -135,18 +168,6 @@ def _select(
     return rows.loc[rows["arm"].isin([control, *arms])], list(arms)
 
 
-def _design(
-    trials: pd.DataFrame,
-    *,
-    control: str,
-    phase: str,
-    pre_phase: str | None,
-    arms: list[str] | None,
-) -> TrialDesign:
-    rows, arms = _select(trials, control=control, phase=phase, pre_phase=pre_phase, arms=arms)
-    return _build(rows, phase=phase, pre_phase=pre_phase, arms=arms)
-
-
 def _counts(rows: pd.DataFrame) -> dict[str, int]:
     return {
         "trials": int(len(rows)),
@@ -165,6 +186,14 @@ _NOT_VALIDATED = (
 )
 
 
+def _share_no_item(rows: pd.DataFrame, *, control: str, arm: str) -> bool:
+    """True when every item of ``arm`` and ``control`` was shown in one of them only: the condition
+    is constant within items and varies between them."""
+    arm_items = set(pd.unique(rows.loc[rows["arm"] == arm, "item_id"]))
+    control_items = set(pd.unique(rows.loc[rows["arm"] == control, "item_id"]))
+    return bool(arm_items and control_items and not arm_items & control_items)
+
+
 def _problems(
     rows: pd.DataFrame, *, control: str, arms: list[str], phase: str, pre_phase: str | None
 ) -> dict[str, str]:
@@ -176,7 +205,6 @@ def _problems(
     if pre_phase is not None:
         phases_per_participant = rows.groupby("participant_id", observed=True)["phase"].nunique()
         both_phases = int((phases_per_participant > 1).sum())
-    control_items = set(pd.unique(rows.loc[rows["arm"] == control, "item_id"]))
     problems: dict[str, list[str]] = {}
     for arm in arms:
         reasons = problems.setdefault(arm, [])
@@ -187,8 +215,7 @@ def _problems(
                 f"answered trials in {arm!r} and in another arm): {_NOT_VALIDATED}; "
                 "use the paired tests"
             )
-        arm_items = set(pd.unique(rows.loc[rows["arm"] == arm, "item_id"]))
-        if arm_items and control_items and not arm_items & control_items:
+        if _share_no_item(rows, control=control, arm=arm):
             reasons.append(
                 f"{arm!r} and {control!r} share no item (each item was shown in one of them "
                 f"only), so the condition varies between items: {_NOT_VALIDATED}"
@@ -391,6 +418,42 @@ def _fit_crossed(
     }
 
 
+# The measured null false-positive rates of the refused designs (module docstring).
+GEE_BETWEEN_ITEMS_ERROR = "10-21%"
+GEE_METHOD = "GEE logistic, exchangeable within participant, robust SE, Wald z"
+
+
+def gee_design_problems(
+    trials: pd.DataFrame,
+    *,
+    control: str,
+    phase: str,
+    pre_phase: str | None = None,
+    arms: list[str] | None = None,
+) -> dict[str, str]:
+    """arm -> why ``gee_logistic`` refuses it for these trials; empty when none is.
+
+    Only a condition that varies between items is refused (see the module docstring, "Designs
+    GEE refuses"): a condition within participants and the pre/post change are allowed.
+    """
+    rows, arms = _select(trials, control=control, phase=phase, pre_phase=pre_phase, arms=arms)
+    return _gee_problems(rows, control=control, arms=arms)
+
+
+def _gee_problems(rows: pd.DataFrame, *, control: str, arms: list[str]) -> dict[str, str]:
+    return {
+        arm: (
+            f"{arm!r} and {control!r} share no item (each item was shown in one of them only), so "
+            "the condition varies between items: GEE clusters by participant and does not model "
+            "items, so the items' own differences are counted as an effect of the condition "
+            f"(on simulated null studies of this design it gave {GEE_BETWEEN_ITEMS_ERROR} false "
+            "positives at alpha 0.05); compare the arms on the same items"
+        )
+        for arm in arms
+        if _share_no_item(rows, control=control, arm=arm)
+    }
+
+
 def gee_logistic(
     trials: pd.DataFrame,
     *,
@@ -400,23 +463,23 @@ def gee_logistic(
     arms: list[str] | None = None,
     alternative: str = "two-sided",
     confidence_level: float = 0.95,
-) -> dict[str, StatResult]:
-    """GEE logistic model clustered by participant (exchangeable, robust SEs)."""
+) -> dict[str, StatResult | NotRun]:
+    """GEE logistic model clustered by participant (exchangeable, robust SEs).
+
+    Returns arm -> Wald z-test of its population-averaged log odds ratio vs control (``effect``
+    is the odds ratio), or arm -> ``NotRun`` with the reason when the arm and control share no
+    item (the condition varies between items); the other arms are fitted without the refused
+    ones. Valid, by the simulations of the module docstring ("Designs GEE refuses"), for an arm
+    between participants (null false-positive rate 0.061 at alpha 0.05, 1,000 studies), an arm
+    within participants (0.052) and, with ``pre_phase``, the arm x post change (0.042).
+    """
     from statsmodels.genmod.cov_struct import Exchangeable
     from statsmodels.genmod.families import Binomial
     from statsmodels.genmod.generalized_estimating_equations import GEE
 
     alt = normalize_alternative(alternative)
-    d = _design(trials, control=control, phase=phase, pre_phase=pre_phase, arms=arms)
-    order = np.argsort(d.participant, kind="stable")  # GEE wants clusters contiguous
-    model = GEE(
-        d.endog[order],
-        d.exog[order],
-        groups=d.participant[order],
-        family=Binomial(),
-        cov_struct=Exchangeable(),
-    )
-    res = model.fit(cov_type="robust")
+    rows, arms = _select(trials, control=control, phase=phase, pre_phase=pre_phase, arms=arms)
+    problems = _gee_problems(rows, control=control, arms=arms)
     params = {
         "library": "statsmodels GEE",
         "family": "Binomial(logit)",
@@ -429,21 +492,38 @@ def gee_logistic(
         "alternative": alt,
         "confidence_level": confidence_level,
     }
-    extra = {
-        "working_correlation": float(model.cov_struct.dep_params),
-        "coefficients": dict(zip(d.names, np.asarray(res.params).tolist())),
+    results: dict[str, StatResult | NotRun] = {
+        arm: NotRun(method=GEE_METHOD, arm=arm, reason=reason,
+                    n=_counts(rows.loc[rows["arm"].isin([control, arm])]), params=params)
+        for arm, reason in problems.items()
     }
-    return {
-        arm: _wald(
-            arm=arm,
-            coef=float(res.params[j]),
-            se=float(res.bse[j]),
-            alt=alt,
-            confidence_level=confidence_level,
-            method="GEE logistic, exchangeable within participant, robust SE, Wald z",
-            n=d.n,
-            params=params,
-            extra=extra,
+    fitted = [arm for arm in arms if arm not in problems]
+    if fitted:
+        kept = rows.loc[rows["arm"].isin([control, *fitted])]
+        d = _build(kept, phase=phase, pre_phase=pre_phase, arms=fitted)
+        order = np.argsort(d.participant, kind="stable")  # GEE wants clusters contiguous
+        model = GEE(
+            d.endog[order],
+            d.exog[order],
+            groups=d.participant[order],
+            family=Binomial(),
+            cov_struct=Exchangeable(),
         )
-        for arm, j in d.targets.items()
-    }
+        res = model.fit(cov_type="robust")
+        extra = {
+            "working_correlation": float(model.cov_struct.dep_params),
+            "coefficients": dict(zip(d.names, np.asarray(res.params).tolist())),
+        }
+        for arm, j in d.targets.items():
+            results[arm] = _wald(
+                arm=arm,
+                coef=float(res.params[j]),
+                se=float(res.bse[j]),
+                alt=alt,
+                confidence_level=confidence_level,
+                method=GEE_METHOD,
+                n=d.n,
+                params=params,
+                extra=extra,
+            )
+    return {arm: results[arm] for arm in arms}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 
 from django import forms
@@ -29,6 +30,16 @@ SIMULATION_BUDGET_SECONDS = 4.0
 SECONDS_PER_STUDY = 0.025
 SECONDS_PER_TRIAL = 2.5e-7
 MAX_SIMULATED_STUDIES = 400
+# A worker process (calibrate's workers > 1, spawned) first imports pandas, scipy and statsmodels:
+# 2.1-2.4 s each on the reference machine (2 cores, shared), paid once per request before any study
+# runs. So more workers only pay off on a server with many cores or for a long simulation.
+WORKER_START_SECONDS = 2.5
+CONFIDENCE_LEVELS = (0.5, 0.999)
+
+
+def max_workers() -> int:
+    """The most worker processes a simulation may start: the server's CPU count."""
+    return os.cpu_count() or 1
 
 
 class RunAnalysisForm(forms.Form):
@@ -207,11 +218,31 @@ class SimulationForm(_PlanningFields):
     participant_sd = forms.FloatField(initial=0.5, label="Participant SD (log-odds)")
     item_sd = forms.FloatField(initial=0.5, label="Item SD (log-odds)")
     seed = forms.IntegerField(initial=0, min_value=0, max_value=2**32 - 1)
+    null_only = forms.BooleanField(
+        required=False, initial=False, label="Only check the false-positive rate",
+        help_text="Simulate only studies in which no arm differs from control (the family-wise false-positive "
+                  "check), not the power: half the work, so twice the studies fit in the same time.")
+    # Optional (blank = the initial value), so a simulation bookmarked before these fields existed still runs.
+    workers = forms.IntegerField(
+        required=False, initial=1, label="Worker processes",
+        help_text="Simulated studies run in this many processes, with the same results as one. Each process "
+                  f"first takes about {WORKER_START_SECONDS:g} s to start, so more than 1 only helps a long "
+                  "simulation on a server with several cores.")
+    confidence_level = forms.FloatField(
+        required=False, initial=0.95, label="Confidence level of the intervals",
+        help_text="For the exact (Clopper-Pearson) interval around each simulated rate, e.g. 0.95.")
     # Power is not asked for here: the simulation estimates it.
     power = None
 
     field_order = ["control_accuracy", "arm_accuracies", "n_per_arm", "trials_per_phase", "design", "alternative",
-                   "correction", "alpha", "n_studies", "participant_sd", "item_sd", "seed"]
+                   "correction", "alpha", "n_studies", "participant_sd", "item_sd", "seed", "null_only", "workers",
+                   "confidence_level"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        most = max_workers()
+        self.fields["workers"].help_text += f" This server has {most} CPU core{'s' if most != 1 else ''}."
+        self.fields["workers"].widget.attrs.update(min=1, max=most)
 
     def clean_arm_accuracies(self) -> dict[str, float]:
         text = self.cleaned_data["arm_accuracies"]
@@ -258,23 +289,51 @@ class SimulationForm(_PlanningFields):
             value = cleaned.get(name)
             if value is not None and not 0 <= value <= 5:
                 self.add_error(name, "A standard deviation on the log-odds scale must be between 0 and 5.")
+        for name in ("workers", "confidence_level"):
+            if cleaned.get(name) is None and name not in self.errors:
+                cleaned[name] = self.fields[name].initial
+        workers, most = cleaned.get("workers"), max_workers()
+        if workers is not None and not 1 <= workers <= most:
+            self.add_error("workers", f"Worker processes must be between 1 and {most}, the number of CPU cores of "
+                                      f"this server (you entered {workers}).")
+        level = cleaned.get("confidence_level")
+        low, high = CONFIDENCE_LEVELS
+        if level is not None and not low <= level <= high:
+            hint = " Enter a proportion such as 0.95, not a percentage." if level > 1 else ""
+            self.add_error("confidence_level", f"The confidence level must be between {low:g} and {high:g} (you "
+                                               f"entered {level:g}).{hint}")
         if self.errors:
             return cleaned
         seconds = self.estimated_seconds(cleaned)
         if seconds > SIMULATION_BUDGET_SECONDS:
-            per_study = seconds / cleaned["n_studies"]
-            most = int(SIMULATION_BUDGET_SECONDS / per_study)
-            advice = (f"lower the number of simulated studies to at most {most}" if most >= 10 else
-                      "lower the participants per arm or the trials per phase")
+            start = self.start_seconds(cleaned)
+            single = self.estimated_seconds({**cleaned, "workers": 1})
+            per_study = (seconds - start) / cleaned["n_studies"]
+            most = int((SIMULATION_BUDGET_SECONDS - start) / per_study)
+            if start and single <= SIMULATION_BUDGET_SECONDS:
+                advice = (f"use 1 worker process (starting {cleaned['workers']} takes about {start:g} s; one process "
+                          f"does this in about {single:.1f} s)")
+            elif most >= 10:
+                advice = f"lower the number of simulated studies to at most {most}"
+            else:
+                advice = "lower the participants per arm or the trials per phase"
             raise forms.ValidationError(
                 f"This simulation would take about {seconds:.0f} s, more than the {SIMULATION_BUDGET_SECONDS:g} s a "
                 f"page may take: {advice}, or run studyapp.analysis.calibrate in a notebook or script.")
         return cleaned
 
     @staticmethod
-    def estimated_seconds(cleaned: dict) -> float:
+    def start_seconds(cleaned: dict) -> float:
+        """The time worker processes take to start before any study runs (none for one worker)."""
+        return WORKER_START_SECONDS if cleaned.get("workers", 1) > 1 else 0.0
+
+    @classmethod
+    def estimated_seconds(cls, cleaned: dict) -> float:
         n_arms = 1 + len(cleaned["arm_accuracies"])
         phases = 2 if cleaned["design"] == "pre_post" else 1
         trials = n_arms * cleaned["n_per_arm"] * cleaned["trials_per_phase"] * phases
-        # Two scenarios (null and alternative), n_studies simulated studies each.
-        return 2 * cleaned["n_studies"] * (SECONDS_PER_STUDY + SECONDS_PER_TRIAL * trials)
+        # n_studies simulated studies per scenario: the null one, and the alternative unless null-only.
+        scenarios = 1 if cleaned.get("null_only") else 2
+        work = scenarios * cleaned["n_studies"] * (SECONDS_PER_STUDY + SECONDS_PER_TRIAL * trials)
+        # The processes start in parallel, then share the studies.
+        return cls.start_seconds(cleaned) + work / cleaned.get("workers", 1)

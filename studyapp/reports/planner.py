@@ -15,8 +15,6 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from scipy import stats as scipy_stats
-
 from studyapp.analysis import (calibrate, sample_size_participant_accuracy, sample_size_two_means,
                                sample_size_two_proportions)
 from studyapp.reports.forms import CORRECTION_LABELS
@@ -74,41 +72,95 @@ def sample_size_result(cleaned: dict) -> dict:
     }
 
 
-def _proportion_ci(successes: int, n: int) -> str:
-    ci = scipy_stats.binomtest(successes, n).proportion_ci(method="exact")
-    return f"[{ci.low:.3f}, {ci.high:.3f}]"
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _interval_words(*, level: str, low: float, high: float) -> str:
+    return f"with {level}% confidence the true rate lies between {_percent(low)} and {_percent(high)}"
+
+
+def _fwer_words(result, *, level: str, correction: str) -> str:
+    """The null half in a sentence: what happened, the interval, and what it says about alpha."""
+    n, alpha = result.n_studies, result.alpha
+    low, high = result.fwer_null_ci
+    hits = round(result.fwer_null * n)
+    if low > alpha:
+        verdict = (f"even its lower end is above alpha = {alpha:g}, so with this design the family of tests gives "
+                   f"false positives more often than alpha")
+    elif high < alpha:
+        verdict = f"even its upper end is below alpha = {alpha:g}, so the correction is conservative here"
+    else:
+        verdict = (f"the interval contains alpha = {alpha:g}, so the rate is consistent with alpha (simulate more "
+                   "studies to narrow it)")
+    return (f"When no arm differs from control, {hits} of {n} simulated studies ({_percent(result.fwer_null)}) gave at "
+            f"least one significant comparison after {correction}; "
+            f"{_interval_words(level=level, low=low, high=high)}: {verdict}.")
+
+
+def _power_words(*, hits: int, n: int, rate: float, ci: tuple[float, float], level: str, what: str) -> str:
+    return (f"{what} in {hits} of {n} simulated studies ({_percent(rate)}); "
+            f"{_interval_words(level=level, low=ci[0], high=ci[1])}.")
 
 
 def simulation_result(cleaned: dict) -> dict:
-    """Family-wise false-positive rate under the null and power, by simulating studies."""
+    """Family-wise false-positive rate under the null and power, by simulating studies; each with
+    calibrate's Clopper-Pearson interval at the requested level, as numbers and in words."""
     arm_accuracy = {"control": cleaned["control_accuracy"], **cleaned["arm_accuracies"]}
     phases = ("pre_test", "post_test") if cleaned["design"] == "pre_post" else ("test",)
+    null_only = bool(cleaned.get("null_only"))
     started = time.perf_counter()
     result = calibrate(arm_accuracy=arm_accuracy, n_per_arm=cleaned["n_per_arm"], n_studies=cleaned["n_studies"],
                        seed=cleaned["seed"], alternative=cleaned["alternative"], correction=cleaned["correction"],
                        alpha=cleaned["alpha"], trials_per_phase=cleaned["trials_per_phase"], phases=phases,
-                       participant_sd=cleaned["participant_sd"], item_sd=cleaned["item_sd"])
+                       participant_sd=cleaned["participant_sd"], item_sd=cleaned["item_sd"], null_only=null_only,
+                       workers=cleaned.get("workers") or 1,
+                       confidence_level=cleaned.get("confidence_level") or 0.95)
     seconds = time.perf_counter() - started
     n = result.n_studies
+    level = f"{100 * result.params['confidence_level']:g}"
+    correction = CORRECTION_LABELS.get(cleaned["correction"], cleaned["correction"])
     low, high = result.fwer_null_ci
-    per_arm = [{"name": arm, "accuracy": f"{arm_accuracy[arm]:.2f}", "power": f"{p:.3f}",
-                "ci": _proportion_ci(round(p * n), n)} for arm, p in result.power_per_arm.items()]
-    return {
+    out = {
         "n_studies": n,
         "alpha": result.alpha,
+        "level": level,
+        "null_only": null_only,
+        "workers": cleaned.get("workers") or 1,
         "fwer_null": f"{result.fwer_null:.3f}",
         "fwer_ci": f"[{low:.3f}, {high:.3f}]",
         "fwer_exceeds_alpha": low > result.alpha,
-        "power_any": f"{result.power_any:.3f}",
-        "power_any_ci": _proportion_ci(round(result.power_any * n), n),
-        "power_per_arm": per_arm,
-        "correction": CORRECTION_LABELS.get(cleaned["correction"], cleaned["correction"]),
+        "fwer_words": _fwer_words(result, level=level, correction=correction),
+        "correction": correction,
         "outcome": result.params.get("outcome"),
         "n_per_arm": cleaned["n_per_arm"],
         "n_total": cleaned["n_per_arm"] * len(arm_accuracy),
         "seed": result.params.get("seed"),
         "seconds": f"{seconds:.1f}",
     }
+    if null_only:
+        return out
+    control = arm_accuracy["control"]
+    per_arm = []
+    for arm, power in result.power_per_arm.items():
+        ci = result.power_per_arm_ci[arm]
+        # An arm as accurate as control has no effect to detect: its "power" is a false-positive rate.
+        what = (f"{arm} (true accuracy {arm_accuracy[arm]:.2f}, the same as control, so this is a false-positive "
+                f"rate, not power) was significant" if arm_accuracy[arm] == control else
+                f"{arm} (true accuracy {arm_accuracy[arm]:.2f}) was detected")
+        per_arm.append({"name": arm, "accuracy": f"{arm_accuracy[arm]:.2f}", "power": f"{power:.3f}",
+                        "ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+                        "words": _power_words(hits=round(power * n), n=n, rate=power, ci=ci, level=level, what=what)})
+    any_low, any_high = result.power_any_ci
+    out.update(
+        power_any=f"{result.power_any:.3f}",
+        power_any_ci=f"[{any_low:.3f}, {any_high:.3f}]",
+        power_any_words=_power_words(hits=round(result.power_any * n), n=n, rate=result.power_any,
+                                     ci=result.power_any_ci, level=level,
+                                     what="With the accuracies you entered, at least one arm was detected"),
+        power_per_arm=per_arm,
+    )
+    return out
 
 
 @dataclass(frozen=True)
