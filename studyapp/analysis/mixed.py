@@ -454,6 +454,29 @@ def _gee_problems(rows: pd.DataFrame, *, control: str, arms: list[str]) -> dict[
     }
 
 
+def _saturated_logistic_start(exog: np.ndarray, endog: np.ndarray) -> np.ndarray | None:
+    """The independence logistic model's MLE in closed form, as GEE's starting values.
+
+    The design has one column per cell of arm (x phase) after the intercept, so the model is
+    saturated: its fitted log odds in each cell are the cell's observed log odds, and the
+    coefficients solve one small linear system. statsmodels' GEE otherwise fits that same GLM by
+    IRLS before its first step (about 40% of the GEE's time on a million trials). None, and
+    statsmodels' own start, when a cell is empty or all-correct/all-wrong (no finite MLE) or the
+    design is not saturated.
+    """
+    if not len(endog):
+        return None
+    # Columns are 0/1 indicators (and the intercept): each row's cell as one integer.
+    key = exog.astype(np.int64) @ (np.int64(1) << np.arange(exog.shape[1], dtype=np.int64))
+    keys, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if len(keys) != exog.shape[1]:
+        return None
+    means = np.bincount(inverse, weights=endog) / np.bincount(inverse)
+    if np.any((means <= 0) | (means >= 1)):
+        return None
+    return np.linalg.solve(exog[first], np.log(means / (1 - means)))
+
+
 def gee_logistic(
     trials: pd.DataFrame,
     *,
@@ -509,7 +532,7 @@ def gee_logistic(
             family=Binomial(),
             cov_struct=Exchangeable(),
         )
-        res = model.fit(cov_type="robust")
+        res = model.fit(cov_type="robust", start_params=_saturated_logistic_start(d.exog, d.endog))
         extra = {
             "working_correlation": float(model.cov_struct.dep_params),
             "coefficients": dict(zip(d.names, np.asarray(res.params).tolist())),

@@ -204,3 +204,35 @@ def test_gee_keeps_its_false_positive_rate_near_alpha_for_a_condition_within_par
     p_values = [gee_logistic(_null_within_participants(np.random.default_rng(c)), control="control",
                              phase="test")["ig"].p_value for c in studies]
     assert np.mean(np.array(p_values) <= 0.05) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n)  # 3 binomial SDs
+
+
+@pytest.mark.parametrize("pre_phase", [None, "pre_test"])
+def test_gee_starts_from_the_closed_form_logistic_fit_and_reaches_statsmodels_own_answer(trials, pre_phase):
+    import statsmodels.api as sm
+    from statsmodels.genmod.cov_struct import Exchangeable
+    from statsmodels.genmod.generalized_estimating_equations import GEE
+
+    from studyapp.analysis.mixed import _build, _saturated_logistic_start, _select
+
+    rows, arms = _select(trials, control="control", phase="post_test", pre_phase=pre_phase, arms=None)
+    d = _build(rows, phase="post_test", pre_phase=pre_phase, arms=arms)
+    glm = sm.GLM(d.endog, d.exog, family=sm.families.Binomial()).fit()
+    start = _saturated_logistic_start(d.exog, d.endog)
+    np.testing.assert_allclose(start, glm.params, rtol=1e-7, atol=1e-9)
+    # statsmodels' default start (an IRLS fit of that GLM) and ours give the same GEE estimate.
+    order = np.argsort(d.participant, kind="stable")
+    default = GEE(d.endog[order], d.exog[order], groups=d.participant[order], family=sm.families.Binomial(),
+                  cov_struct=Exchangeable()).fit(cov_type="robust")
+    ours = gee_logistic(trials, control="control", phase="post_test", pre_phase=pre_phase)["ig"]
+    j = d.targets["ig"]
+    assert ours.extra["log_odds_ratio"] == pytest.approx(float(default.params[j]), rel=1e-6)
+    assert ours.p_value == pytest.approx(float(default.pvalues[j]), rel=1e-5)
+
+
+def test_the_closed_form_start_gives_way_when_a_cell_has_no_finite_log_odds():
+    from studyapp.analysis.mixed import _saturated_logistic_start
+
+    exog = np.column_stack([np.ones(4), [0, 0, 1, 1]]).astype(float)
+    assert _saturated_logistic_start(exog, np.array([0.0, 1.0, 1.0, 1.0])) is None  # arm all correct
+    assert _saturated_logistic_start(exog[:2], np.array([0.0, 1.0])) is None  # an empty cell
+    np.testing.assert_allclose(_saturated_logistic_start(exog, np.array([0.0, 1.0, 0.0, 1.0])), [0.0, 0.0])
