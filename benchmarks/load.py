@@ -28,6 +28,10 @@ come back from PostgreSQL); (4) one participant's network drops for --fault s: t
 answer it is sending is lost after the server got it, and every request it sends until the network
 is back fails with a connection error (it resends the answer with the same key, as the page does).
 
+The stack (``DrillStack``), the crowd (``Crowd``), the drills (``drill_*``) and the integrity
+check (``stored_answers``, ``answer_integrity``) are also tests/test_fault_drills.py's: the suite
+runs the PostgreSQL-restart and Redis-down drills with 20 participants on 2 workers.
+
 Printed per window: requests/s served, p50/p95/max of trial and answer, errors the clients saw by
 kind (each failed attempt: an exception class or an HTTP status), retries and participants that
 failed, and integrity for the answers sent in the window: lost (acknowledged 200/201 but not in
@@ -41,7 +45,6 @@ import argparse
 import http.client
 import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -49,72 +52,129 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import PrivateRedis, free_port, pg_connect, recreate_database, stop_process  # noqa: E402
+from benchmarks.common import (PrivatePostgres, PrivateRedis, free_port, pg_connect,  # noqa: E402
+                               recreate_database, stop_process)
 from benchmarks.participants import (BenchTransport, Deadline, Ledger, SharedIds, StampedTimings,  # noqa: E402
                                      Window, child_env, integrity, pct, start_gunicorn,
                                      wait_healthy, warm_up)
 
 from studyapp.simulated_participants import SimulationError, run_participant  # noqa: E402
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DB = "studyapp_bench_load"
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}  # as static/participant/api.js
 NETWORK_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException, TimeoutError)
 
 
-# -- private PostgreSQL and Redis ---------------------------------------------------------------
+# -- the stack: private PostgreSQL and Redis, a live study, gunicorn -----------------------------
 
-class PrivatePostgres:
-    """A throwaway cluster; as root, initdb and the server run as the postgres user (initdb refuses root)."""
+class DrillStack:
+    """Everything a drill breaks, private to the run and removed by ``close``: a PostgreSQL
+    cluster of its own (benchmarks/common.PrivatePostgres), a redis-server of its own (the cache
+    and sessions, as in production), the participant benchmark's live study (27 trials a
+    participant) in a fresh database, and gunicorn (``workers`` sync workers, ``--preload``,
+    production settings, rate limits on but far above the load) on a free port.
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="studyapp_load_pg_"))
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.user:
-            entry = pwd.getpwnam("postgres")
-            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
-        self.url = f"postgres://postgres@127.0.0.1:{self.port}"
-        self.started = False
+    Used by ``main`` below and by tests/test_fault_drills.py: one way to build it, not two.
+    """
 
-    def _run(self, *command: str, timeout: float = 120) -> None:
-        subprocess.run([*self.user, *command], check=True, timeout=timeout, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.STDOUT, cwd=self.dir)
+    def __init__(self, *, workers: int, workdir: Path) -> None:
+        self.workers, self.workdir = workers, workdir
+        self.pg: PrivatePostgres | None = None
+        self.redis: PrivateRedis | None = None
+        self.server: subprocess.Popen | None = None
+        self.log = workdir / "gunicorn.log"
+        self.base_url = self.study = ""
+        self.seconds = 0.0  # to build it
+        self.stages: dict[str, float] = {}  # seconds per stage of the build
 
-    def init(self) -> None:
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        self.start()
+    def start(self, *, warm_up_seconds: float = 2.0) -> DrillStack:
+        began = started = time.perf_counter()
 
-    def ctl(self, action: str, *extra: str) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=100"
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60",
-                  "-o", options, action, *extra)
+        def lap(stage: str) -> None:
+            nonlocal started
+            self.stages[stage] = time.perf_counter() - started
+            started = time.perf_counter()
 
-    def start(self) -> None:
-        self.ctl("start")
-        self.started = True
+        self.pg = PrivatePostgres()
+        self.pg.init()
+        self.redis = PrivateRedis(self.workdir)
+        self.redis.start()
+        lap("PostgreSQL and Redis")
+        # What benchmarks/participants.py's helpers read from its own arguments.
+        args = types.SimpleNamespace(pg=self.pg.url, redis=self.redis.url, db=DB, debug=False, threads=1,
+                                     preload=True, workers=self.workers)
+        env = child_env(args, str(self.workdir))
+        # Django logs its errors (a 500's traceback) to stderr: into gunicorn's log with them, so
+        # that server_errors() and a failed drill can show why.
+        env["GUNICORN_CMD_ARGS"] = "--capture-output"
+        recreate_database(self.pg.url, DB)
+        # collectstatic touches no database: it runs beside the migrations.
+        static = subprocess.Popen([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+                                  cwd=ROOT, env=env)
+        try:
+            subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=env,
+                           check=True, timeout=600)
+        except BaseException:
+            static.kill()
+            static.wait()
+            raise
+        if static.wait(timeout=600) != 0:
+            raise RuntimeError("collectstatic failed")
+        lap("migrate and collectstatic")
+        built = subprocess.run([sys.executable, str(ROOT / "benchmarks/participants.py"), "--child-build"], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=600)
+        if built.returncode != 0:
+            raise RuntimeError(f"building the study failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}")
+        self.study = json.loads(built.stdout.strip().splitlines()[-1])["public_id"]
+        lap("live study")
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.server = start_gunicorn(args, env, port, self.log)
+        wait_healthy(self.base_url, self.server, self.log)
+        warm_up(self.base_url, self.study, clients=2 * self.workers, seconds=warm_up_seconds)
+        lap("gunicorn")
+        self.seconds = time.perf_counter() - began
+        return self
 
-    def stop(self) -> None:
-        self.ctl("stop", "-m", "fast")
-        self.started = False
+    def close(self) -> None:
+        if self.server is not None:
+            stop_process(self.server)
+        if self.redis is not None:
+            self.redis.stop()
+        if self.pg is not None:
+            self.pg.remove()
 
-    def remove(self) -> None:
-        if self.started:
-            try:
-                self.stop()
-            except Exception as exc:  # still remove the directory
-                print(f"stopping the private PostgreSQL failed: {exc}", file=sys.stderr)
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def __enter__(self) -> DrillStack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def health(self) -> int:
+        """The status of GET /healthz/ (SELECT 1 on the database), 0 when no reply came."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/healthz/", timeout=10) as reply:
+                return reply.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except NETWORK_ERRORS:
+            return 0
+
+    def server_errors(self) -> list[str]:
+        """Lines of gunicorn's log that report an error (a traceback, an ERROR)."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return [line for line in text.splitlines() if "Traceback" in line or "ERROR" in line]
 
 
 def children(pid: int) -> list[int]:
@@ -203,16 +263,18 @@ class DrillTransport(BenchTransport):
 
 
 class Crowd:
-    """n participant threads, each one participant after another until the window closes."""
+    """n participant threads, each running one participant after another until the window closes
+    (``once``: each runs a single participant to its end, or until the window closes)."""
 
     def __init__(self, *, base_url: str, study: str, n: int, think: float, ramp: float, give_up: float,
-                 window: Window, seed: int) -> None:
+                 window: Window, seed: int, once: bool = False, prefix: str = "drill") -> None:
         self.base_url, self.study, self.think, self.give_up = base_url, study, think, give_up
-        self.window, self.events, self.ledger = window, Events(), Ledger()
-        self.pids = SharedIds("drill")
+        self.window, self.events, self.ledger, self.once = window, Events(), Ledger(), once
+        self.pids = SharedIds(prefix)
         self.current: dict[int, DrillTransport] = {}
         self.victim: DrillTransport | None = None  # whose network drops
-        self.outcomes: Counter = Counter()
+        self.outcomes: Counter = Counter()  # (when, outcome) -> participants
+        self.finished: dict[str, str] = {}  # participant id -> outcome, or "failed: why"
         self.errors: Counter = Counter()
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.participant, args=(i, seed + i, ramp * i / n), daemon=True)
@@ -221,6 +283,17 @@ class Crowd:
     def start(self) -> None:
         for t in self.threads:
             t.start()
+
+    def join(self, seconds: float) -> int:
+        """Wait up to ``seconds`` in all; returns how many participant threads still run."""
+        deadline = time.monotonic() + seconds
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return sum(t.is_alive() for t in self.threads)
+
+    def acknowledged(self) -> int:
+        """Answers acknowledged (200/201) so far."""
+        return sum(1 for *_, status in list(self.events.answers) if status)
 
     def participant(self, i: int, seed: int, delay: float) -> None:
         time.sleep(delay)
@@ -244,8 +317,11 @@ class Crowd:
                 outcome, error = "failed", f"{exc.__class__.__name__}: {exc}"
             with self.lock:
                 self.outcomes[(time.monotonic(), outcome)] += 1
+                self.finished[pid] = f"{outcome}: {error}" if error else outcome
                 if error:
                     self.errors[(time.monotonic(), error[:160])] += 1
+            if self.once:
+                return
 
     def someone_answering(self) -> DrillTransport | None:
         """A participant past enrollment with answers acknowledged, so the drop hits its trials."""
@@ -271,10 +347,10 @@ def drill_worker_kill(server: subprocess.Popen, workers: int, fault: float) -> s
 
 
 def drill_postgres(pg: PrivatePostgres, fault: float) -> str:
+    """PostgreSQL restarted (``pg_ctl restart -m fast``: open transactions rolled back, clients
+    cut off), kept down ``fault`` seconds in all."""
     started = time.monotonic()
-    pg.stop()
-    time.sleep(max(0.0, fault - (time.monotonic() - started)))
-    pg.start()
+    pg.restart(down=fault)
     return f"PostgreSQL stopped (-m fast) and started again: down {time.monotonic() - started:.1f} s"
 
 
@@ -303,20 +379,78 @@ def drill_network(crowd: Crowd, fault: float) -> str:
 
 # -- report -------------------------------------------------------------------------------------
 
-def stored_answers(pg: str) -> tuple[dict[str, str], Counter]:
-    """Idempotency key -> trial of every stored Response, and Response rows per trial."""
+def _norm(uuid_text: str) -> str:
+    return uuid_text.replace("-", "")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the database holds: (idempotency key, trial, participant's external id) of every
+    Response (dashes removed), and per participant (external id) its trials and answered trials."""
+
+    responses: list[tuple[str, str, str]]
+    trials: dict[str, tuple[int, int]]
+
+
+def stored_answers(pg: str) -> Stored:
     connection = pg_connect(pg, DB)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT r.idempotency_key::text, t.public_id::text FROM studyapp_response r "
-                       "JOIN studyapp_trial t ON t.id = r.trial_id")
+        cursor.execute("SELECT r.idempotency_key::text, t.public_id::text, p.external_id FROM studyapp_response r "
+                       "JOIN studyapp_trial t ON t.id = r.trial_id JOIN studyapp_participant p "
+                       "ON p.id = t.participant_id")
         rows = cursor.fetchall()
+        cursor.execute("SELECT p.external_id, count(t.id), count(r.id) FROM studyapp_participant p "
+                       "JOIN studyapp_trial t ON t.participant_id = p.id "
+                       "LEFT JOIN studyapp_response r ON r.trial_id = t.id GROUP BY p.external_id")
+        trials = {pid: (n, answered) for pid, n, answered in cursor.fetchall()}
     connection.close()
-    norm = lambda u: u.replace("-", "")  # noqa: E731
-    return {norm(k): norm(t) for k, t in rows}, Counter(norm(t) for _, t in rows)
+    return Stored([(_norm(k), _norm(t), pid) for k, t, pid in rows], trials)
 
 
-def report(name: str, note: str, start: float, end: float, crowd: Crowd, stored: dict[str, str],
-           per_trial: Counter) -> tuple[int, int]:
+@dataclass(frozen=True)
+class AnswerIntegrity:
+    """The answers some participants sent against what the database holds for them.
+
+    ``lost``: acknowledged (200/201) but not stored under that key and trial. ``duplicated``: a
+    trial of theirs with two Response rows, an idempotency key stored twice, or two 201s for one
+    trial. ``unacknowledged``: rows of theirs whose key no client was acknowledged (the reply was
+    lost and never asked for again; 0 when every participant went on to the end)."""
+
+    sent: int
+    acknowledged: int
+    resent: int  # acknowledged as 200: the server had it already (a retry after a lost reply)
+    stored: int
+    lost: int
+    duplicated: int
+    unacknowledged: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.duplicated
+
+
+def answer_integrity(answers: list[tuple[float, str, str, str, int]], stored: Stored,
+                     participants: set[str] | None = None) -> AnswerIntegrity:
+    """``answers``: Events.answers (sent, participant, trial, key, acknowledged status or 0);
+    ``participants``: whose stored rows to count (default: those who sent the answers)."""
+    participants = participants if participants is not None else {pid for _, pid, *_ in answers}
+    acked = [(_norm(trial), _norm(key), status) for _, _, trial, key, status in answers if status]
+    acked_keys = {key: trial for trial, key, _ in acked}
+    where = {key: trial for key, trial, _ in stored.responses}
+    mine = [(key, trial) for key, trial, pid in stored.responses if pid in participants]
+    per_trial = Counter(trial for _, trial, _ in stored.responses)
+    trials = {trial for trial, _, _ in acked} | {_norm(a[2]) for a in answers}
+    created = Counter(trial for trial, _, status in acked if status == 201)
+    duplicated = (sum(per_trial[t] - 1 for t in trials if per_trial[t] > 1)
+                  + sum(n - 1 for n in created.values() if n > 1)
+                  + sum(n - 1 for n in Counter(key for key, _ in mine).values() if n > 1))
+    return AnswerIntegrity(
+        sent=len(answers), acknowledged=len(acked_keys), resent=sum(1 for *_, status in acked if status == 200),
+        stored=len(mine), lost=sum(1 for key, trial in acked_keys.items() if where.get(key) != trial),
+        duplicated=duplicated, unacknowledged=sum(1 for key, _ in mine if key not in acked_keys))
+
+
+def report(name: str, note: str, start: float, end: float, crowd: Crowd, stored: Stored) -> tuple[int, int]:
     ev = crowd.events
     inside = lambda t: start <= t < end  # noqa: E731
     attempts = [(op, outcome) for t, op, outcome in ev.attempts if inside(t)]
@@ -328,18 +462,14 @@ def report(name: str, note: str, start: float, end: float, crowd: Crowd, stored:
         if inside(t):
             latency[op].append(seconds)
             retried += retries > 0
-    norm = lambda u: u.replace("-", "")  # noqa: E731
     answers = [a for a in ev.answers if inside(a[0])]
-    acked = [(norm(trial), norm(key), status) for _, _, trial, key, status in answers if status]
-    lost = sum(1 for trial, key, _ in acked if stored.get(key) != trial)
-    created = Counter(trial for trial, _, status in acked if status == 201)
-    trials = {trial for trial, _, _ in acked} | {norm(a[2]) for a in answers}
-    duplicated = sum(per_trial[t] - 1 for t in trials if per_trial[t] > 1) + sum(n - 1 for n in created.values() if n > 1)
+    check = answer_integrity(answers, stored)
+    lost, duplicated = check.lost, check.duplicated
     outcomes = Counter(o for (t, o), n in crowd.outcomes.items() if inside(t) for _ in range(n))
     seconds = end - start
     print(f"\n[{name}] {note}")
     print(f"  {seconds:.1f} s: {served:,} requests served = {served / seconds:,.1f} requests/s; "
-          f"{len(acked):,} answers acknowledged = {len(acked) / seconds:,.1f} answers/s")
+          f"{check.acknowledged:,} answers acknowledged = {check.acknowledged / seconds:,.1f} answers/s")
     for op in ("trial", "answer"):
         v = np.asarray(latency.get(op, []))
         print(f"  {op:<7} {len(v):>6,} requests  p50 {pct(v, 50):8.1f}  p95 {pct(v, 95):8.1f}  max {pct(v, 100):8.1f} ms"
@@ -376,94 +506,68 @@ def main() -> None:
     args.fault = args.fault or (4.0 if quick else 10.0)
     args.settle = args.settle or (5.0 if quick else 10.0)
     args.baseline = args.baseline or (5.0 if quick else 15.0)
-    # What benchmarks/participants.py's helpers read from its own arguments.
-    args.threads, args.preload, args.debug, args.db = 1, True, False, DB
 
     workdir = Path(tempfile.mkdtemp(prefix="studyapp_bench_load_"))
-    pg = redis = server = None
-    ok = True
     try:
-        pg = PrivatePostgres()
-        pg.init()
-        redis = PrivateRedis(workdir)
-        redis.start()
-        args.pg, args.redis = pg.url, redis.url
-        env = child_env(args, str(workdir))
-        env.update({"PARTICIPANT_ENTRY_RATE": "1000000/min", "PARTICIPANT_ANSWER_RATE": "1000000/min"})
-        started = time.perf_counter()
-        recreate_database(pg.url, DB)
-        subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], cwd=ROOT,
-                       env=env, check=True)
-        subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True,
-                       timeout=600)
-        built = subprocess.run([sys.executable, str(ROOT / "benchmarks/participants.py"), "--child-build"], cwd=ROOT,
-                               env=env, capture_output=True, text=True, timeout=600)
-        if built.returncode != 0:
-            raise SystemExit(f"building the study failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}")
-        study = json.loads(built.stdout.strip().splitlines()[-1])
-        port = free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        log = workdir / "gunicorn.log"
-        server = start_gunicorn(args, env, port, log)
-        wait_healthy(base_url, server, log)
-        warm_up(base_url, study["public_id"], clients=2 * args.workers, seconds=2.0)
-        print(f"private PostgreSQL at {pg.url} and Redis at {redis.url}; live study {study['public_id']} ready in "
-              f"{time.perf_counter() - started:.1f} s; gunicorn at {base_url}: {args.workers} sync workers, "
-              f"production settings, on {os.cpu_count()} CPUs shared with the database and this load generator")
-        print(f"{args.participants} participants (one after another per thread), think {args.think:g} s; faults "
-              f"{args.fault:g} s, each watched for {args.settle:g} s more; retries as the page, giving up after "
-              f"{args.give_up:g} s")
-
-        drills = [("1. gunicorn worker SIGKILLed", lambda: drill_worker_kill(server, args.workers, args.fault)),
-                  ("2. PostgreSQL restarted", lambda: drill_postgres(pg, args.fault)),
-                  ("3. Redis stopped", lambda: drill_redis(redis, args.fault)),
-                  ("4. a participant's network drops", lambda: drill_network(crowd, args.fault))]
-        total = args.ramp + args.baseline + len(drills) * (args.fault + args.settle) + 600
-        window = Window(time.monotonic() + total)
-        crowd = Crowd(base_url=base_url, study=study["public_id"], n=args.participants, think=args.think,
-                      ramp=args.ramp, give_up=args.give_up, window=window, seed=args.seed)
-        crowd.start()
-        time.sleep(args.ramp)
-        windows = [("baseline", "no fault", time.monotonic())]
-        time.sleep(args.baseline)
-        for name, drill in drills:
-            begun = time.monotonic()
-            note = drill()
-            windows.append((name, note, begun))
-            time.sleep(max(0.0, begun + args.fault + args.settle - time.monotonic()))
-        ended = time.monotonic()
-        window.deadline = ended  # participants stop before their next request
-        for t in crowd.threads:
-            t.join(args.give_up + 35)
-        still = sum(t.is_alive() for t in crowd.threads)
-
-        stored, per_trial = stored_answers(pg.url)
-        bounds = [w[2] for w in windows[1:]] + [ended]
-        lost = duplicated = 0
-        for (name, note, start), end in zip(windows, bounds):
-            n_lost, n_dup = report(name, note, start, end, crowd, stored, per_trial)
-            lost, duplicated = lost + n_lost, duplicated + n_dup
-        errors = [line for line in log.read_text().splitlines() if "Traceback" in line or "ERROR" in line]
-        if errors:
-            print(f"\ngunicorn log: {len(errors)} error lines, e.g. {errors[:3]}")
-        if crowd.victim is not None:
-            mine = Counter(status for _, pid, _, _, status in crowd.events.answers if pid == crowd.victim.pid)
-            print(f"\nparticipant {crowd.victim.pid} (network dropped): answers acknowledged {mine[201]} as 201 "
-                  f"created, {mine[200]} as 200 already stored (the resent one), {mine[0]} never")
-        if still:
-            print(f"\n{still} participant threads still running at the end (abandoned)")
-        ok = integrity(args, study["public_id"], crowd.ledger) and not lost and not duplicated
-        print(f"\nall windows: lost {lost}, duplicated {duplicated} -> {'PASS' if ok else 'FAIL'}")
+        with DrillStack(workers=args.workers, workdir=workdir) as stack:
+            ok = run_drills(args, stack.start())
     finally:
-        if server is not None:
-            stop_process(server)
-        if redis is not None:
-            redis.stop()
-        if pg is not None:
-            pg.remove()
         shutil.rmtree(workdir, ignore_errors=True)
     if not ok:
         sys.exit(1)
+
+
+def run_drills(args: argparse.Namespace, stack: DrillStack) -> bool:
+    """The windows in turn on a started stack, the reports, and the whole-run integrity check."""
+    pg, redis, server = stack.pg, stack.redis, stack.server
+    print(f"private PostgreSQL at {pg.url} and Redis at {redis.url}; live study {stack.study} ready in "
+          f"{stack.seconds:.1f} s; gunicorn at {stack.base_url}: {args.workers} sync workers, "
+          f"production settings, on {os.cpu_count()} CPUs shared with the database and this load generator")
+    print(f"{args.participants} participants (one after another per thread), think {args.think:g} s; faults "
+          f"{args.fault:g} s, each watched for {args.settle:g} s more; retries as the page, giving up after "
+          f"{args.give_up:g} s")
+
+    drills = [("1. gunicorn worker SIGKILLed", lambda: drill_worker_kill(server, args.workers, args.fault)),
+              ("2. PostgreSQL restarted", lambda: drill_postgres(pg, args.fault)),
+              ("3. Redis stopped", lambda: drill_redis(redis, args.fault)),
+              ("4. a participant's network drops", lambda: drill_network(crowd, args.fault))]
+    total = args.ramp + args.baseline + len(drills) * (args.fault + args.settle) + 600
+    window = Window(time.monotonic() + total)
+    crowd = Crowd(base_url=stack.base_url, study=stack.study, n=args.participants, think=args.think,
+                  ramp=args.ramp, give_up=args.give_up, window=window, seed=args.seed)
+    crowd.start()
+    time.sleep(args.ramp)
+    windows = [("baseline", "no fault", time.monotonic())]
+    time.sleep(args.baseline)
+    for name, drill in drills:
+        begun = time.monotonic()
+        note = drill()
+        windows.append((name, note, begun))
+        time.sleep(max(0.0, begun + args.fault + args.settle - time.monotonic()))
+    ended = time.monotonic()
+    window.deadline = ended  # participants stop before their next request
+    still = crowd.join(args.give_up + 35)
+
+    stored = stored_answers(pg.url)
+    bounds = [w[2] for w in windows[1:]] + [ended]
+    lost = duplicated = 0
+    for (name, note, start), end in zip(windows, bounds):
+        n_lost, n_dup = report(name, note, start, end, crowd, stored)
+        lost, duplicated = lost + n_lost, duplicated + n_dup
+    errors = stack.server_errors()
+    if errors:
+        print(f"\ngunicorn log: {len(errors)} error lines, e.g. {errors[:3]}")
+    if crowd.victim is not None:
+        mine = Counter(status for _, pid, _, _, status in crowd.events.answers if pid == crowd.victim.pid)
+        print(f"\nparticipant {crowd.victim.pid} (network dropped): answers acknowledged {mine[201]} as 201 "
+              f"created, {mine[200]} as 200 already stored (the resent one), {mine[0]} never")
+    if still:
+        print(f"\n{still} participant threads still running at the end (abandoned)")
+    # What benchmarks/participants.py's integrity check reads from its own arguments.
+    ok = integrity(types.SimpleNamespace(pg=pg.url, db=DB), stack.study, crowd.ledger) and not lost \
+        and not duplicated
+    print(f"\nall windows: lost {lost}, duplicated {duplicated} -> {'PASS' if ok else 'FAIL'}")
+    return ok
 
 
 if __name__ == "__main__":

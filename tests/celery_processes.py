@@ -1,4 +1,5 @@
-"""Real Celery worker and beat processes, and a Redis server of a test's own (to stop and start).
+"""Real Celery worker and beat processes, and a Redis server of a test's own (to stop and start:
+benchmarks/common.PrivateRedis, the one the benchmarks' drills use).
 
 The processes get the test database and a DATA_DIR of the test; the Celery app of the test
 process is pointed at the same broker by ``use_broker``.
@@ -7,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,48 +17,31 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from benchmarks.common import PrivateRedis, ServiceUnavailable
+
 ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def require(problem: str | None) -> None:
+    """A server a test starts of its own cannot be had: with CI=true the test fails (a green CI
+    must never hide a skipped drill), elsewhere it is skipped with the reason."""
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{problem}; CI=true, so this test fails instead of skipping.", pytrace=False)
+    pytest.skip(problem)
 
 
-class RedisServer:
-    """A redis-server process on a free port that keeps nothing on disk (like ours)."""
+class RedisServer(PrivateRedis):
+    """benchmarks/common.PrivateRedis (a redis-server on a free port that keeps nothing on disk,
+    like ours), failing or skipping the test as ``require`` says when redis-server is missing."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-                pytest.fail("redis-server is not installed; CI=true, so this test fails instead of skipping.")
-            pytest.skip("redis-server is not installed")
-        self.binary, self.workdir, self.port = binary, workdir, _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
-                return
-            except redis.exceptions.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
+        try:
+            super().__init__(workdir)
+        except ServiceUnavailable as exc:
+            require(str(exc))
 
 
 def process_env(tmp_path: Path, broker: str, **extra: str) -> dict:
