@@ -90,6 +90,7 @@ from scipy import stats
 from torch import nn
 
 from explainers import manipulations
+from explainers.canonical import json_safe
 from explainers.methods import METHODS, explain, predict
 
 __all__ = [
@@ -596,7 +597,7 @@ class SanityReport:
 
     def to_dict(self) -> dict:
         """JSON-serializable (NaN becomes None)."""
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
 
 def sanity_check(model: nn.Module, inputs, *, method: str | MapFn, config: dict | None,
@@ -686,17 +687,3 @@ def _notes(model_test: dict, data_test: dict | None, n: int, skip: tuple[str, ..
 def _f(v) -> float | None:
     v = float(v)
     return v if math.isfinite(v) else None
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _f(obj)
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    return obj

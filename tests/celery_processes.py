@@ -112,3 +112,15 @@ def use_broker(url: str):
         app._pool = None
         app.amqp._producer_pool = None
         app.conf.broker_url, app.conf.task_always_eager = previous
+
+
+def wait_for(condition, *, timeout: float, what: str, procs: Processes, poll: float = 0.05):
+    """``condition()``'s first truthy value within ``timeout`` seconds; otherwise fail with the
+    worker processes' logs, which say why."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"waited {timeout} s for {what}.\n{procs.logs()}")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from studyapp import analysis as stats
+from studyapp.analysis.run_results import RunResults
 from studyapp.models import AnalysisRun, Edit, Explanation, Participant, QuestionnaireAnswer, Response, Trial
 from studyapp.selectors import edit_settings_key, study_edits
 from studyapp.services.analysis import study_analyze
@@ -403,3 +404,27 @@ def test_counterfactual_chance_is_one_over_the_options_each_trial_offered():
     run = study_analyze(study=study)
 
     assert run.results["settings"]["counterfactual_chance"] == pytest.approx((1 / 4 + 1 / 3) / 2)
+
+
+def test_a_stored_run_reads_as_typed_results_that_write_back_exactly_what_was_stored():
+    study = study_with_items(arms=ARMS[:2])
+    hypothesis(study, "H1", "explained", outcome="gain")
+    hypothesis(study, "H2", "explained", outcome="gain", direction="equivalence", equivalence_margin=0.2,
+               family="equivalence")
+    hypothesis(study, "H3", "explained", comparison="arm_vs_chance", outcome="gain")  # within participants
+    study = launch(study)
+    simulated(study, accuracy={"control": 0.7, "explained": 0.72}, phases=("pre_test", "post_test"), n_per_arm=6)
+
+    run = study_analyze(study=study, seed=3)
+    stored = AnalysisRun.objects.get(pk=run.pk).results  # as the database gives it back
+    results = RunResults.from_dict(stored)
+
+    assert results.to_dict() == stored == run.results
+    assert not results.rest and not results.absent and not any(h.rest for h in results.hypotheses)
+    h1, h2, h3 = results.hypotheses
+    assert (h1.p_value, h1.verdict.verdict) == (stored["hypotheses"][0]["p_value"],
+                                                stored["hypotheses"][0]["decision"]["verdict"])
+    assert h2.test_result("equivalence").p_value == h2.p_value and h2.p_difference is not None
+    assert h3.contrast.kind == "within_participants" and h3.paired.n_pairs == 6
+    assert results.descriptives["post_test"]["explained"].n == 6 and results.settings.num_classes == 2
+    assert results.participant_flow.totals.analysed == 12 and results.software == run.software

@@ -15,10 +15,11 @@ from django.http import StreamingHttpResponse
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from studyapp.analysis.run_results import RunResults
 from studyapp.exports import rows as export_rows
 from studyapp.exports import pg_lines, streaming
 from studyapp.exports.admin_actions import export_manifest_json, export_responses_csv
-from studyapp.exports.columns import RESPONSE_COLUMNS, export_columns, iso_utc
+from studyapp.exports.columns import EXPORTS, HYPOTHESIS_COLUMNS, RESPONSE_COLUMNS, export_columns, iso_utc
 from studyapp.exports.cursors import server_side_rows, timestamptz_as_iso
 from studyapp.exports.files import FILES, KINDS
 from studyapp.models import Participant, QuestionnaireAnswer, Study
@@ -204,6 +205,14 @@ def test_participants_csv_has_one_row_per_participant_with_phase_accuracy_and_li
     assert set(frame["arm"]) == {"control", "saliency"} and set(frame["status"]) == {"completed"}
 
 
+def test_a_prolific_id_is_never_exported(staff_client):
+    data = exported_study()
+    Participant.objects.filter(pk=data.participants[0].pk).update(source="prolific", external_id="5f1e0c2bprolific")
+    text = _download(staff_client, data.study, "participants")
+    assert "5f1e0c2bprolific" not in text
+    assert _frame(staff_client, data.study, "participants")["source_id"].isna().all()
+
+
 def test_exclusion_flags_mark_the_participant_who_failed_the_attention_check(staff_client):
     data = exported_study()
     assert data.study.frozen_config["study"]["config"]["exclusion_rules"] == EXCLUSION_RULES
@@ -228,18 +237,18 @@ def test_hypotheses_csv_carries_the_analysis_results_labelled_confirmatory_or_ex
     assert (h1["analysis"], h1["preregistered"], h1["plan_matches"], h1["analysis_run"], h1["analysis_seed"]) == (
         "confirmatory", 1, 1, data.run.pk, 11)
     assert (h1["arm"], h1["comparator"], h1["outcome"]) == ("saliency", "control", "gain")
-    stored = data.run.results["hypotheses"][0]
-    assert not stored["error"], stored["error"]
-    assert h1["p_value"] == pytest.approx(stored["p_value"]) and h1["p_adjusted"] == pytest.approx(stored["p_adjusted"])
-    assert h1["statistic"] == pytest.approx(stored["tests"]["difference"]["statistic"])
-    assert h1["effect_estimate"] == pytest.approx(stored["tests"]["difference"]["effect"]["estimate"])
-    assert h1["decision"] == stored["decision"]["verdict"]
+    stored = RunResults.from_dict(data.run.results).hypotheses[0]
+    assert not stored.error, stored.error
+    assert h1["p_value"] == pytest.approx(stored.p_value) and h1["p_adjusted"] == pytest.approx(stored.p_adjusted)
+    assert h1["statistic"] == pytest.approx(stored.test_result("difference").statistic)
+    assert h1["effect_estimate"] == pytest.approx(stored.test_result("difference").effect.estimate)
+    assert h1["decision"] == stored.decision.verdict
     # The inattentive control participant is excluded: 2 analysed per arm.
     assert (h1["n_arm"], h1["n_comparator"]) == (3, 2)
     assert (e1["analysis"], e1["analysis_run"], e1["analysis_run_kind"], e1["outcome"]) == (
         "exploratory", data.exploratory.pk, "exploratory", "likert")
     assert e1["preregistered"] == 0 and e1["p_value"] == pytest.approx(
-        data.exploratory.results["hypotheses"][0]["p_value"])
+        RunResults.from_dict(data.exploratory.results).hypotheses[0].p_value)
 
 
 def test_hypotheses_of_a_study_never_analysed_are_exported_without_results(staff_client):
@@ -391,3 +400,16 @@ def test_postgres_formats_exactly_the_bytes_the_python_writer_writes():
     # Exclusions not evaluated: both cells empty, as in the Python path.
     assert all(line.endswith(",,") for line in
                "".join(pg_lines.response_lines(study=data.study, flags=None)).splitlines() if line.count(",") > 5)
+
+
+def test_every_download_kind_comes_from_the_one_list_of_exports():
+    assert list(FILES) == ["responses", "participants", "hypotheses", "items", "codebook", "codebook_json",
+                           "codebook_html", "manifest"]
+    assert [FILES[kind] for kind in EXPORTS] == [spec.suffix for spec in EXPORTS.values()]
+
+
+def test_a_hypotheses_row_and_its_columns_cannot_disagree():
+    names = [c.name for c in HYPOTHESIS_COLUMNS]
+    assert export_rows._row(dict(zip(names, range(len(names))))) == tuple(range(len(names)))
+    with pytest.raises(KeyError, match="differ"):
+        export_rows._row({name: None for name in names[1:]})

@@ -48,11 +48,13 @@ EXPECTED = {
                             ("<path:object_id>/history/", "study"), ("<path:object_id>/delete/", "study"),
                             ("<path:object_id>/change/", "study"), ("<path:object_id>/", "redirect"))},
     **{f"admin/studyapp/{model}/{suffix}": kind
-       for model in ("dataset", "stimulus", "mlmodel")
-       for suffix, kind in (("", "lab"), ("add/", "nobody" if model == "stimulus" else "lab"),
+       for model in ("dataset", "stimulus", "mlmodel", "datasetimport")
+       for suffix, kind in (("", "lab"), ("add/", "nobody" if model in ("stimulus", "datasetimport") else "lab"),
                             ("<path:object_id>/history/", "lab"), ("<path:object_id>/delete/", "lab"),
                             ("<path:object_id>/change/", "lab"), ("<path:object_id>/", "redirect"))},
     "admin/studyapp/stimulus/<int:pk>/image/": "lab",
+    "admin/studyapp/datasetimport/<int:pk>/status/": "lab",
+    "admin/studyapp/study/import-external/": "lab",
     "admin/studyapp/study/<int:pk>/deviation/": "study",
     "admin/studyapp/study/<int:pk>/launch/": "study",
     "admin/studyapp/study/<int:pk>/monitor/": "study",
@@ -137,7 +139,10 @@ def world():
     theirs.refresh_from_db()
     objects = {"study": study, "participant": participant, "response": m.Response.objects.filter(
         trial__participant=participant).first(), "analysisrun": run, "dataset": study.dataset,
-        "stimulus": stimulus, "mlmodel": study.model}
+        "stimulus": stimulus, "mlmodel": study.model,
+        "datasetimport": m.DatasetImport.objects.create(
+            name="Uploaded table", kind="tabular", content_sha256="0" * 64, started_by=users["owner"],
+            status="failed", messages=["data.csv has no label column 'label'."], finished_at=study.created_at)}
     return {"users": users, "study": study, "objects": objects, "theirs": theirs}
 
 

@@ -18,6 +18,7 @@ import pytest
 from studyapp.models import Explanation, PreparationUnit, Study
 from studyapp.services.studies import study_prepare
 from tests.celery_processes import Processes, RedisServer, use_broker
+from tests.celery_processes import wait_for as _wait
 from tests.factories import ArmFactory, StimulusFactory, study_with_arms, with_hypothesis
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -55,16 +56,6 @@ def _study(items: int = 12) -> Study:
     Study.objects.filter(pk=study.pk).update(debrief_text="Some explanations were altered.")
     study.refresh_from_db()
     return with_hypothesis(study)
-
-
-def _wait(condition, *, timeout: float, what: str, procs: Processes, poll: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"waited {timeout} s for {what}.\n{procs.logs()}")
 
 
 def _ready(study: Study) -> bool:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,7 +18,11 @@ from django.urls import reverse
 from studyapp import models as m
 from studyapp.reports import plots
 from studyapp.reports.admin_links import report_link
+from studyapp.analysis.run_results import (ArmRef, Baselines, Decision, Describe, Effect, Family, FlowArm, FlowCounts,
+                                           HypothesisResult, Observer, ParticipantFlow, RunResults, RunSettings,
+                                           StatRecord)
 from studyapp.reports.context import fmt_ci, report_context
+from studyapp.selectors.reports import study_report_data
 from tests.analysis_factories import launch, study_with_items
 from tests.factories import ArmFactory, ParticipantFactory, StudyFactory
 
@@ -115,61 +121,68 @@ def test_a_one_sided_interval_shows_its_open_end():
 # ---------------------------------------------------------------- data
 
 
-def results_for(arms=("control", "explained", "placebo"), *, kind="confirmatory") -> dict:
-    """An AnalysisRun.results in the shape study_analyze writes (trimmed to what the report reads)."""
+def results_for(arms=("control", "explained", "placebo"), *, kind="confirmatory") -> RunResults:
+    """An analysis run's results as study_analyze writes them (trimmed to what the report reads)."""
     def hypothesis(label, arm, *, p, p_adj, verdict, reason, direction="greater", estimate=0.15, low=0.05):
-        effect = {"name": "mean_difference", "estimate": estimate, "ci_low": low, "ci_high": None,
-                  "confidence_level": 0.95, "method": "Welch t interval (greater)"}
-        return {"label": label, "statement": f"{arm} beats control", "comparison": "arm_vs_control", "arm": arm,
-                "comparator": "control", "outcome": "test_accuracy", "likert_item": "", "direction": direction,
-                "equivalence_margin": None, "test": "welch_t", "alpha": 0.05, "family": "primary",
-                "correction": "holm", "error": None, "p_value": p, "p_equivalence": None, "p_difference": None,
-                "tests": {"difference": {"method": "Welch two-sample t-test", "p_value": p, "effect": effect}},
-                "effect_sizes": {"mean_difference": effect}, "p_adjusted": p_adj,
-                "decision": {"verdict": verdict, "reason": reason, "alpha": 0.05}, "kind": kind}
+        effect = Effect(name="mean_difference", estimate=estimate, ci_low=low, ci_high=None, confidence_level=0.95,
+                        method="Welch t interval (greater)")
+        return HypothesisResult(
+            label=label, statement=f"{arm} beats control", comparison="arm_vs_control", arm=arm, comparator="control",
+            outcome="test_accuracy", likert_item="", direction=direction, equivalence_margin=None, test="welch_t",
+            alpha=0.05, family="primary", correction="holm", error=None, p_value=p, p_equivalence=None,
+            p_difference=None, tests={"difference": StatRecord(method="Welch two-sample t-test", p_value=p,
+                                                               effect=effect)},
+            effect_sizes={"mean_difference": effect}, p_adjusted=p_adj,
+            decision=Decision(verdict=verdict, reason=reason, alpha=0.05), kind=kind)
 
     def describe(mean):
-        return {"n": 12, "mean": mean, "sd": 0.15}
+        return Describe(n=12, mean=mean, sd=0.15)
 
-    return {
-        "kind": kind, "label": "CONFIRMATORY: the pre-registered plan, frozen at launch" if kind == "confirmatory"
+    return RunResults(
+        kind=kind, label="CONFIRMATORY: the pre-registered plan, frozen at launch" if kind == "confirmatory"
         else "EXPLORATORY: not part of the pre-registered plan",
-        "exploratory_reasons": [] if kind == "confirmatory" else ["the exclusion rules differ from the frozen ones"],
-        "seed": 7, "arms": [{"name": a, "kind": "control" if i == 0 else "explanation"} for i, a in enumerate(arms)],
-        "settings": {"num_classes": 2},
-        "descriptives": {"pre_test": {a: describe(0.55) for a in arms},
-                         "post_test": {a: describe(0.6 + 0.05 * i) for i, a in enumerate(arms)},
-                         "test": {a: describe(0.6 + 0.05 * i) for i, a in enumerate(arms)}},
-        "hypotheses": [
+        exploratory_reasons=() if kind == "confirmatory" else ("the exclusion rules differ from the frozen ones",),
+        seed=7, arms=tuple(ArmRef(name=a, kind="control" if i == 0 else "explanation") for i, a in enumerate(arms)),
+        settings=RunSettings(num_classes=2),
+        descriptives={"pre_test": {a: describe(0.55) for a in arms},
+                      "post_test": {a: describe(0.6 + 0.05 * i) for i, a in enumerate(arms)},
+                      "test": {a: describe(0.6 + 0.05 * i) for i, a in enumerate(arms)}},
+        hypotheses=(
             hypothesis("H1", arms[1], p=0.0102, p_adj=0.0204, verdict="supported",
                        reason="adjusted p <= 0.05 in the pre-registered direction"),
             hypothesis("H2", arms[2], p=0.3111, p_adj=0.3111, verdict="inconclusive",
                        reason="adjusted p > 0.05 and equivalence not shown", estimate=0.01, low=-0.08),
-        ],
-        "families": {"primary": {"correction": "holm", "labels": ["H1", "H2"], "warnings": []}},
-        "participant_flow": {
-            "arms": {a: {"enrolled": 14, "consented": 13, "completed": 12, "not_completed": 2, "excluded": 1,
-                         "excluded_by_rule": {"max_failed_attention_checks": 1}, "analysed": 11,
-                         "by_status": {"completed": 12, "abandoned": 2}} for a in arms},
-            "totals": {"enrolled": 42, "consented": 39, "completed": 36, "not_completed": 6, "excluded": 3,
-                       "analysed": 33},
-            "rule_descriptions": {"max_failed_attention_checks": "more failed attention checks than allowed"},
-            "attrition_test": {"status": "ok", "method": "Fisher exact test, RxC, Monte Carlo p-value",
-                               "statistic": 0.2, "p_value": 0.8123},
-            "exclusion_test": {"status": "not_available", "reason": "the exclusion test needs two arms"},
-        },
-        "baselines": {"test": {"n_items": 20,
-                               "true_label_observer": {"accuracy": 0.8, "description": "always the true label"},
-                               "majority_class_observer": {"accuracy": 0.5, "class": 0},
-                               "explanation_only_observer": {
-                                   arms[0]: {"status": "not_available", "reason": "the control arm shows no explanation"},
-                                   arms[1]: {"status": "ok", "accuracy": 0.9, "method": "logistic regression"}}}},
-        "secondary": {"H1": {"gee": {"status": "ok", "method": "GEE logistic", "p_value": 0.004,
-                                     "effect": {"name": "odds_ratio", "estimate": 2.1, "ci_low": 1.2, "ci_high": 3.7}},
-                             "mixed_logistic": {"status": "not_run", "reason": "150 trials, fewer than 200"}}},
-        "exclusions": {},
-        "software": {"python": "3.11", "scipy": "1.17.1", "statsmodels": "0.15.0"},
-    }
+        ),
+        families={"primary": Family(correction="holm", labels=("H1", "H2"))},
+        participant_flow=ParticipantFlow(
+            arms={a: FlowArm(enrolled=14, consented=13, completed=12, not_completed=2, excluded=1,
+                             excluded_by_rule={"max_failed_attention_checks": 1}, analysed=11,
+                             by_status={"completed": 12, "abandoned": 2}) for a in arms},
+            totals=FlowCounts(enrolled=42, consented=39, completed=36, not_completed=6, excluded=3, analysed=33),
+            rule_descriptions={"max_failed_attention_checks": "more failed attention checks than allowed"},
+            attrition_test=StatRecord(method="Fisher exact test, RxC, Monte Carlo p-value", statistic=0.2,
+                                      p_value=0.8123),
+            exclusion_test=StatRecord(status="not_available", reason="the exclusion test needs two arms"),
+        ),
+        baselines={"test": Baselines(
+            n_items=20,
+            true_label_observer=Observer(accuracy=0.8, description="always the true label"),
+            majority_class_observer=Observer(accuracy=0.5, majority_class=0),
+            explanation_only_observer={
+                arms[0]: Observer(status="not_available", reason="the control arm shows no explanation"),
+                arms[1]: Observer(accuracy=0.9, method="logistic regression")})},
+        secondary={"H1": {"gee": StatRecord(method="GEE logistic", p_value=0.004,
+                                            effect=Effect(name="odds_ratio", estimate=2.1, ci_low=1.2, ci_high=3.7)),
+                          "mixed_logistic": StatRecord(status="not_run", reason="150 trials, fewer than 200")}},
+        exclusions={},
+        software={"python": "3.11", "scipy": "1.17.1", "statsmodels": "0.15.0"},
+    )
+
+
+def test_the_report_fixture_is_the_typed_results_structure_and_survives_storage():
+    results = results_for()
+    assert isinstance(results, RunResults) and isinstance(results.hypotheses[0], HypothesisResult)
+    assert RunResults.from_dict(json.loads(json.dumps(results.to_dict()))) == results
 
 
 @pytest.fixture
@@ -177,11 +190,13 @@ def launched_study() -> m.Study:
     return launch(study_with_items(arms=("control", "explained", "placebo")))
 
 
-def add_run(study, *, kind="confirmatory", results=None) -> m.AnalysisRun:
+def add_run(study, *, kind="confirmatory", results: RunResults | dict | None = None) -> m.AnalysisRun:
+    """Store a run as the analysis service does (a dict: a run stored by an older version)."""
     results = results_for(kind=kind) if results is None else results
+    stored = results.to_dict() if isinstance(results, RunResults) else results
     number = m.AnalysisRun.objects.filter(study=study, kind=kind).count() + 1  # as the analysis service numbers
     return m.AnalysisRun.objects.create(study=study, kind=kind, number=number, plan_sha256=study.frozen_sha256, seed=7,
-                                        results=results, software=results.get("software", {}))
+                                        results=stored, software=stored.get("software", {}))
 
 
 def report_url(study) -> str:
@@ -354,8 +369,8 @@ def test_exploratory_runs_are_labelled_exploratory_wherever_they_appear(staff_cl
 @pytest.mark.django_db
 def test_a_confirmatory_row_inside_an_exploratory_run_is_still_labelled_exploratory(staff_client, launched_study):
     results = results_for(kind="exploratory")
-    for h in results["hypotheses"]:
-        h["kind"] = "confirmatory"  # never trust a row over its run
+    # Never trust a row over its run.
+    results = replace(results, hypotheses=tuple(replace(h, kind="confirmatory") for h in results.hypotheses))
     add_run(launched_study, kind="exploratory", results=results)
     rows = hypothesis_rows(staff_client.get(report_url(launched_study)).content.decode())
     assert [r["cells"][-1] for r in rows] == ["Exploratory", "Exploratory"]
@@ -408,13 +423,24 @@ def test_ratings_figure_counts_answers_of_analysed_participants(launched_study):
     for participant, value in ((kept, 6), (excluded, 2)):
         m.QuestionnaireAnswer.objects.create(participant=participant, item="useful", value=value,
                                              idempotency_key=uuid.uuid4())
-    results = results_for()
-    results["exclusions"] = {str(excluded.public_id): ["max_failed_attention_checks"]}
+    results = replace(results_for(), exclusions={str(excluded.public_id): ["max_failed_attention_checks"]})
     add_run(launched_study, results=results)
-    section = report_context(study=launched_study)["confirmatory"]
+    section = report_context(study_report_data(study=launched_study))["confirmatory"]
     assert section["ratings_items"] == ["useful"]
     assert "control (n=1)" in section["figures"]["ratings"]
     assert "explained (n=" not in section["figures"]["ratings"]
+
+
+@pytest.mark.django_db
+def test_the_report_is_formatted_from_the_selected_runs_without_touching_the_database(launched_study,
+                                                                                    django_assert_num_queries):
+    add_run(launched_study)
+    add_run(launched_study, kind="exploratory")
+    report = study_report_data(study=launched_study)
+    with django_assert_num_queries(0):
+        context = report_context(report)
+    assert [h["label"] for h in context["confirmatory"]["hypotheses"]] == ["H1", "H2"]
+    assert context["exploratory_runs"][0]["exploratory"] and context["looks"][0]["verdicts"].startswith("H1: ")
 
 
 @pytest.mark.django_db
@@ -491,8 +517,9 @@ def test_run_analysis_stores_a_confirmatory_run_and_the_report_shows_its_decisio
     assert run.kind == "confirmatory" and run.seed == 5
     html = staff_client.get(report_url(study)).content.decode()
     rows = hypothesis_rows(html)
-    stored = {h["label"]: h["decision"]["verdict"] for h in run.results["hypotheses"]}
+    stored = {h.label: h.decision.verdict for h in RunResults.from_dict(run.results).hypotheses}
     assert [r["cells"][0].split()[0] for r in rows] == list(stored) == ["H1"]
+    assert set(run.results) == set(results_for().to_dict())  # the fixture writes what the analysis writes
     verdict_text = {"supported": "Supported", "not_supported": "Not supported", "equivalent": "Equivalent",
                     "inconclusive": "Inconclusive"}[stored["H1"]]
     assert rows[0]["cells"][11].startswith(verdict_text)
@@ -518,7 +545,7 @@ def test_pilot_analysis_of_a_study_not_launched_is_stored_and_shown_as_explorato
                                  {"seed": 2, "mode": "pilot", "note": "first pilot"})
     run = m.AnalysisRun.objects.get(study=study)
     assert response.status_code == 302
-    assert run.kind == "exploratory" and run.results["spec"]["note"] == "first pilot"
+    assert run.kind == "exploratory" and RunResults.from_dict(run.results).spec.note == "first pilot"
     html = staff_client.get(report_url(study)).content.decode()
     assert "Exploratory analysis 1" in html and f"Run #{run.pk}," in html and "Note: first pilot" in html
     assert "no confirmatory analysis has been run" in html

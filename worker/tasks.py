@@ -1,7 +1,8 @@
 """Thin tasks: parse arguments, call one service. Every task is idempotent (late ack).
 
-The database is the source of truth for both kinds of queued work: a preparation unit or an
-analysis job whose message is lost (broker restart, a failed send) is sent again by ``dispatch``.
+The database is the source of truth for every kind of queued work: a preparation unit, an
+analysis job or a dataset import whose message is lost (broker restart, a failed send) is sent
+again by ``dispatch``.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ def run_preparation_unit(unit_id: int) -> str:
 
 @shared_task(name="worker.tasks.dispatch", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=3)
 def dispatch() -> dict:
+    from studyapp.services.dataset_imports import dataset_imports_dispatch
     from studyapp.services.work_units import dispatch as dispatch_units
 
-    return dispatch_units()
+    return {**dispatch_units(), **dataset_imports_dispatch()}
 
 
 @shared_task(name="worker.tasks.prepare_study", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
@@ -44,3 +46,14 @@ def analyze_study(job_id: int) -> str:
     from studyapp.services.analysis_jobs import analysis_job_run
 
     return analysis_job_run(job_id=job_id)
+
+
+# The default (cpu) queue. A database error is retried with backoff (dataset_import_run has put the
+# job back in the queue first); every other outcome is recorded on the job, which a retry or a
+# duplicate message finds claimed or finished and leaves alone.
+@shared_task(name="worker.tasks.import_dataset", autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60,
+             max_retries=5)
+def import_dataset(job_id: int) -> str:
+    from studyapp.services.dataset_imports import dataset_import_run
+
+    return dataset_import_run(job_id=job_id)

@@ -18,6 +18,7 @@ from django.utils.html import format_html, format_html_join
 
 from studyapp.admin.arms import ArmInline, HypothesisInline
 from studyapp.admin.form_view import form_view
+from studyapp.admin.external import external_freeze_view, external_import_view
 from studyapp.admin.forms import DesignWidget, DeviationForm, LaunchForm, SharingForm, StudyForm
 from studyapp.api.authentication import session_participant_id, session_remember
 from studyapp.design import design_form_schema
@@ -231,6 +232,9 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.state not in EDITABLE_STATES:
             fields += [f.name for f in Study._meta.fields if f.editable and f.name not in fields]
+        elif obj is not None and obj.source == Study.Source.EXTERNAL:
+            # Data collected elsewhere: no model, its items and settings come from the imported file.
+            fields += [f for f in ("model", "dataset", "config") if f not in fields]
         return fields
 
     @admin.display(description="arms", ordering="_arms")
@@ -252,7 +256,9 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
                                        {**(extra_context or {}), "is_nav_sidebar_enabled": False})
 
     def get_urls(self):
-        extra = [path("<int:pk>/deviation/", self.admin_site.admin_view(self.deviation_view),
+        extra = [path("import-external/", self.admin_site.admin_view(external_import_view),
+                      name="studyapp_study_import_external"),
+                 path("<int:pk>/deviation/", self.admin_site.admin_view(self.deviation_view),
                       name="studyapp_study_deviation"),
                  path("<int:pk>/launch/", self.admin_site.admin_view(self.launch_review_view),
                       name="studyapp_study_launch_review"),
@@ -291,6 +297,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         """The plan as Launch freezes it (or as it was frozen), then Launch with a confirmation and,
         for a failed sanity check, an acknowledgement recorded with the plan."""
         study = study_for_user(user=request.user, pk=pk)
+        if study.source == Study.Source.EXTERNAL:  # never launched: its plan is frozen after the import
+            return external_freeze_view(self, request, study)
         launched = bool(study.frozen_sha256)
         failures = [] if launched else sanity_failures(study=study)
         spotted = [] if launched else spotted_placebos(study=study)
@@ -370,6 +378,10 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def gallery_view(self, request: HttpRequest, pk: int):
         """After Prepare: every arm's aid for the same sampled items, edits and sanity verdicts."""
         study = study_for_user(user=request.user, pk=pk)
+        if study.source == Study.Source.EXTERNAL:
+            self.message_user(request, f"{study} holds data collected elsewhere: there are no aids or items here to "
+                                       "show side by side.", messages.INFO)
+            return HttpResponseRedirect(reverse("admin:studyapp_study_change", args=[study.pk]))
         context = {**self.admin_site.each_context(request), "opts": Study._meta, "study": study,
                    "title": f"Arm gallery: {study}", "gallery": study_gallery(study=study)}
         return TemplateResponse(request, "admin/studyapp/gallery.html", context)
@@ -452,7 +464,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def launch_review(self, obj) -> str:
         if obj is None or obj.pk is None:
             return "—"
-        label = "The frozen plan, readable" if obj.frozen_sha256 else "Review the plan and launch"
+        label = ("The frozen plan, readable" if obj.frozen_sha256 else "Review the plan and freeze it"
+                 if obj.source == Study.Source.EXTERNAL else "Review the plan and launch")
         return format_html('<a href="{}">{}</a>', reverse("admin:studyapp_study_launch_review", args=[obj.pk]), label)
 
     @admin.display(description="deviations")
@@ -506,6 +519,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def participant_link(self, obj) -> str:
         if obj is None or obj.pk is None:
             return "—"
+        if obj.source == Study.Source.EXTERNAL:
+            return "None: the data were collected elsewhere"
         url = reverse("study-landing", args=[obj.public_id])
         return format_html('<a href="{}">{}</a>', url, url)
 
@@ -552,7 +567,8 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         if study.state == Study.State.DRAFT:
             problems = study_problems(study=study)
             if problems:
-                self.message_user(request, f"Saved. Before this study can be prepared, fix {len(problems)} "
+                step = "its plan can be frozen" if study.source == Study.Source.EXTERNAL else "this study can be prepared"
+                self.message_user(request, f"Saved. Before {step}, fix {len(problems)} "
                                            f"thing{'s' if len(problems) > 1 else ''}:", messages.WARNING)
                 for problem in problems:
                     self.message_user(request, problem, messages.WARNING)

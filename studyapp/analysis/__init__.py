@@ -6,6 +6,10 @@ confirmatory tests (``comparisons``, ``primary``; ``paired`` when every particip
 conditions); trial-level models with crossed random effects (``mixed``) and the two-stage
 bootstrap (``bootstrap``) are secondary. Every resampling method takes a seed and stores it
 in its result.
+
+An analysis run: ``hypotheses`` (one pre-registered hypothesis -> its tests), ``families``
+(corrections and verdicts), ``outcomes``, ``flow``, ``secondary`` and ``observers``; its results
+are the typed ``run_results.RunResults`` that the report and the exports read.
 """
 
 from .aggregate import (
@@ -60,6 +64,7 @@ from .planning import (
 )
 from .primary import PrimaryAnalysis, primary_analysis
 from .results import EffectSize, StatResult
+from .run_results import HypothesisResult, RunResults
 from .simulation import CalibrationResult, calibrate, simulate_study
 
 __all__ = [
@@ -69,6 +74,7 @@ __all__ = [
     "CalibrationResult",
     "Decision",
     "EffectSize",
+    "HypothesisResult",
     "HypothesisSpec",
     "LongColumns",
     "NotRun",
@@ -76,6 +82,7 @@ __all__ = [
     "PairedSample",
     "Power",
     "PrimaryAnalysis",
+    "RunResults",
     "SampleSize",
     "StatResult",
     "adjust_pvalues",

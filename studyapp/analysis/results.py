@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
+from explainers.canonical import json_safe
 
 # Our spelling of the direction of a hypothesis -> scipy's ``alternative``.
 _ALTERNATIVES = {
@@ -38,22 +38,9 @@ def statsmodels_alternative(alternative: str) -> str:
     ]
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        # JSON has no NaN/inf; None keeps a stored AnalysisRun valid JSON.
-        return value if math.isfinite(value) else None
-    return value
+# The one numpy -> plain JSON conversion (explainers.canonical); the underscore name is what the
+# analysis modules import.
+_jsonable = json_safe
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,9 @@ PARTICIPANT_BASE_COLUMNS: tuple[Column, ...] = (
     _TRIAL_SPEC["arm_kind"],
     Column("status", "categorical", "Participant's status at export time.", allowed=_choices(Participant.Status)),
     Column("source", "categorical", "Recruitment channel.", allowed=_choices(Participant.Source)),
+    Column("source_id", "string", "The participant's id in the imported file (source = external only, to match "
+           "rows with your own data); empty for participants who took part here: their recruitment ids "
+           "(e.g. Prolific's) identify people across studies and are never exported."),
     _TRIAL_SPEC["simulated"],
     Column("started_at", "datetime", "Enrollment time.", unit="UTC"),
     Column("consented_at", "datetime", "Consent time.", unit="UTC"),
@@ -182,7 +185,8 @@ PARTICIPANT_BASE_COLUMNS: tuple[Column, ...] = (
            "SHA-256, shown under the text on the consent page)."),
     Column("completed_at", "datetime", "Completion time; empty = not completed.", unit="UTC"),
     Column("last_seen_at", "datetime", "Last request from the participant.", unit="UTC"),
-    Column("duration_s", "number", "completed_at minus started_at.", unit="s"),
+    Column("duration_s", "number", "completed_at minus started_at; empty for imported participants (their "
+           "times are the import's, not the session's).", unit="s"),
     Column("comprehension_attempts", "integer", "Attempts needed for the comprehension check."),
     Column("instructions_ms", "integer", "Time spent on the instructions.", unit="ms"),
     Column("device", "categorical", "Device class of the browser at the participant's first answer (touch screen "
@@ -312,15 +316,19 @@ class ExportSpec:
     kind: str
     suffix: str
     description: str
+    # Other downloads of the same document, (kind, file suffix): not files of their own in the codebook.
+    renderings: tuple[tuple[str, str], ...] = ()
 
 
+# Every export kind, in download order (files.FILES adds each one's renderings after it).
 EXPORTS: dict[str, ExportSpec] = {
     "responses": ExportSpec("responses", "responses.csv", "Long format: one row per planned trial."),
     "participants": ExportSpec("participants", "participants.csv", "Wide format: one row per participant."),
     "hypotheses": ExportSpec("hypotheses", "hypotheses.csv",
                              "Pre-registered hypotheses and analysis results, confirmatory or exploratory."),
     "items": ExportSpec("items", "items.csv", "The study's item sample (drawn and recorded by preparation)."),
-    "codebook": ExportSpec("codebook", "codebook.csv", "This codebook."),
+    "codebook": ExportSpec("codebook", "codebook.csv", "This codebook.",
+                           renderings=(("codebook_json", "codebook.json"), ("codebook_html", "codebook.html"))),
     "manifest": ExportSpec("manifest", "manifest.json", "Provenance manifest."),
 }
 

@@ -13,7 +13,7 @@ from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
 from studyapp.exports.codebook import codebook_document, codebook_html, codebook_rows
-from studyapp.exports.columns import (CODEBOOK_COLUMNS, HYPOTHESIS_COLUMNS, ITEM_COLUMNS, RESPONSE_COLUMNS,
+from studyapp.exports.columns import (CODEBOOK_COLUMNS, EXPORTS, HYPOTHESIS_COLUMNS, ITEM_COLUMNS, RESPONSE_COLUMNS,
                                       participant_columns)
 from studyapp.exports.manifest import manifest_build
 from studyapp.exports import pg_lines
@@ -22,17 +22,10 @@ from studyapp.exports.rows import (exclusion_flags, hypothesis_rows, item_rows, 
 from studyapp.exports.streaming import csv_header, csv_response, csv_text_response
 from studyapp.models import Study
 
-# kind -> file suffix. "codebook_json" and "codebook_html" are renderings of the same codebook.
-FILES: dict[str, str] = {
-    "responses": "responses.csv",
-    "participants": "participants.csv",
-    "hypotheses": "hypotheses.csv",
-    "items": "items.csv",
-    "codebook": "codebook.csv",
-    "codebook_json": "codebook.json",
-    "codebook_html": "codebook.html",
-    "manifest": "manifest.json",
-}
+# kind -> file suffix of every download: the exports (columns.EXPORTS), each followed by the other
+# renderings of its document ("codebook_json" and "codebook_html" of the codebook).
+FILES: dict[str, str] = {kind: suffix for spec in EXPORTS.values()
+                         for kind, suffix in ((spec.kind, spec.suffix), *spec.renderings)}
 KINDS = tuple(FILES)
 
 

@@ -7,32 +7,22 @@ as ``preregistration.frozen_sha256_verified = false``.
 """
 from __future__ import annotations
 
-import platform
 from collections import Counter, defaultdict
-from importlib import metadata
 
 from django.db.models import Count
 from django.utils import timezone
 
+from studyapp.analysis.software import software_versions
 from studyapp.exports.columns import EXPORTS, export_columns, iso_utc
 from studyapp.exports.rows import likert_items
-from studyapp.models import AnalysisRun, Arm, Explanation, MLModel, PreregistrationDeviation, Study, Trial
+from studyapp.models import AnalysisRun, Arm, Explanation, ExternalStudyImport, MLModel, Study, Trial
+from studyapp.selectors.plans import deviation_as_dict, study_deviations
 from studyapp.services.preregistration import preregistration_drift, preregistration_sha256, preregistration_verify
 
 MANIFEST_VERSION = 1
 # Distribution names, as pip knows them.
 SOFTWARE = ("django", "djangorestframework", "torch", "captum", "numpy", "scipy", "statsmodels", "pandas",
             "psycopg2", "psycopg2-binary", "celery")
-
-
-def software_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in SOFTWARE:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _model(model: MLModel) -> dict:
@@ -97,11 +87,30 @@ def _exclusions(*, study: Study) -> dict:
             "n_excluded": sum(1 for names in exclusions.values() if names), "per_rule": dict(counts)}
 
 
+def _external_import(*, study: Study) -> dict:
+    """The file an imported study's data came from (name, SHA-256, rows, import time), under the
+    study; nothing for a study run here."""
+    record = ExternalStudyImport.objects.filter(study=study).first()
+    if record is None:
+        return {}
+    return {"external_import": {
+        "file_name": record.file_name, "file_sha256": record.file_sha256, "n_rows": record.n_rows,
+        "n_participants": record.n_participants, "n_items": record.n_items,
+        "imported_at": iso_utc(record.imported_at), "imported_by": record.imported_by,
+        "columns": record.columns, "ignored_columns": record.ignored_columns, "settings": record.settings,
+        # Said in words too: the plan of an imported study is frozen after its data were seen.
+        "note": "The data were collected elsewhere and imported from this file; the plan was frozen after the "
+                "import (preregistration.launched_at), so it is a pre-registration only if it was registered "
+                "before the data were collected."}}
+
+
 def manifest_build(*, study: Study) -> dict:
     """The provenance manifest of a study, as JSON-able data."""
     study = Study.objects.select_related("model", "dataset").get(pk=study.pk)
     frozen = study.frozen_config
-    models = [study.model, *MLModel.objects.filter(derived_from=study.model).order_by("id")]
+    # A study whose data were collected elsewhere has no model (its file: study.external_import).
+    models = ([study.model, *MLModel.objects.filter(derived_from=study.model).order_by("id")]
+              if study.model_id is not None else [])
     dataset = study.dataset
     runs = AnalysisRun.objects.filter(study=study).order_by("created_at", "id")
     columns = export_columns(study=study, likert_items=likert_items(study=study))
@@ -110,7 +119,8 @@ def manifest_build(*, study: Study) -> dict:
         "exported_at": iso_utc(timezone.now()),
         "study": {"id": study.pk, "slug": study.slug, "state": study.state, "seed": study.seed,
                   "config": study.config, "target_per_arm": study.target_per_arm,
-                  "n_participants": study.participants.count()},
+                  "n_participants": study.participants.count(), "source": study.source,
+                  **_external_import(study=study)},
         "preregistration": {
             "frozen_sha256": study.frozen_sha256 or None,
             "frozen_sha256_verified": preregistration_verify(study=study) if frozen is not None else None,
@@ -127,12 +137,8 @@ def manifest_build(*, study: Study) -> dict:
         "arms": _arms(study=study),
         "stimuli": _stimuli(study=study),
         "item_sample": study.item_sample or None,
-        "software": software_versions(),
-        "deviations": [
-            {"hypothesis_label": d.hypothesis_label, "field": d.field, "before": d.before, "after": d.after,
-             "reason": d.reason, "recorded_by": d.recorded_by, "recorded_at": iso_utc(d.recorded_at)}
-            for d in PreregistrationDeviation.objects.filter(study=study).order_by("recorded_at", "id")
-        ],
+        "software": software_versions(SOFTWARE, missing=None),
+        "deviations": [deviation_as_dict(d, timestamp=iso_utc) for d in study_deviations(study=study)],
         "analysis_runs": [
             {"id": r.pk, "kind": r.kind, "number": r.number, "plan_sha256": r.plan_sha256 or None, "seed": r.seed,
              "plan_matches": bool(study.frozen_sha256) and r.plan_sha256 == study.frozen_sha256,

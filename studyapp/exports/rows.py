@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.fields.json import KT
 
+from studyapp.analysis.run_results import Effect, HypothesisResult, RunResults
 from studyapp.exports.columns import HYPOTHESIS_COLUMNS, PHASES, likert_column_name
 from studyapp.exports.cursors import server_side_rows, streamed
 from studyapp.models import (AnalysisRun, ModelOutput, Participant, QuestionnaireAnswer, Response, Study, StudyItem,
                              Trial)
 from studyapp.selectors import TRIAL_COLUMNS, trials_long_queryset
+from studyapp.selectors.plans import plan_control_arm, study_plan
 
 logger = logging.getLogger(__name__)
 
@@ -116,19 +118,21 @@ def _participant_rows(*, study: Study, items: list[str], flags: dict, likert: di
     # the GROUP BY, and PostgreSQL then ran it once per trial instead of once per participant
     # (42 s for 2,000 participants).
     queryset = (Participant.objects.filter(study=study, preview=False).order_by("id")
-                .values("id", "public_id", "arm__name", "arm__kind", "status", "source", "simulated", "started_at",
+                .values("id", "public_id", "arm__name", "arm__kind", "status", "source", "external_id", "simulated", "started_at",
                         "consented_at", "consent_version", "completed_at", "last_seen_at", "comprehension_attempts",
                         "instructions_ms")
                 .annotate(**aggregates).annotate(device=Subquery(first_device)))
     for p in streamed(queryset, chunk_size=min(CHUNK_SIZE, PARTICIPANT_FETCH)):
+        imported = p["source"] == Participant.Source.EXTERNAL
         duration = ((p["completed_at"] - p["started_at"]).total_seconds()
-                    if p["completed_at"] and p["started_at"] else None)
+                    if p["completed_at"] and p["started_at"] and not imported else None)
         accuracy = {phase: _accuracy(p[f"c_{phase}"], p[f"n_{phase}"]) for phase in PHASES}
         pre, post = accuracy.get("pre_test"), accuracy.get("post_test")
         answers = likert.get(p["id"], {})
         rules, excluded = flags.get(str(p["public_id"]), NOT_EVALUATED)
         yield (
-            study.slug, p["public_id"], p["arm__name"], p["arm__kind"], p["status"], p["source"], p["simulated"],
+            study.slug, p["public_id"], p["arm__name"], p["arm__kind"], p["status"], p["source"],
+            p["external_id"] if imported else None, p["simulated"],
             p["started_at"],
             p["consented_at"], p["consent_version"], p["completed_at"], p["last_seen_at"], duration,
             p["comprehension_attempts"], p["instructions_ms"], p["device"], p["n_trials"], p["n_answered"], p["n_attention_checks"], p["n_attention_failed"],
@@ -153,70 +157,71 @@ def item_rows(*, study: Study) -> Iterator[tuple]:
 
 
 # -- hypotheses ---------------------------------------------------------------------------------
+# Each row is built by column name and ordered by HYPOTHESIS_COLUMNS (columns.py), the one place
+# that says which columns the file has and in which order.
 
-_PLAN_FIELDS = ("statement", "comparison", "arm", "comparator", "outcome", "likert_item", "direction",
-                "equivalence_margin", "test", "alpha", "family", "correction", "planned_n_per_arm")
-_N_RESULT = 19
-
-
-def _plan(*, study: Study) -> dict:
-    """The frozen plan; before launch, the current (not yet pre-registered) plan."""
-    if study.frozen_config is not None:
-        return study.frozen_config
-    from studyapp.selectors.plans import study_plan_document
-
-    return study_plan_document(study=study)
+_HYPOTHESIS_NAMES = tuple(c.name for c in HYPOTHESIS_COLUMNS)
 
 
-def _dict(value) -> dict:
-    return value if isinstance(value, dict) else {}
+def _row(values: dict) -> tuple:
+    """``values`` in HYPOTHESIS_COLUMNS order; a column without a value, or a value without a column, raises."""
+    if len(values) != len(_HYPOTHESIS_NAMES):
+        raise KeyError(f"hypotheses.csv row and columns differ: {sorted(set(values) ^ set(_HYPOTHESIS_NAMES))}")
+    return tuple(values[name] for name in _HYPOTHESIS_NAMES)
 
 
-def _hypothesis_fields(entry: dict, *, control: str | None) -> tuple:
-    values = {f: entry.get(f) for f in _PLAN_FIELDS}
-    if values["comparison"] == "arm_vs_control" and not values["comparator"]:
-        values["comparator"] = control  # "the control arm when empty": say which
-    if values["comparison"] == "arm_vs_chance":
-        values["comparator"] = None
-    return tuple(values[f] for f in _PLAN_FIELDS)
+def _plan_values(h: HypothesisResult, *, control: str | None) -> dict:
+    comparator = h.comparator
+    if h.comparison == "arm_vs_control" and not comparator:
+        comparator = control  # "the control arm when empty": say which
+    if h.comparison == "arm_vs_chance":
+        comparator = None
+    return {"statement": h.statement, "comparison": h.comparison, "arm": h.arm, "comparator": comparator,
+            "outcome": h.outcome, "likert_item": h.likert_item, "direction": h.direction,
+            "equivalence_margin": h.equivalence_margin, "test": h.test, "alpha": h.alpha, "family": h.family,
+            "correction": h.correction, "planned_n_per_arm": h.planned_n_per_arm}
 
 
-def _result_values(entry: dict | None, *, arm: str | None, comparator: str | None) -> tuple:
-    """test_method ... error from one entry of AnalysisRun.results["hypotheses"]
-    (shape written by studyapp.services.analysis.study_analyze)."""
-    if not entry:
-        return (None,) * _N_RESULT
-    tests = _dict(entry.get("tests"))
-    difference = _dict(tests.get("difference"))
-    effect = _dict(difference.get("effect"))
-    descriptives = _dict(entry.get("descriptives"))
-    arm_stats, comparator_stats = _dict(descriptives.get(arm)), _dict(descriptives.get(comparator))
-    decision = _dict(entry.get("decision"))
-    return (
-        difference.get("method"), arm_stats.get("n"), comparator_stats.get("n"), arm_stats.get("mean"),
-        comparator_stats.get("mean"), difference.get("statistic"), difference.get("df"), entry.get("p_value"),
-        entry.get("p_adjusted"), entry.get("p_equivalence"), entry.get("p_equivalence_adjusted"),
-        decision.get("verdict"), decision.get("reason"), effect.get("name"), effect.get("estimate"),
-        effect.get("ci_low"), effect.get("ci_high"), _dict(_dict(entry.get("effect_sizes")).get("cohens_d"))
-        .get("estimate"), entry.get("error"),
-    )
+def _result_values(h: HypothesisResult, *, arm: str | None, comparator: str | None) -> dict:
+    """The results of one hypothesis of a run (empty cells for a hypothesis the run did not analyse)."""
+    difference = h.test_result("difference")
+    effect = difference.effect if isinstance(difference.effect, Effect) else Effect()
+    arm_stats, comparator_stats = h.describe(arm), h.describe(comparator)
+    cohens_d = h.effect("cohens_d")
+    return {
+        "test_method": difference.method or None, "n_arm": arm_stats.n, "n_comparator": comparator_stats.n,
+        "mean_arm": arm_stats.mean, "mean_comparator": comparator_stats.mean, "statistic": difference.statistic,
+        "df": difference.df, "p_value": h.p_value, "p_adjusted": h.p_adjusted, "p_equivalence": h.p_equivalence,
+        "p_equivalence_adjusted": h.p_equivalence_adjusted, "decision": h.verdict.verdict,
+        "decision_reason": h.verdict.reason or None, "effect_name": effect.name or None, "effect_estimate": effect.estimate,
+        "effect_ci_low": effect.ci_low, "effect_ci_high": effect.ci_high,
+        "cohens_d": cohens_d.estimate if cohens_d is not None else None, "error": h.error,
+    }
 
 
-def _run_values(run: AnalysisRun | None, study: Study) -> tuple:
+def _run_values(run: AnalysisRun | None, study: Study) -> dict:
     if run is None:
-        return (None,) * 5
-    return (run.pk, run.kind, run.created_at, run.seed,
-            bool(study.frozen_sha256) and run.plan_sha256 == study.frozen_sha256)
+        return dict.fromkeys(("analysis_run", "analysis_run_kind", "analysis_run_at", "analysis_seed", "plan_matches"))
+    return {"analysis_run": run.pk, "analysis_run_kind": run.kind, "analysis_run_at": run.created_at,
+            "analysis_seed": run.seed, "plan_matches": bool(study.frozen_sha256) and run.plan_sha256 == study.frozen_sha256}
 
 
 def latest_run(*, study: Study, kind: str) -> AnalysisRun | None:
     return AnalysisRun.objects.filter(study=study, kind=kind).order_by("-created_at", "-id").first()
 
 
-def _run_entries(run: AnalysisRun | None) -> list[dict]:
+def _run_entries(run: AnalysisRun | None) -> list[HypothesisResult]:
     if run is None:
         return []
-    return [e for e in (run.results or {}).get("hypotheses") or [] if isinstance(e, dict)]
+    return [h for h in RunResults.from_dict(run.results).hypotheses or () if isinstance(h, HypothesisResult)]
+
+
+def _hypothesis_row(study: Study, h: HypothesisResult, *, analysis: str, preregistered: bool, control: str | None,
+                    run: AnalysisRun | None, result: HypothesisResult | None) -> tuple:
+    plan = _plan_values(h, control=control)
+    return _row({"study": study.slug, "label": h.label, "analysis": analysis, "preregistered": preregistered, **plan,
+                 **_run_values(run if result is not None else None, study),
+                 **_result_values(result or HypothesisResult(), arm=plan["arm"], comparator=plan["comparator"])})
 
 
 def hypothesis_rows(*, study: Study) -> Iterator[tuple]:
@@ -226,28 +231,22 @@ def hypothesis_rows(*, study: Study) -> Iterator[tuple]:
     from a confirmatory run; the exploratory run's rows (other hypotheses, other exclusion rules,
     the amended plan ...) are ``exploratory``, even when they reuse a pre-registered label.
     """
-    plan = _plan(study=study)
-    control = next((a["name"] for a in plan.get("arms") or [] if a.get("kind") == "control"), None)
+    plan = study_plan(study=study)  # before launch, the current (not yet pre-registered) plan
+    control = plan_control_arm(plan)
     preregistered = study.frozen_config is not None
-    planned = list(plan.get("hypotheses") or [])
-    planned_labels = {h["label"] for h in planned}
+    # A planned hypothesis reads as a result without numbers: the same fields, one reader.
+    planned = [HypothesisResult.from_dict(h) for h in plan.get("hypotheses") or []]
+    planned_labels = {h.label for h in planned}
     confirmatory_run = latest_run(study=study, kind=AnalysisRun.Kind.CONFIRMATORY)
-    by_label = {e.get("label"): e for e in _run_entries(confirmatory_run)}
+    by_label = {e.label: e for e in _run_entries(confirmatory_run)}
     for hypothesis in planned:
-        result = by_label.get(hypothesis["label"])
-        fields = _hypothesis_fields(hypothesis, control=control)
-        arm, comparator = fields[2], fields[3]
+        result = by_label.get(hypothesis.label)
         analysis = "confirmatory" if preregistered and result is not None else "exploratory"
-        yield (study.slug, hypothesis["label"], analysis, preregistered, *fields,
-               *_run_values(confirmatory_run if result else None, study),
-               *_result_values(result, arm=arm, comparator=comparator))
+        yield _hypothesis_row(study, hypothesis, analysis=analysis, preregistered=preregistered, control=control,
+                              run=confirmatory_run, result=result)
     exploratory_run = latest_run(study=study, kind=AnalysisRun.Kind.EXPLORATORY)
     unplanned = [(confirmatory_run, e) for label, e in by_label.items() if label not in planned_labels]
     unplanned += [(exploratory_run, e) for e in _run_entries(exploratory_run)]
     for run, entry in unplanned:
-        fields = _hypothesis_fields(entry, control=control)
-        yield (study.slug, entry.get("label"), "exploratory", preregistered and entry.get("label") in planned_labels,
-               *fields, *_run_values(run, study), *_result_values(entry, arm=fields[2], comparator=fields[3]))
-
-
-assert len(_PLAN_FIELDS) + 4 + 5 + _N_RESULT == len(HYPOTHESIS_COLUMNS)
+        yield _hypothesis_row(study, entry, analysis="exploratory", control=control, run=run, result=entry,
+                              preregistered=preregistered and entry.label in planned_labels)

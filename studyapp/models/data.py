@@ -11,6 +11,16 @@ from studyapp.models.base import (Modality, OpaqueUploadPath, TimeStamped, choic
 class DatasetSource(models.TextChoices):
     UPLOAD = "upload", "Uploaded"
     BUILTIN = "builtin", "Built-in demo data"
+    EXTERNAL = "external", "Items of a study whose data were collected elsewhere"
+
+
+class DatasetModality(models.TextChoices):
+    """``Modality`` plus "external": the items of an imported study are known by name only (no
+    inputs are stored, so nothing is rendered, predicted or explained)."""
+
+    IMAGE = Modality.IMAGE.value, Modality.IMAGE.label
+    TABULAR = Modality.TABULAR.value, Modality.TABULAR.label
+    EXTERNAL = "external", "Collected elsewhere (items named only)"
 
 
 class Dataset(TimeStamped):
@@ -19,7 +29,7 @@ class Dataset(TimeStamped):
     Source = DatasetSource
 
     name = models.CharField(max_length=120, unique=True)
-    modality = models.CharField(max_length=16, choices=Modality.choices)
+    modality = models.CharField(max_length=16, choices=DatasetModality.choices)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.UPLOAD)
     description = models.TextField(blank=True)
     # Model input shape of one item: [C, H, W] for images, [F] for tabular rows.
@@ -37,7 +47,7 @@ class Dataset(TimeStamped):
 
     class Meta:
         constraints = [
-            choices_check("modality", Modality, "dataset_modality_valid"),
+            choices_check("modality", DatasetModality, "dataset_modality_valid"),
             choices_check("source", DatasetSource, "dataset_source_valid"),
         ]
 
@@ -51,7 +61,8 @@ class StimulusSplit(models.TextChoices):
 
 
 class Stimulus(models.Model):
-    """One item of a dataset, with its ground truth.
+    """One item of a dataset, with its ground truth (empty when unknown: the items of a study whose
+    data were collected elsewhere, which are known by their name in the file only).
 
     ``data`` is the model input as a float32 ``.npy`` blob. Images also get a display PNG with an
     opaque file name. ``source_name`` (the uploaded file name or row number) is for experimenters
@@ -63,7 +74,9 @@ class Stimulus(models.Model):
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="stimuli")
     index = models.PositiveIntegerField()
     source_name = models.CharField(max_length=255, blank=True)
-    label = models.PositiveIntegerField()
+    label = models.PositiveIntegerField(null=True, blank=True,
+                                        help_text="Ground-truth class index; empty when unknown (data collected "
+                                                  "elsewhere).")
     split = models.CharField(max_length=8, choices=Split.choices, default=Split.TEST)
     data = models.BinaryField()
     image = models.FileField(upload_to=OpaqueUploadPath("stimuli"), blank=True)
@@ -129,6 +142,8 @@ class MLModel(TimeStamped):
 class EditKind(models.TextChoices):
     OCCLUDE_CELL = "occlude_cell", "Occlude one grid cell"
     FEATURE_QUANTILE = "feature_quantile", "Move one feature to another quantile"
+    # The edited item of a counterfactual trial in data collected elsewhere: named by its item only.
+    EXTERNAL = "external", "Edited elsewhere (imported; no input stored)"
 
 
 class Edit(models.Model):

@@ -27,6 +27,7 @@ class ParticipantSource(models.TextChoices):
     PROLIFIC = "prolific", "Prolific"
     SONA = "sona", "SONA"
     GENERIC = "generic", "Other (id in a URL parameter)"
+    EXTERNAL = "external", "Data collected elsewhere (imported from a file)"
 
 
 class ParticipantStep(models.TextChoices):

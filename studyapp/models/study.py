@@ -19,16 +19,31 @@ class StudyState(models.TextChoices):
     CLOSED = "closed", "Closed"
 
 
+class StudySource(models.TextChoices):
+    PLATFORM = "platform", "Run on this platform"
+    EXTERNAL = "external", "Data collected elsewhere (imported from a file)"
+
+
 class Study(TimeStamped):
-    """One experiment. The state only changes through services (studyapp.services.studies)."""
+    """One experiment. The state only changes through services (studyapp.services.studies).
+
+    ``source`` "external": the data were collected elsewhere (jsPsych, Gorilla, Qualtrics...) and
+    imported from a long-format file (studyapp.services.external_import). Such a study has no
+    model (``model`` is empty), its ``dataset`` holds its items by name only, it is never prepared
+    or opened to participants, and freezing its plan takes it from draft to closed.
+    """
 
     State = StudyState
+
+    Source = StudySource
 
     title = models.CharField(max_length=200, help_text="Shown to participants; must not reveal the hypotheses.")
     slug = models.SlugField(max_length=80, unique=True)
     description = models.TextField(blank=True, help_text="For experimenters only.")
     state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT, editable=False)
-    model = models.ForeignKey(MLModel, on_delete=models.PROTECT, related_name="studies")
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.PLATFORM, editable=False)
+    # Empty exactly for a study whose data were collected elsewhere (constraint below).
+    model = models.ForeignKey(MLModel, null=True, on_delete=models.PROTECT, related_name="studies")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="studies")
     seed = models.PositiveIntegerField(default=0, help_text="Seeds stimulus sampling, assignment and explainers.")
     config = models.JSONField(default=dict, blank=True,
@@ -83,6 +98,13 @@ class Study(TimeStamped):
                 | (Q(launched_at__isnull=False, frozen_config__isnull=False) & ~Q(frozen_sha256="")),
                 name="study_launched_is_frozen"),
             models.CheckConstraint(condition=Q(target_per_arm__gte=1), name="study_target_positive"),
+            choices_check("source", StudySource, "study_source_valid"),
+            # A study run here shows a model's outputs; one imported from elsewhere has no model.
+            models.CheckConstraint(
+                condition=Q(source="platform", model__isnull=False) | Q(source="external", model__isnull=True),
+                name="study_model_matches_source",
+                violation_error_message="A study run on this platform needs a model; a study whose data were "
+                                        "collected elsewhere has none."),
         ]
 
     def __str__(self) -> str:
@@ -94,6 +116,8 @@ class ArmKind(models.TextChoices):
     EXPLANATION = "explanation", "Explanation"
     BASELINE = "baseline", "Baseline aid (edges, exemplars, random map)"
     OOD_WARNING = "ood_warning", "Out-of-distribution warning"
+    # A condition of a study imported from elsewhere: what it showed is described there, not here.
+    EXTERNAL = "external", "Condition of data collected elsewhere"
 
 
 class ArmMethod(models.TextChoices):
@@ -251,7 +275,7 @@ class HypothesisDirection(models.TextChoices):
 
 
 class HypothesisTest(models.TextChoices):
-    """The tests the analysis runs (studyapp/services/analysis.py ``_two_sample``); arm-vs-chance
+    """The tests the analysis runs (studyapp/analysis/hypotheses.py ``two_sample``); arm-vs-chance
     hypotheses always use the one-sample test against chance."""
 
     WELCH_T = "welch_t", "Welch's t-test (unequal variances)"
@@ -441,3 +465,36 @@ class AnalysisJob(models.Model):
 
     def __str__(self) -> str:
         return f"Analysis request #{self.pk} (seed {self.seed}, {self.get_status_display().lower()})"
+
+
+class ExternalStudyImport(models.Model):
+    """The file a study's data came from (``Study.source`` external), for provenance.
+
+    Written by ``studyapp.services.external_import`` in the same transaction as the participants,
+    trials and answers it describes: a study has its import record exactly when it has the data.
+    The manifest and the frozen plan carry ``file_sha256``, so a result names the file it came from.
+    """
+
+    study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="external_import")
+    file_name = models.CharField(max_length=255)
+    file_sha256 = models.CharField(max_length=64, help_text="SHA-256 of the uploaded file's bytes.")
+    n_rows = models.PositiveIntegerField(help_text="Data rows read (the header not counted).")
+    n_participants = models.PositiveIntegerField()
+    n_items = models.PositiveIntegerField()
+    columns = models.JSONField(default=list, help_text="The file's columns that were read, in file order.")
+    ignored_columns = models.JSONField(default=list, blank=True, help_text="The file's other columns (not stored).")
+    # Control condition, arm names given for condition codes, the default number of options, and
+    # whether the answers came from a response column (else the stored answer is the correctness).
+    settings = models.JSONField(default=dict, blank=True)
+    imported_by = models.CharField(max_length=150, blank=True)
+    imported_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(file_sha256__regex=r"^[0-9a-f]{64}$"),
+                                   name="externalimport_sha256_hex"),
+            models.CheckConstraint(condition=Q(n_rows__gte=1), name="externalimport_has_rows"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.file_name} ({self.n_rows} rows, SHA-256 {self.file_sha256[:12]}…)"

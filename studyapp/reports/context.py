@@ -1,21 +1,11 @@
-"""Template context of a study report: a Study plus its analysis runs, turned into display rows.
+"""The study report as template context: typed analysis results turned into display rows.
 
-The numbers come from ``AnalysisRun.results`` as written by ``studyapp.services.analysis.
-study_analyze``; this module only reads and formats them (every number is a preformatted string,
-so the staff page and the downloaded file show exactly the same text). Every section is
-optional: a run stored by an older version of the service, or a section whose computation
-failed, shows "not computed" (with the reason when the results give one) instead of failing.
-
-Results keys read (all optional): ``kind``, ``label``, ``exploratory_reasons``, ``spec.note``,
-``plan_sha256``, ``plan_verified``, ``plan_drift``, ``seed``, ``arms`` [{name, kind}],
-``control``, ``descriptives`` {measure: {arm: {n, mean, sd[, ci_low, ci_high] | status, reason}}},
-``participants_in_several_arms`` {participant: [arms]}, hypotheses' ``paired`` (a within-participant
-test: which paired test ran and why, pairs, per-condition descriptives),
-``hypotheses`` [..., see :func:`hypothesis_rows`], ``families``, ``secondary`` {label: {analysis:
-StatResult dict | {status, reason}}}, ``chance`` {measure: {arm: StatResult dict}},
-``participant_flow`` {arms, totals, rule_descriptions, note, attrition_test, exclusion_test},
-``baselines`` {phase: {true_label_observer, majority_class_observer, explanation_only_observer,
-human_accuracy}}, ``exclusions`` {participant public id: [rules]}, ``deviations``, ``software``.
+Pure formatting: the database reads are ``studyapp.selectors.reports`` (``study_report_data`` gives a
+``ReportData``; ``report_context`` formats it). The numbers come from each run's
+``studyapp.analysis.run_results.RunResults``; every number is a preformatted string, so the staff
+page and the downloaded file show exactly the same text. Every section is optional: a run stored by
+an older version of the service, or a section whose computation failed, shows "not computed" (with
+the reason when the results give one) instead of failing.
 
 Exploratory runs are labelled "Exploratory" on their heading, on every table caption and figure
 caption, and on every hypothesis row, so a number from them can never be quoted as confirmatory.
@@ -23,23 +13,25 @@ caption, and on every hypothesis row, so a number from them can never be quoted 
 from __future__ import annotations
 
 import logging
-
 import math
-from collections import defaultdict
 from typing import Any
 
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from studyapp.models import AnalysisJob, AnalysisRun, Hypothesis, Participant, PreregistrationDeviation, QuestionnaireAnswer, Study
+from studyapp.analysis.run_results import (FLOW_COUNTS, ArmRef, Baselines, Contrast, Describe, Effect, Family, FlowArm,
+                                           FlowCounts, HypothesisResult, Observer, Paired, ParticipantFlow, RequestSpec,
+                                           RunResults, RunSettings, StatRecord)
+from studyapp.models import Hypothesis
 from studyapp.reports import plots
+from studyapp.selectors.reports import ReportData, RunData
 from studyapp.services.exclusions import EXCLUSION_RULES
 
 NOT_COMPUTED = "not computed"
 DASH = "\u2014"
 CONFIDENCE = 0.95
-MAX_EXPLORATORY_RUNS = 5  # each run draws its own figures; keeps the page fast
-# Measure keys of results["descriptives"] in display order, with their names.
+CONFIRMATORY, EXPLORATORY = "confirmatory", "exploratory"  # AnalysisRun.Kind
+# Measure keys of RunResults.descriptives in display order, with their names.
 MEASURES = {
     "pre_test": "Pre-test accuracy",
     "post_test": "Post-test accuracy",
@@ -61,10 +53,10 @@ SECONDARY_NAMES = {
 }
 EFFECT_PREFERENCE = ("mean_difference", "rank_biserial", "mean", "cohens_d")
 
+logger = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------- formatting
-
-logger = logging.getLogger(__name__)
 
 
 def _num(value) -> float | None:
@@ -99,8 +91,13 @@ def fmt_ci(low, high, digits: int = 3) -> str:
     return f"{left}, {right}"
 
 
+def _or(value, default):
+    """``default`` for a value the run did not store."""
+    return default if value is None else value
+
+
 def _ordered(mapping: dict, order) -> list[tuple[str, Any]]:
-    """Items of a results dict in a fixed order (known keys first, the rest sorted).
+    """Items of a results mapping in a fixed order (known keys first, the rest sorted).
 
     PostgreSQL's jsonb does not keep key order, so the stored order cannot be relied on.
     """
@@ -109,138 +106,129 @@ def _ordered(mapping: dict, order) -> list[tuple[str, Any]]:
     return [(k, mapping[k]) for k in known + rest]
 
 
-def _ok(section) -> bool:
-    return isinstance(section, dict) and section.get("status", "ok") == "ok"
-
-
 def _reason(section) -> str:
-    if isinstance(section, dict) and section.get("reason"):
-        return f"{NOT_COMPUTED}: {section['reason']}"
-    return NOT_COMPUTED
+    """"not computed", with the reason the run gives for a section it did not compute."""
+    reason = section.reason if isinstance(section, (StatRecord, Describe, Observer)) else ""
+    return f"{NOT_COMPUTED}: {reason}" if reason else NOT_COMPUTED
 
 
 # ---------------------------------------------------------------- sections of one run
 
 
-def _arms(results: dict, study: Study | None) -> list[dict]:
-    arms = results.get("arms")
-    if isinstance(arms, list) and arms:
-        return [{"name": str(a.get("name")), "kind": a.get("kind", "")} for a in arms if isinstance(a, dict)]
-    if study is not None:
-        return [{"name": a.name, "kind": a.kind} for a in study.arms.order_by("position", "id")]
-    return []
+def _arms(results: RunResults, study_arms: list[dict]) -> list[dict]:
+    if results.arms:
+        return [{"name": str(a.name), "kind": a.kind} for a in results.arms if isinstance(a, ArmRef)]
+    return list(study_arms)
 
 
-def accuracy_rows(results: dict, arms: list[dict]) -> dict[str, list[dict]]:
+def accuracy_rows(results: RunResults, arms: list[dict]) -> dict[str, list[dict]]:
     """{measure: [{name, kind, n, estimate, ci_low, ci_high, + formatted}]} in arm order."""
-    descriptives = results.get("descriptives") or {}
     out = {}
     for measure in MEASURES:
-        per_arm = descriptives.get(measure)
+        per_arm = results.descriptives.get(measure)
         if not isinstance(per_arm, dict):
             continue
         rows = []
         for arm in arms:
-            d = per_arm.get(arm["name"]) or {}
-            low, high = d.get("ci_low"), d.get("ci_high")  # two-sided t interval from the analysis
-            if not _ok(d):  # e.g. the arm shares a participant with another arm: the reason, not numbers
+            d = per_arm.get(arm["name"]) or Describe()
+            if not isinstance(d, Describe) or not d.ok:  # e.g. the arm shares a participant with another arm
                 rows.append({"name": arm["name"], "kind": arm["kind"], "n": DASH, "estimate": None, "ci_low": None,
                              "ci_high": None, "mean_text": DASH, "sd_text": DASH, "ci_text": _reason(d)})
                 continue
-            rows.append({
-                "name": arm["name"], "kind": arm["kind"], "n": d.get("n", 0),
-                "estimate": _num(d.get("mean")), "ci_low": _num(low), "ci_high": _num(high),
-                "mean_text": fmt(d.get("mean")), "sd_text": fmt(d.get("sd")), "ci_text": fmt_ci(low, high),
+            rows.append({  # two-sided t interval from the analysis
+                "name": arm["name"], "kind": arm["kind"], "n": _or(d.n, 0),
+                "estimate": _num(d.mean), "ci_low": _num(d.ci_low), "ci_high": _num(d.ci_high),
+                "mean_text": fmt(d.mean), "sd_text": fmt(d.sd), "ci_text": fmt_ci(d.ci_low, d.ci_high),
             })
         out[measure] = rows
     return out
 
 
-def _comparison_text(entry: dict) -> str:
-    arm = entry.get("arm", "?")
-    contrast = entry.get("contrast") if isinstance(entry.get("contrast"), dict) else {}
-    if contrast.get("kind") == "within_participants":
-        return (f"{arm}: {MEASURES.get(contrast.get('condition'), contrast.get('condition'))} vs "
-                f"{MEASURES.get(contrast.get('comparator'), contrast.get('comparator'))}, same participants")
-    if entry.get("comparison") == "arm_vs_chance":
+def _comparison_text(entry: HypothesisResult) -> str:
+    arm = _or(entry.arm, "?")
+    contrast = entry.contrast
+    if isinstance(contrast, Contrast) and contrast.kind == "within_participants":
+        return (f"{arm}: {MEASURES.get(contrast.condition, contrast.condition)} vs "
+                f"{MEASURES.get(contrast.comparator, contrast.comparator)}, same participants")
+    if entry.comparison == "arm_vs_chance":
         return f"{arm} vs chance"
-    return f"{arm} vs {entry.get('comparator') or entry.get('comparator_resolved') or 'control'}"
+    return f"{arm} vs {entry.comparator or entry.comparator_resolved or 'control'}"
 
 
-def _outcome_text(entry: dict) -> str:
-    outcome = entry.get("outcome", "")
+def _outcome_text(entry: HypothesisResult) -> str:
+    outcome = _or(entry.outcome, "")
     if outcome == "likert":
-        return f"Likert item \u201c{entry.get('likert_item', '')}\u201d"
+        return f"Likert item \u201c{_or(entry.likert_item, '')}\u201d"
     return dict(Hypothesis.Outcome.choices).get(outcome, outcome or DASH)
 
 
-def _effect(entry: dict, main_test: dict) -> dict:
-    """The effect of the decisive test (its CI matches the test), else the best one available."""
-    sizes = entry.get("effect_sizes") or {}
-    candidates = [main_test.get("effect")] + [sizes.get(name) for name in EFFECT_PREFERENCE]
+def _effect(candidates) -> dict:
+    """The first effect of ``candidates`` with an estimate, with its interval."""
     for effect in candidates:
-        if isinstance(effect, dict) and _num(effect.get("estimate")) is not None:
-            level = _num(effect.get("confidence_level"))
-            ci = fmt_ci(effect.get("ci_low"), effect.get("ci_high"))
+        if isinstance(effect, Effect) and _num(effect.estimate) is not None:
+            level = _num(effect.confidence_level)
+            ci = fmt_ci(effect.ci_low, effect.ci_high)
             if level is not None and ci != DASH:
                 ci = f"{level * 100:g}% {ci}"
-            return {"name": (effect.get("name") or "").replace("_", " "), "estimate": fmt(effect.get("estimate")),
-                    "ci": ci, "method": effect.get("method", "")}
+            return {"name": (effect.name or "").replace("_", " "), "estimate": fmt(effect.estimate),
+                    "ci": ci, "method": effect.method}
     return {"name": "", "estimate": DASH, "ci": DASH, "method": ""}
 
 
-def _paired(entry: dict) -> dict | None:
+def _mean(describe) -> float | None:
+    return describe.mean if isinstance(describe, Describe) else None
+
+
+def _paired(entry: HypothesisResult) -> dict | None:
     """A within-participant test: which paired test ran and why, its pairs and the mean difference."""
-    paired = entry.get("paired")
-    if not isinstance(paired, dict):
+    paired = entry.paired
+    if not isinstance(paired, Paired):
         return None
-    described = paired.get("descriptives") or {}
-    condition, comparator = paired.get("condition"), paired.get("comparator")
-    sizes = entry.get("effect_sizes") if isinstance(entry.get("effect_sizes"), dict) else {}
-    effect = _effect({"effect_sizes": {"mean_difference": sizes.get("mean_difference")}}, {})
-    return {"label": entry.get("label", DASH), "arm": entry.get("arm", DASH),
+    condition, comparator = paired.condition, paired.comparator
+    effect = _effect([entry.effect("mean_difference")])
+    return {"label": _or(entry.label, DASH), "arm": _or(entry.arm, DASH),
             "condition": MEASURES.get(condition, condition), "comparator": MEASURES.get(comparator, comparator),
-            "n_pairs": paired.get("n_pairs", DASH),
-            "condition_mean": fmt((described.get(condition) or {}).get("mean")),
-            "comparator_mean": fmt((described.get(comparator) or {}).get("mean")),
+            "n_pairs": _or(paired.n_pairs, DASH),
+            "condition_mean": fmt(_mean(paired.descriptives.get(condition))),
+            "comparator_mean": fmt(_mean(paired.descriptives.get(comparator))),
             "difference": effect["estimate"], "ci": effect["ci"],
-            "why": paired.get("why", "")}
+            "why": paired.why}
 
 
-def hypothesis_rows(results: dict, *, exploratory: bool) -> list[dict]:
+def hypothesis_rows(results: RunResults, *, exploratory: bool) -> list[dict]:
     """One row per hypothesis: test, raw and adjusted p, effect with CI, verdict, scope."""
     rows = []
-    for entry in results.get("hypotheses") or []:
-        if not isinstance(entry, dict):
+    for entry in results.hypotheses or ():
+        if not isinstance(entry, HypothesisResult):
             continue
-        decision = entry.get("decision") or {}
-        verdict = decision.get("verdict")
-        scope = "exploratory" if exploratory or entry.get("kind") == "exploratory" else "confirmatory"
-        tests = entry.get("tests") or {}
-        main_test = tests.get("equivalence" if entry.get("direction") == "equivalence" else "difference") or {}
-        extra_p = []
-        for key, label in (("p_equivalence", "TOST"), ("p_difference", "two-sided difference")):
-            if _num(entry.get(key)) is not None:
-                extra_p.append(f"{label}: p = {fmt_p(entry.get(key))}, adjusted {fmt_p(entry.get(key + '_adjusted'))}")
+        decision = entry.verdict
+        scope = EXPLORATORY if exploratory or entry.kind == EXPLORATORY else CONFIRMATORY
+        # The decisive test: its effect's interval matches it.
+        main_test = entry.test_result("equivalence" if entry.direction == "equivalence" else "difference")
+        extra_p = [f"{label}: p = {fmt_p(p)}, adjusted {fmt_p(adjusted)}"
+                   for label, p, adjusted in (("TOST", entry.p_equivalence, entry.p_equivalence_adjusted),
+                                              ("two-sided difference", entry.p_difference,
+                                               entry.p_difference_adjusted))
+                   if _num(p) is not None]
         rows.append({
-            "label": entry.get("label", DASH),
-            "statement": entry.get("statement", ""),
+            "label": _or(entry.label, DASH),
+            "statement": _or(entry.statement, ""),
             "comparison": _comparison_text(entry),
             "outcome": _outcome_text(entry),
-            "direction": entry.get("direction", DASH),
-            "margin": fmt(entry.get("equivalence_margin")) if _num(entry.get("equivalence_margin")) is not None else "",
-            "test": main_test.get("method") or entry.get("test", DASH),
-            "family": entry.get("family", DASH),
-            "correction": entry.get("correction", DASH),
-            "alpha": fmt(entry.get("alpha"), 3),
-            "p_raw": fmt_p(entry.get("p_value")),
-            "p_adjusted": fmt_p(entry.get("p_adjusted")),
+            "direction": _or(entry.direction, DASH),
+            "margin": fmt(entry.equivalence_margin) if _num(entry.equivalence_margin) is not None else "",
+            "test": main_test.method or _or(entry.test, DASH),
+            "family": _or(entry.family, DASH),
+            "correction": _or(entry.correction, DASH),
+            "alpha": fmt(entry.alpha, 3),
+            "p_raw": fmt_p(entry.p_value),
+            "p_adjusted": fmt_p(entry.p_adjusted),
             "extra_p": extra_p,
-            "effect": _effect(entry, main_test),
-            "verdict": verdict or "not_computed",
-            "verdict_text": VERDICTS.get(verdict, NOT_COMPUTED),
-            "reason": entry.get("error") or decision.get("reason", ""),
-            "error": entry.get("error"),
+            "effect": _effect([main_test.effect, *(entry.effect(name) for name in EFFECT_PREFERENCE)]),
+            "verdict": decision.verdict or "not_computed",
+            "verdict_text": VERDICTS.get(decision.verdict, NOT_COMPUTED),
+            "reason": entry.error or decision.reason,
+            "error": entry.error,
             "paired": _paired(entry),
             "scope": scope,
             "scope_text": scope.capitalize(),
@@ -249,20 +237,20 @@ def hypothesis_rows(results: dict, *, exploratory: bool) -> list[dict]:
 
 
 def _stat_row(name: str, result) -> dict:
-    if not _ok(result) or not isinstance(result, dict):
+    if not isinstance(result, StatRecord) or not result.ok:
         return {"name": name, "computed": False, "text": _reason(result)}
-    effect = result.get("effect") or {}
-    if not effect and _num(result.get("estimate")) is not None:  # bootstrap results are flat
-        effect = result
-    return {"name": name, "computed": True, "method": result.get("method", ""),
-            "estimate_name": effect.get("name", "difference"), "estimate": fmt(effect.get("estimate")),
-            "ci": fmt_ci(effect.get("ci_low"), effect.get("ci_high")), "p": fmt_p(result.get("p_value")),
-            "text": ""}
+    effect = result.effect if isinstance(result.effect, Effect) else None
+    if effect is None and _num(result.estimate) is not None:  # bootstrap results are flat
+        effect = Effect(name="difference", estimate=result.estimate, ci_low=result.ci_low, ci_high=result.ci_high)
+    effect = effect or Effect(name="difference")
+    return {"name": name, "computed": True, "method": result.method,
+            "estimate_name": effect.name, "estimate": fmt(effect.estimate),
+            "ci": fmt_ci(effect.ci_low, effect.ci_high), "p": fmt_p(result.p_value), "text": ""}
 
 
-def secondary_rows(results: dict) -> list[dict]:
+def secondary_rows(results: RunResults) -> list[dict]:
     rows = []
-    for label, analyses in sorted((results.get("secondary") or {}).items()):
+    for label, analyses in sorted(results.secondary.items()):
         if not isinstance(analyses, dict):
             continue
         for key, result in _ordered(analyses, SECONDARY_NAMES):
@@ -270,104 +258,79 @@ def secondary_rows(results: dict) -> list[dict]:
     return rows
 
 
-def chance_rows(results: dict, arms: list[dict]) -> list[dict]:
+def chance_rows(results: RunResults, arms: list[dict]) -> list[dict]:
     rows = []
-    for measure, per_arm in _ordered(results.get("chance") or {}, MEASURES):
+    for measure, per_arm in _ordered(results.chance, MEASURES):
         if not isinstance(per_arm, dict):
             continue
         for arm in arms:
             if arm["name"] in per_arm:
                 result = per_arm[arm["name"]]
-                row = _stat_row(arm["name"], result)
-                chance = (result.get("params") or {}).get("chance") if isinstance(result, dict) else None
-                rows.append({"measure": MEASURES.get(measure, measure), "chance": fmt(chance), **row})
+                chance = result.params.get("chance") if isinstance(result, StatRecord) else None
+                rows.append({"measure": MEASURES.get(measure, measure), "chance": fmt(chance),
+                             **_stat_row(arm["name"], result)})
     return rows
 
 
 def _test_summary(result) -> dict:
-    if not _ok(result) or not isinstance(result, dict) or _num(result.get("p_value")) is None:
+    if not isinstance(result, StatRecord) or not result.ok or _num(result.p_value) is None:
         return {"computed": False, "text": _reason(result)}
-    return {"computed": True, "method": result.get("method", ""), "p": fmt_p(result.get("p_value")),
-            "statistic": fmt(result.get("statistic"))}
+    return {"computed": True, "method": result.method, "p": fmt_p(result.p_value), "statistic": fmt(result.statistic)}
 
 
-def flow_section(results: dict, arms: list[dict]) -> dict | None:
-    flow = results.get("participant_flow")
-    if not isinstance(flow, dict):
+def _counts(counts) -> list:
+    return [_or(v, DASH) for v in counts.counts()] if isinstance(counts, FlowCounts) else [DASH] * len(FLOW_COUNTS)
+
+
+def flow_section(results: RunResults, arms: list[dict]) -> dict | None:
+    flow = results.participant_flow
+    if not isinstance(flow, ParticipantFlow):
         return None
-    per_arm = flow.get("arms") or {}
-    rules = _ordered(flow.get("rule_descriptions") or {}, EXCLUSION_RULES)
-    columns = ("enrolled", "consented", "completed", "not_completed", "excluded", "analysed")
+    rules = _ordered(flow.rule_descriptions, EXCLUSION_RULES)
     rows = []
     for arm in arms:
-        a = per_arm.get(arm["name"])
-        if not isinstance(a, dict):
+        a = flow.arms.get(arm["name"])
+        if not isinstance(a, FlowArm):
             continue
-        by_rule = a.get("excluded_by_rule") or {}
-        rows.append({"name": arm["name"], "kind": arm["kind"],
-                     "cells": [a.get(c, DASH) for c in columns],
-                     "by_rule": [by_rule.get(rule, 0) for rule, _ in rules],
-                     "by_status": ", ".join(f"{k}: {v}" for k, v in (a.get("by_status") or {}).items())})
-    totals = flow.get("totals") or {}
+        rows.append({"name": arm["name"], "kind": arm["kind"], "cells": _counts(a),
+                     "by_rule": [a.excluded_by_rule.get(rule, 0) for rule, _ in rules],
+                     "by_status": ", ".join(f"{k}: {v}" for k, v in a.by_status.items())})
     return {
-        "columns": [c.replace("_", " ") for c in columns],
+        "columns": [c.replace("_", " ") for c in FLOW_COUNTS],
         "rows": rows,
-        "totals": [totals.get(c, DASH) for c in columns],
+        "totals": _counts(flow.totals),
         "rules": rules,
-        "note": flow.get("note", ""),
-        "attrition_test": _test_summary(flow.get("attrition_test")),
-        "exclusion_test": _test_summary(flow.get("exclusion_test")),
+        "note": flow.note,
+        "attrition_test": _test_summary(flow.attrition_test),
+        "exclusion_test": _test_summary(flow.exclusion_test),
     }
 
 
-def baseline_sections(results: dict, accuracy: dict[str, list[dict]], arms: list[dict]) -> list[dict]:
+def _observer(name: str, obs, *, classifier: bool = False) -> dict:
+    """A trivial observer's accuracy; the explanation-only classifier also needs status "ok"."""
+    if isinstance(obs, Observer) and (obs.ok or not classifier) and _num(obs.accuracy) is not None:
+        return {"name": name, "accuracy": _num(obs.accuracy), "text": fmt(obs.accuracy),
+                "description": obs.method if classifier else obs.description}
+    return {"name": name, "accuracy": None, "text": _reason(obs), "description": ""}
+
+
+def baseline_sections(results: RunResults, accuracy: dict[str, list[dict]], arms: list[dict]) -> list[dict]:
     """Per phase: human accuracy per arm next to trivial observers (rows + figure data)."""
     arm_order = [a["name"] for a in arms]
     out = []
-    for phase, block in _ordered(results.get("baselines") or {}, MEASURES):
-        if not isinstance(block, dict):
+    for phase, block in _ordered(results.baselines, MEASURES):
+        if not isinstance(block, Baselines):
             continue
-        observers = []
-        for key, name in (("true_label_observer", "Always the true label"),
-                          ("majority_class_observer", "Always the model's most frequent output")):
-            obs = block.get(key)
-            if isinstance(obs, dict) and _num(obs.get("accuracy")) is not None:
-                observers.append({"name": name, "accuracy": _num(obs["accuracy"]), "text": fmt(obs["accuracy"]),
-                                  "description": obs.get("description", "")})
-            else:
-                observers.append({"name": name, "accuracy": None, "text": _reason(obs), "description": ""})
-        for arm, obs in _ordered(block.get("explanation_only_observer") or {}, arm_order):
-            name = f"Explanation-only classifier ({arm})"
-            if _ok(obs) and _num((obs or {}).get("accuracy")) is not None:
-                observers.append({"name": name, "accuracy": _num(obs["accuracy"]), "text": fmt(obs["accuracy"]),
-                                  "description": obs.get("method", "")})
-            else:
-                observers.append({"name": name, "accuracy": None, "text": _reason(obs), "description": ""})
-        humans = accuracy.get(phase) or []
-        if not humans and isinstance(block.get("human_accuracy"), dict):
-            humans = [{"name": a, "kind": "", "estimate": _num(v), "ci_low": None, "ci_high": None,
-                       "mean_text": fmt(v), "ci_text": DASH} for a, v in block["human_accuracy"].items()]
-        out.append({"phase": phase, "phase_text": MEASURES.get(phase, phase), "n_items": block.get("n_items"),
+        observers = [_observer("Always the true label", block.true_label_observer),
+                     _observer("Always the model's most frequent output", block.majority_class_observer)]
+        observers += [_observer(f"Explanation-only classifier ({arm})", obs, classifier=True)
+                      for arm, obs in _ordered(block.explanation_only_observer, arm_order)]
+        humans = accuracy.get(phase) or [
+            {"name": a, "kind": "", "estimate": _num(v), "ci_low": None, "ci_high": None, "mean_text": fmt(v),
+             "ci_text": DASH} for a, v in block.human_accuracy.items()]
+        out.append({"phase": phase, "phase_text": MEASURES.get(phase, phase), "n_items": block.n_items,
                     "humans": humans, "observers": observers})
     return out
-
-
-def rating_counts(*, study: Study, results: dict) -> dict[str, dict[str, dict[int, int]]]:
-    """{item: {arm: {rating: count}}} over the participants the run analysed.
-
-    Analysed = completed and not excluded by the run's rules (``results["exclusions"]``), so the
-    figure describes the same people as the tests.
-    """
-    excluded = set((results.get("exclusions") or {}).keys())
-    counts: dict[str, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
-    answers = (QuestionnaireAnswer.objects
-               .filter(participant__study=study, participant__status=Participant.Status.COMPLETED)
-               .values_list("participant__public_id", "participant__arm__name", "item", "value")
-               .order_by("item", "participant__arm__position", "participant__arm__id"))
-    for public_id, arm, item, value in answers:
-        if str(public_id) not in excluded:
-            counts[item][arm][int(value)] += 1
-    return {item: {arm: dict(v) for arm, v in per_arm.items()} for item, per_arm in counts.items()}
 
 
 def _figure(draw, *args, **kwargs) -> str:
@@ -381,28 +344,15 @@ def _figure(draw, *args, **kwargs) -> str:
                            type(exc).__name__, str(exc)[:200])
 
 
-def run_title(run: AnalysisRun, *, looks: int | None = None) -> str:
+def run_title(*, kind: str, number: int, looks: int) -> str:
     """"Confirmatory analysis, look 2 of 2" / "Exploratory analysis 3": numbered per study and kind."""
-    if run.kind == AnalysisRun.Kind.CONFIRMATORY:
-        return f"Confirmatory analysis, look {run.number} of {looks if looks is not None else run.looks()}"
-    return f"Exploratory analysis {run.number}"
+    if kind == CONFIRMATORY:
+        return f"Confirmatory analysis, look {number} of {looks}"
+    return f"Exploratory analysis {number}"
 
 
-def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: bool = True,
-                looks: int | None = None) -> dict:
-    """Everything the template shows for one analysis run (``looks``: the study's confirmatory runs)."""
-    results = run.results if isinstance(run.results, dict) else {}
-    exploratory = run.kind == AnalysisRun.Kind.EXPLORATORY or results.get("kind") == "exploratory"
-    arms = plots.control_first(_arms(results, study))
-    accuracy = accuracy_rows(results, arms)
-    headline = next((m for m in HEADLINE_MEASURES if m in accuracy), None)
-    baselines = baseline_sections(results, accuracy, arms)
-    prefix = f"run{run.pk or 0}"
-    chance_level = None
-    num_classes = _num((results.get("settings") or {}).get("num_classes"))
-    if num_classes and headline != "counterfactual":
-        chance_level = 1.0 / num_classes
-
+def _figures(prefix: str, accuracy: dict, headline: str | None, chance_level: float | None, ratings: dict,
+             arms: list[dict], baselines: list[dict]) -> dict:
     figures = {
         "accuracy": _figure(plots.accuracy_plot, accuracy.get(headline, []), chance=chance_level,
                             name=f"{prefix}-accuracy") if headline else "",
@@ -416,7 +366,6 @@ def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: b
                   "post": {"estimate": post["estimate"], "ci_low": post["ci_low"], "ci_high": post["ci_high"]}}
                  for pre, post in zip(accuracy["pre_test"], accuracy["post_test"])]
         figures["pre_post"] = _figure(plots.pre_post_plot, pairs, name=f"{prefix}-pre-post")
-    ratings = rating_counts(study=study, results=results) if (with_ratings and study is not None) else {}
     if ratings:
         figures["ratings"] = _figure(plots.ratings_plot, ratings, [a["name"] for a in arms], name=f"{prefix}-ratings")
     if baselines:
@@ -425,55 +374,66 @@ def run_section(run: AnalysisRun, *, study: Study | None = None, with_ratings: b
             plots.baselines_plot, first["humans"], [o for o in first["observers"] if o["accuracy"] is not None],
             name=f"{prefix}-baselines")
         figures["baselines_phase"] = first["phase_text"]
+    return {k: mark_safe(v) if k != "baselines_phase" else v for k, v in figures.items()}
 
-    spec = results.get("spec") if isinstance(results.get("spec"), dict) else {}
+
+def run_section(run: RunData, *, study_arms: list[dict]) -> dict:
+    """Everything the template shows for one analysis run (``study_arms``: for a run that stored none)."""
+    results = run.results
+    exploratory = run.kind == EXPLORATORY or results.exploratory
+    arms = plots.control_first(_arms(results, study_arms))
+    accuracy = accuracy_rows(results, arms)
+    headline = next((m for m in HEADLINE_MEASURES if m in accuracy), None)
+    baselines = baseline_sections(results, accuracy, arms)
+    num_classes = _num(results.settings.num_classes) if isinstance(results.settings, RunSettings) else None
+    chance_level = 1.0 / num_classes if num_classes and headline != "counterfactual" else None
     hypotheses = hypothesis_rows(results, exploratory=exploratory)
     return {
-        "id": run.pk,
-        "anchor": f"run-{run.pk}",
-        "kind": "exploratory" if exploratory else "confirmatory",
+        "id": run.id,
+        "anchor": f"run-{run.id}",
+        "kind": EXPLORATORY if exploratory else CONFIRMATORY,
         "exploratory": exploratory,
         "label": "Exploratory" if exploratory else "Confirmatory",
-        "title": run_title(run, looks=looks),
+        "title": run_title(kind=run.kind, number=run.number, looks=run.looks),
         "number": run.number,
-        "banner": results.get("label") or ("EXPLORATORY: not part of the pre-registered plan" if exploratory
-                                           else "CONFIRMATORY: the pre-registered plan, frozen at launch"),
-        "exploratory_reasons": results.get("exploratory_reasons") or [],
-        "note": spec.get("note", ""),
+        "banner": results.label or ("EXPLORATORY: not part of the pre-registered plan" if exploratory
+                                    else "CONFIRMATORY: the pre-registered plan, frozen at launch"),
+        "exploratory_reasons": list(results.exploratory_reasons),
+        "note": results.spec.note if isinstance(results.spec, RequestSpec) else "",
         "created_at": run.created_at,
         "seed": run.seed,
-        "plan_sha256": run.plan_sha256 or results.get("plan_sha256", ""),
-        "plan_verified": results.get("plan_verified"),
-        "plan_drift": results.get("plan_drift") or [],
-        "analysed_participants": results.get("analysed_participants"),
-        "exclusion_rules": results.get("exclusion_rules"),
+        "plan_sha256": run.plan_sha256 or _or(results.plan_sha256, ""),
+        "plan_verified": results.plan_verified,
+        "plan_drift": list(results.plan_drift),
+        "analysed_participants": results.analysed_participants,
+        "exclusion_rules": results.exclusion_rules,
         "arms": arms,
         "accuracy": [{"measure": m, "title": MEASURES[m], "rows": rows} for m, rows in accuracy.items()],
         "headline": MEASURES.get(headline, ""),
         "hypotheses": hypotheses,
         "paired": [row["paired"] for row in hypotheses if row["paired"]],
-        "several_arms": sorted((results.get("participants_in_several_arms") or {}).items()),
-        "has_hypotheses_section": isinstance(results.get("hypotheses"), list),
-        "families": [{"name": name, "correction": f.get("correction", DASH), "labels": ", ".join(f.get("labels", [])),
-                      "warnings": f.get("warnings", [])}
-                     for name, f in sorted((results.get("families") or {}).items()) if isinstance(f, dict)],
+        "several_arms": sorted(results.participants_in_several_arms.items()),
+        "has_hypotheses_section": results.hypotheses is not None,
+        "families": [{"name": name, "correction": _or(f.correction, DASH), "labels": ", ".join(f.labels),
+                      "warnings": list(f.warnings)}
+                     for name, f in sorted(results.families.items()) if isinstance(f, Family)],
         "secondary": secondary_rows(results),
         "chance": chance_rows(results, arms),
         "flow": flow_section(results, arms),
         "baselines": baselines,
-        "ratings_items": sorted(ratings),
-        "figures": {k: mark_safe(v) if k != "baselines_phase" else v for k, v in figures.items()},
-        "software": run.software or results.get("software") or {},
-        "settings": results.get("settings") or {},
+        "ratings_items": sorted(run.ratings),
+        "figures": _figures(f"run{run.id or 0}", accuracy, headline, chance_level, run.ratings, arms, baselines),
+        "software": run.software or results.software or {},
+        "settings": results.settings,
     }
 
 
 # ---------------------------------------------------------------- study-level sections
 
 
-def sanity_section(study: Study) -> dict:
+def sanity_section(preparation: dict | None) -> dict:
     """The explanation sanity checks (Adebayo et al. 2018) recorded by preparation, if any."""
-    sanity = (study.preparation or {}).get("sanity")
+    sanity = (preparation or {}).get("sanity")
     if not sanity:
         return {"computed": False, "text": NOT_COMPUTED, "rows": []}
     if isinstance(sanity, dict) and ("verdict" in sanity or "method" in sanity):
@@ -490,7 +450,9 @@ def sanity_section(study: Study) -> dict:
             rows.append({"name": name, "method": DASH, "verdict": str(report), "n_stimuli": DASH, "notes": []})
             continue
         if report.get("status") not in (None, "ok") and "verdict" not in report:
-            rows.append({"name": name, "method": report.get("method", DASH), "verdict": _reason(report),
+            reason = report.get("reason")
+            rows.append({"name": name, "method": report.get("method", DASH),
+                         "verdict": f"{NOT_COMPUTED}: {reason}" if reason else NOT_COMPUTED,
                          "n_stimuli": DASH, "notes": []})
             continue
         rows.append({"name": name, "method": report.get("method", DASH),
@@ -501,24 +463,22 @@ def sanity_section(study: Study) -> dict:
     return {"computed": True, "text": "", "rows": rows}
 
 
-def provenance_section(study: Study, run: AnalysisRun | None) -> dict:
+def provenance_section(study, run: RunData | None, deviations: list[dict]) -> dict:
+    """Hashes of the frozen plan, model and dataset (and whether they changed), software, deviations."""
     frozen = study.frozen_config or {}
     frozen_model = frozen.get("model") or {}
     frozen_dataset = frozen.get("dataset") or {}
-    weights_now, content_now = study.model.weights_sha256, study.dataset.content_sha256
+    model = study.model  # None: the data were collected elsewhere (Study.source external)
+    weights_now, content_now = (model.weights_sha256 if model else None), study.dataset.content_sha256
     weights = frozen_model.get("weights_sha256") or weights_now
     content = frozen_dataset.get("content_sha256") or content_now
-    deviations = [{
-        "recorded_at": d.recorded_at, "hypothesis_label": d.hypothesis_label or "study", "field": d.field,
-        "before": d.before, "after": d.after, "reason": d.reason, "recorded_by": d.recorded_by,
-    } for d in PreregistrationDeviation.objects.filter(study=study).order_by("recorded_at", "id")]
-    software = (run.software or (run.results or {}).get("software") or {}) if run is not None else {}
+    software = (run.software or run.results.software or {}) if run is not None else {}
     return {
         "frozen_sha256": study.frozen_sha256 or NOT_COMPUTED + " (the study has not been launched)",
         "launched_at": study.launched_at,
         "closed_at": study.closed_at,
-        "model_name": frozen_model.get("name") or study.model.name,
-        "architecture": frozen_model.get("architecture") or study.model.architecture,
+        "model_name": frozen_model.get("name") or (model.name if model else "none: data collected elsewhere"),
+        "architecture": frozen_model.get("architecture") or (model.architecture if model else "—"),
         "weights_sha256": weights,
         "weights_changed": bool(frozen_model) and weights != weights_now,
         "dataset_name": frozen_dataset.get("name") or study.dataset.name,
@@ -526,57 +486,35 @@ def provenance_section(study: Study, run: AnalysisRun | None) -> dict:
         "content_changed": bool(frozen_dataset) and content != content_now,
         "software": sorted(software.items()),
         "seed": run.seed if run is not None else None,
-        "deviations": deviations,
+        "deviations": [{**d, "hypothesis_label": d["hypothesis_label"] or "study"} for d in deviations],
     }
 
 
-def _verdicts(results) -> str:
-    rows = hypothesis_rows(results if isinstance(results, dict) else {}, exploratory=False)
+def _verdicts(results: RunResults) -> str:
+    rows = hypothesis_rows(results, exploratory=False)
     return "; ".join(f"{r['label']}: {r['verdict_text']}" for r in rows) or NOT_COMPUTED
 
 
-def looks_section(confirmatory: list[AnalysisRun]) -> list[dict]:
+def looks_section(confirmatory: list[RunData]) -> list[dict]:
     """Every confirmatory look at the data, first to last (they are append-only: none is missing)."""
-    return [{"number": run.number, "id": run.pk, "created_at": run.created_at, "seed": run.seed,
-             "analysed_participants": (run.results or {}).get("analysed_participants"),
-             "verdicts": _verdicts(run.results)}
+    return [{"number": run.number, "id": run.id, "created_at": run.created_at, "seed": run.seed,
+             "analysed_participants": run.results.analysed_participants, "verdicts": _verdicts(run.results)}
             for run in confirmatory]
 
 
-def _runs(study: Study) -> tuple[list[AnalysisRun], list[AnalysisRun]]:
-    """(every confirmatory run, first look first; the latest exploratory runs, latest first)."""
-    runs = AnalysisRun.objects.filter(study=study)
-    confirmatory = list(runs.filter(kind=AnalysisRun.Kind.CONFIRMATORY).order_by("number", "id"))
-    exploratory = list(runs.filter(kind=AnalysisRun.Kind.EXPLORATORY).order_by("-created_at", "-id")
-                       [:MAX_EXPLORATORY_RUNS])
-    return confirmatory, exploratory
-
-
-def jobs_section(study: Study, *, failed_shown: int = 5) -> dict[str, Any]:
-    """Analysis requests still queued or running, and the latest failed ones with their reason
-    (the staff page only: the downloadable report is a record of results)."""
-    jobs = AnalysisJob.objects.filter(study=study)
-    active = list(jobs.filter(status__in=[AnalysisJob.Status.QUEUED, AnalysisJob.Status.RUNNING])
-                  .order_by("created_at", "id"))
-    failed = list(jobs.filter(status=AnalysisJob.Status.FAILED).order_by("-finished_at", "-id")[:failed_shown])
-    return {"active": active, "failed": failed}
-
-
-def report_context(*, study: Study) -> dict[str, Any]:
+def report_context(report: ReportData) -> dict[str, Any]:
     """The whole report: study, latest confirmatory run, exploratory runs, sanity, provenance."""
-    study = Study.objects.select_related("model", "dataset").get(pk=study.pk)
-    confirmatory, exploratory = _runs(study)
-    latest = confirmatory[-1] if confirmatory else None
-    n_exploratory = AnalysisRun.objects.filter(study=study, kind=AnalysisRun.Kind.EXPLORATORY).count()
+    latest = report.confirmatory[-1] if report.confirmatory else None
     return {
-        "study": study,
-        "confirmatory": run_section(latest, study=study, looks=len(confirmatory)) if latest is not None else None,
+        "study": report.study,
+        "confirmatory": run_section(latest, study_arms=report.study_arms) if latest is not None else None,
         # More than one look: every look is listed and the report says what that means.
-        "looks": looks_section(confirmatory),
-        "exploratory_runs": [run_section(r, study=study) for r in exploratory],
-        "exploratory_total": n_exploratory,
-        "exploratory_shown": len(exploratory),
-        "sanity": sanity_section(study),
-        "provenance": provenance_section(study, latest or (exploratory[0] if exploratory else None)),
+        "looks": looks_section(report.confirmatory),
+        "exploratory_runs": [run_section(r, study_arms=report.study_arms) for r in report.exploratory],
+        "exploratory_total": report.exploratory_total,
+        "exploratory_shown": len(report.exploratory),
+        "sanity": sanity_section(report.study.preparation),
+        "provenance": provenance_section(report.study, latest or (report.exploratory[0] if report.exploratory else None),
+                                         report.deviations),
         "not_computed": NOT_COMPUTED,
     }

@@ -21,10 +21,11 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
 from studyapp.models import Study
-from studyapp.reports.context import jobs_section, report_context, run_title
+from studyapp.reports.context import report_context, run_title
 from studyapp.reports.forms import RunAnalysisForm, SampleSizeForm, SimulationForm
 from studyapp.selectors import study_for_user
 from studyapp.selectors.preparation import preparation_context
+from studyapp.selectors.reports import study_analysis_jobs, study_report_data
 from studyapp.reports.planner import sample_size_result, simulation_result, study_defaults
 from studyapp.services.analysis_jobs import analysis_job_request
 
@@ -38,8 +39,8 @@ def _admin_context(request: HttpRequest, title: str) -> dict:
 @staff_member_required
 def study_report(request: HttpRequest, pk: int) -> HttpResponse:
     study = study_for_user(user=request.user, pk=pk, perm="studyapp.view_results")
-    context = {**_admin_context(request, f"Report: {study.title}"), **report_context(study=study),
-               "run_form": RunAnalysisForm(initial={"seed": study.seed}), "jobs": jobs_section(study),
+    context = {**_admin_context(request, f"Report: {study.title}"), **report_context(study_report_data(study=study)),
+               "run_form": RunAnalysisForm(initial={"seed": study.seed}), "jobs": study_analysis_jobs(study=study),
                "launched": study.frozen_config is not None,
                "has_deviations": study.deviations.exists(), "control_links": _control_links(study),
                "prep": preparation_context(study=study, can_change=request.user.has_perm("studyapp.change_study")),
@@ -79,8 +80,10 @@ def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
         return HttpResponseRedirect(url)
     job.refresh_from_db()  # without a broker it has already run, in this request
     if job.status == job.Status.DONE:
-        messages.success(request, f"{run_title(job.run)} stored (run #{job.run.pk}, seed {job.run.seed}).")
-        return HttpResponseRedirect(f"{url}#run-{job.run.pk}")
+        run = job.run
+        title = run_title(kind=run.kind, number=run.number, looks=run.looks())
+        messages.success(request, f"{title} stored (run #{run.pk}, seed {run.seed}).")
+        return HttpResponseRedirect(f"{url}#run-{run.pk}")
     if job.status == job.Status.FAILED:
         messages.error(request, f"The analysis was not run: {job.error}")
         return HttpResponseRedirect(url)
@@ -95,7 +98,7 @@ def study_report_analyze(request: HttpRequest, pk: int) -> HttpResponse:
 def study_report_download(request: HttpRequest, pk: int) -> HttpResponse:
     """The same report as ONE self-contained HTML file: inline CSS and SVG, no links, no scripts."""
     study = study_for_user(user=request.user, pk=pk, perm="studyapp.view_results")
-    html = render_to_string("reports/study_report_standalone.html", report_context(study=study))
+    html = render_to_string("reports/study_report_standalone.html", report_context(study_report_data(study=study)))
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{study.slug}_report.html"'
     return response

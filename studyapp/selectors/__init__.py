@@ -102,6 +102,16 @@ def trials_long_frame(*, study: Study, answered_only: bool = True, columns: tupl
     return long_frame(queryset_for=queryset_for, columns=tuple(columns), method=method, uuid_text=uuid_text)
 
 
+def external_plan_model(*, study: Study) -> dict:
+    """The plan's "model" entry of a study whose data were collected elsewhere: there is no model,
+    and ``class_names`` are the options of its forward trials ("option 1".."option k", from the
+    file's n_options; empty when it has no forward test trials), whose count sets the chance level
+    of forward accuracy in the analysis. Same keys as a model's entry, so readers of a plan need
+    no special case."""
+    return {"name": None, "architecture": None, "weights_sha256": None, "hyperparameters": {},
+            "class_names": list(study.dataset.class_names or [])}
+
+
 # ---------------------------------------------------------------- edits
 # Here, not in services.edits, so that the analysis can count a study's edits without PyTorch.
 
@@ -109,10 +119,11 @@ DEFAULT_EDITS = {"image": {"grid": [4, 4], "fill": "mean"}, "tabular": {"quantil
 
 
 def edit_settings(*, study) -> dict:
-    """The study's edit settings (config["edits"]) over the defaults for its modality."""
+    """The study's edit settings (config["edits"]) over the defaults for its modality (none for the
+    items of a study whose data were collected elsewhere: its edits were made there)."""
     modality = study.dataset.modality
     chosen = {k: v for k, v in ((study.config or {}).get("edits") or {}).items() if v is not None}
-    return {**DEFAULT_EDITS[modality], **chosen}
+    return {**DEFAULT_EDITS.get(modality, {}), **chosen}
 
 
 def edit_settings_key(*, study) -> str:

@@ -11,7 +11,9 @@ CHANCE_MARGIN = 0.02
 def dataset_class_counts(*, dataset: Dataset) -> list[dict]:
     """Items per class and split, one row per class (a rare class shows at once)."""
     counts = {(label, split): n for label, split, n in
-              Stimulus.objects.filter(dataset=dataset).values_list("label", "split").annotate(n=Count("pk"))
+              # Items whose truth is unknown (data collected elsewhere) belong to no class.
+              Stimulus.objects.filter(dataset=dataset, label__isnull=False).values_list("label", "split")
+              .annotate(n=Count("pk"))
               .values_list("label", "split", "n")}
     names = list(dataset.class_names or [])
     labels = sorted({label for label, _ in counts} | set(range(len(names))))

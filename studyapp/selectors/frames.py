@@ -35,11 +35,12 @@ import pandas as pd
 from django.db import connections, transaction
 
 # Column -> kind (see the module docstring). Answer columns are nullable even where the response
-# table's are not: with answered_only=False an unanswered trial has no response row.
+# table's are not: with answered_only=False an unanswered trial has no response row. ``truth`` is
+# missing for the items of a study whose data were collected elsewhere (their truth is unknown).
 COLUMN_KINDS = {
     "study": "str", "participant": "uuid", "participant_status": "str", "simulated": "bool",
     "arm": "str", "arm_kind": "str", "position": "int", "phase": "str", "task": "str",
-    "stimulus": "int", "stimulus_index": "int", "edit": "Int64", "truth": "int", "model_output": "Int64",
+    "stimulus": "int", "stimulus_index": "int", "edit": "Int64", "truth": "Int64", "model_output": "Int64",
     "expected_answer": "Int64", "n_options": "Int64", "show_explanation": "bool", "show_model_output": "bool",
     "response": "Int64", "correct": "boolean", "confidence": "Int64", "client_rt_ms": "Int64",
     "server_rt_ms": "Int64", "client_sent_at": "datetime", "received_at": "datetime", "idempotency_key": "uuid",

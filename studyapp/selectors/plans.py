@@ -1,7 +1,13 @@
 """The plan a launch freezes, as a read (used by launch, pre-registration checks, analysis, exports)."""
 from __future__ import annotations
 
-from studyapp.models import Hypothesis, Study
+from collections.abc import Callable
+from datetime import datetime
+
+from django.db.models import QuerySet
+
+from studyapp.models import Hypothesis, PreregistrationDeviation, Study
+from studyapp.selectors import external_plan_model
 
 
 def study_plan_document(*, study: Study) -> dict:
@@ -11,7 +17,8 @@ def study_plan_document(*, study: Study) -> dict:
         "study": {"slug": study.slug, "title": study.title, "seed": study.seed, "config": study.config,
                   "target_per_arm": study.target_per_arm},
         "model": {"name": model.name, "architecture": model.architecture, "weights_sha256": model.weights_sha256,
-                  "hyperparameters": model.hyperparameters, "class_names": model.class_names},
+                  "hyperparameters": model.hyperparameters, "class_names": model.class_names}
+        if model is not None else external_plan_model(study=study),  # data collected elsewhere: no model
         "dataset": {"name": study.dataset.name, "content_sha256": study.dataset.content_sha256},
         "arms": [
             {"name": a.name, "kind": a.kind, "method": a.method, "method_config": a.method_config,
@@ -28,6 +35,31 @@ def study_plan_document(*, study: Study) -> dict:
              "stopping_rule": h.stopping_rule, "exclusion_rules": h.exclusion_rules}
             for h in Hypothesis.objects.filter(study=study).select_related("arm", "comparator").order_by("label")
         ],
+    }
+
+
+def study_plan(*, study: Study) -> dict:
+    """The frozen plan; before launch, the current (not yet pre-registered) plan."""
+    return study.frozen_config if study.frozen_config is not None else study_plan_document(study=study)
+
+
+def plan_control_arm(plan: dict) -> str | None:
+    """The name of the plan's (first) control arm, or None when it has none."""
+    return next((a["name"] for a in plan.get("arms") or [] if a.get("kind") == "control"), None)
+
+
+def study_deviations(*, study: Study) -> QuerySet:
+    """The study's deviations from its pre-registration, oldest first."""
+    return PreregistrationDeviation.objects.filter(study=study).order_by("recorded_at", "pk")
+
+
+def deviation_as_dict(deviation: PreregistrationDeviation, *,
+                      timestamp: Callable[[datetime], object] | None = datetime.isoformat) -> dict:
+    """One deviation as data; ``timestamp`` formats ``recorded_at`` (None keeps the datetime)."""
+    return {
+        "hypothesis_label": deviation.hypothesis_label, "field": deviation.field, "before": deviation.before,
+        "after": deviation.after, "reason": deviation.reason, "recorded_by": deviation.recorded_by,
+        "recorded_at": deviation.recorded_at if timestamp is None else timestamp(deviation.recorded_at),
     }
 
 

@@ -95,7 +95,9 @@ def participant_enroll(*, study: Study, external: ExternalIds, simulated: bool =
     constraint (study, external_id) backs this up.
     """
     with transaction.atomic():
-        study = Study.objects.select_for_update().select_related("model").get(pk=study.pk)
+        # of=self: the model is an outer join (a study imported from elsewhere has none), which
+        # PostgreSQL cannot lock; the study row is the lock this contract needs.
+        study = Study.objects.select_for_update(of=("self",)).select_related("model").get(pk=study.pk)
         _check_open(study, simulated=simulated, allow_live_simulation=allow_live_simulation)
         version = consent_version(study)
         if consent_shown and consent_shown != version:

@@ -8,11 +8,10 @@ hypothesis is about, and whether participants get a completion code.
 """
 from __future__ import annotations
 
+from studyapp.analysis.outcomes import COUNTERFACTUAL_TASKS
 from studyapp.design import DesignError, StudyDesign, design_parse
 from studyapp.models import Study
-from studyapp.selectors.plans import study_plan_document
-
-COUNTERFACTUAL_TASKS = ("counterfactual_predict", "counterfactual_choose")
+from studyapp.selectors.plans import plan_control_arm, study_plan_document
 
 
 def _outcome_problem(h: dict, design: StudyDesign) -> str | None:
@@ -51,7 +50,7 @@ def plan_problems(*, study: Study) -> list[str]:
         problems.append("Add at least one hypothesis: the confirmatory analysis tests the pre-registered "
                         "hypotheses, and a study without any has nothing to confirm.")
     arm_names = [a["name"] for a in plan["arms"]]
-    control = next((a["name"] for a in plan["arms"] if a["kind"] == "control"), None)
+    control = plan_control_arm(plan)
     try:
         design = design_parse(study.config)
     except DesignError:

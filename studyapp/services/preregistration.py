@@ -35,13 +35,12 @@ import json
 import math
 
 from django.db import transaction
-from django.db.models import QuerySet
 
 from studyapp.models import Hypothesis, PreregistrationDeviation, Study
 from studyapp.services.errors import ServiceError
 from studyapp.services.exclusions import exclusion_rules_validate, study_exclusion_rules
 from explainers.canonical import canonical_json, canonical_sha256
-from studyapp.selectors.plans import study_plan_document
+from studyapp.selectors.plans import plan_control_arm, study_deviations, study_plan_document
 
 LAUNCHED_STATES = (Study.State.LIVE, Study.State.CLOSED)
 
@@ -203,19 +202,6 @@ def study_update_after_launch(*, study: Study, field: str, value, reason: str,
             recorded_by=_recorded_by(user))
 
 
-def study_deviations(*, study: Study) -> QuerySet:
-    """The study's deviations, oldest first."""
-    return PreregistrationDeviation.objects.filter(study=study).order_by("recorded_at", "pk")
-
-
-def deviation_as_dict(deviation: PreregistrationDeviation) -> dict:
-    return {
-        "hypothesis_label": deviation.hypothesis_label, "field": deviation.field, "before": deviation.before,
-        "after": deviation.after, "reason": deviation.reason, "recorded_by": deviation.recorded_by,
-        "recorded_at": deviation.recorded_at.isoformat(),
-    }
-
-
 def preregistration_sha256(plan: dict) -> str:
     return canonical_sha256(plan)
 
@@ -275,11 +261,6 @@ def hypothesis_spec_normalize(entry: dict, *, index: int = 0) -> dict:
     return spec
 
 
-def _control_arm(study: Study) -> str | None:
-    arms = (study.frozen_config or {}).get("arms", [])
-    return next((a["name"] for a in arms if a.get("kind") == "control"), None)
-
-
 def _analysis_key(spec: dict, control: str | None = None) -> str:
     """Identity of a test: an arm-vs-control comparison naming the control arm is the same test as
     one leaving the comparator empty, and a comparison against chance has no comparator."""
@@ -302,7 +283,7 @@ def hypothesis_matches_plan(*, study: Study, hypothesis: dict) -> bool:
     """Is this hypothesis (a dict in the spec format) one of the frozen plan's, on every analysis field?"""
     if study.frozen_config is None:
         return False
-    control = _control_arm(study)
+    control = plan_control_arm(study.frozen_config or {})
     key = _analysis_key(hypothesis_spec_normalize(hypothesis), control)
     return any(_analysis_key(h, control) == key for h in plan_hypotheses(study=study))
 
@@ -360,7 +341,7 @@ def analysis_request_classify(*, study: Study, spec: dict | None) -> tuple[str, 
     if spec is None:
         return "confirmatory", []
     requested, rules = analysis_request_resolve(study=study, spec=spec)
-    control = _control_arm(study)
+    control = plan_control_arm(study.frozen_config or {})
     frozen_keys = {_analysis_key(h, control): h["label"] for h in plan_hypotheses(study=study)}
     requested_keys = {_analysis_key(h, control): h["label"] for h in requested}
     reasons = [f"{label} is not a hypothesis of the frozen plan (as requested)"

@@ -53,7 +53,12 @@ def study_validate_design(*, study: Study) -> None:
 
 def study_problems(*, study: Study) -> list[str]:
     """Every reason the study cannot be prepared and launched as it stands, in words (empty: none).
-    Shown after each save of a draft, enforced by Prepare and (the plan part) by Launch."""
+    Shown after each save of a draft, enforced by Prepare and (the plan part) by Launch. A study
+    whose data were collected elsewhere is never prepared: its problems are its plan's."""
+    if study.source == Study.Source.EXTERNAL:
+        from studyapp.services.external_import import external_plan_problems
+
+        return external_plan_problems(study=study)
     arms = list(study.arms.all())
     problems = []
     if not any(a.kind == Arm.Kind.CONTROL for a in arms):
@@ -161,6 +166,7 @@ def study_prepare(*, study: Study) -> Study:
     broker down nothing fails here: the dispatcher sends them when it is back."""
     from studyapp.services.preparation import preparation_plan, units_go_on_commit
 
+    _refuse_external(study, "prepared (there is no model to run and nothing to show participants)")
     study_validate_design(study=study)
     with transaction.atomic():
         study = _transition(study=study, to=State.PREPARING)
@@ -178,6 +184,43 @@ def study_cancel_preparation(*, study: Study) -> Study:
     with transaction.atomic():
         study = _transition(study=study, to=State.DRAFT, extra={"preparation": {"status": "cancelled"}})
         PreparationUnit.objects.filter(study=study).exclude(status=PreparationUnit.Status.DONE).delete()
+    return study
+
+
+def _refuse_external(study: Study, doing: str) -> None:
+    if study.source == Study.Source.EXTERNAL:
+        raise ServiceError(f"The study '{study.title}' holds data collected elsewhere: it is not {doing}. Add its "
+                           "hypotheses, then freeze its plan (Review the plan and freeze it) and analyse it.")
+
+
+def study_freeze_external(*, study: Study) -> Study:
+    """draft -> closed for a study whose data were collected elsewhere: freeze its plan (the same
+    canonical JSON + SHA-256 + time as Launch; the plan names the imported file by its SHA-256) and
+    close it, since its data collection is over. Refused, listing every problem, when the plan
+    could not be analysed on the imported data (``external_plan_problems``), so a plan that cannot
+    run is never frozen. Under the study's row lock, and a conditional UPDATE (``WHERE state =
+    draft``): two freezes at once freeze once, the other is told the study is frozen already."""
+    from studyapp.services.external_import import external_plan_problems
+
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        if locked.source != Study.Source.EXTERNAL:
+            raise ServiceError(f"The study '{locked.title}' runs on this platform: it is launched, not frozen "
+                               "(prepare it, then launch it from its Launch review page).")
+        if locked.state != State.DRAFT:
+            raise InvalidTransition(f"The plan of '{locked.title}' is frozen already (the study is {locked.state}).")
+        problems = external_plan_problems(study=locked)
+        if problems:
+            raise ServiceError(problems)
+        # Exactly the plan document (nothing added): preregistration_drift compares the two.
+        plan = study_plan_document(study=locked)
+        now = timezone.now()
+        updated = Study.objects.filter(pk=locked.pk, state=State.DRAFT, source=Study.Source.EXTERNAL).update(
+            state=State.CLOSED, frozen_config=plan, frozen_sha256=canonical_sha256(plan), launched_at=now,
+            closed_at=now, updated_at=now)
+        if updated != 1:  # not reachable under the lock; kept so a change of locking fails loudly
+            raise InvalidTransition(f"The plan of '{locked.title}' was not frozen: the study changed meanwhile.")
+    study.refresh_from_db()
     return study
 
 
@@ -228,6 +271,7 @@ def study_launch(*, study: Study, acknowledge_sanity_failures: bool = False,
     method failed its sanity check launches only with ``acknowledge_sanity_failures``, a placebo
     that its realism check spotted only with ``acknowledge_spotted_placebos``; both are frozen with
     the plan (who acknowledged what), as are the realism checks (classifier, features, AUCs)."""
+    _refuse_external(study, "launched (its participants took part elsewhere)")
     with transaction.atomic():
         # Lock the row so arms/hypotheses cannot change between reading the plan and freezing it.
         locked = Study.objects.select_for_update().get(pk=study.pk)
@@ -282,6 +326,7 @@ def study_duplicate(*, study: Study, owner=None) -> Study:
     enrolled, a new participant link; the completion codes are left empty, because each study on
     a crowd platform has codes of its own. It belongs to ``owner`` (default: the original's owner)
     and is shared with no one yet."""
+    _refuse_external(study, "duplicated (its data come from its file: import the file again for another study)")
     with transaction.atomic():
         duplicate = Study.objects.create(**_copied_fields(study, skip=(
             "slug", "title", "state", "public_id", "frozen_config", "frozen_sha256", "launched_at", "closed_at",

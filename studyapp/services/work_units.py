@@ -95,29 +95,30 @@ def unit_claim(*, unit_id: int, worker: str) -> PreparationUnit | None:
     return Unit.objects.select_related("study__model", "study__dataset", "arm").get(pk=unit_id)
 
 
-class Heartbeat:
-    """Renews a running unit's lease from a thread while the unit's work runs (its own connection)."""
+class Beat:
+    """Calls ``beat()`` every ``period`` seconds from a thread with its own database connection while
+    a piece of work runs (a context manager): renewing a lease, reporting progress. A failed beat
+    (a database blip) is logged and the next one tries again; the lease has slack for it. SQLite
+    (embedded, one process) starts no thread: no other worker can take the work over."""
 
-    def __init__(self, unit: PreparationUnit, worker: str) -> None:
-        self.unit_id, self.worker = unit.pk, worker
+    def __init__(self, beat: Callable[[], None], *, period: float, name: str) -> None:
+        self.beat, self.period, self.name = beat, period, name
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{unit.pk}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
-        period = settings.PREPARATION_LEASE_SECONDS / 3
         try:
-            while not self._stop.wait(period):
+            while not self._stop.wait(self.period):
                 try:
-                    Unit.objects.filter(pk=self.unit_id, status=Status.RUNNING, worker=self.worker).update(
-                        lease_expires_at=timezone.now() + lease())
-                except Exception:  # a database blip: the next beat tries again; the lease has slack
-                    logger.warning("Could not renew the lease of unit %s", self.unit_id, exc_info=True)
+                    self.beat()
+                except Exception:
+                    logger.warning("%s: could not write to the database", self.name, exc_info=True)
                     close_old_connections()
         finally:
             connection.close()
 
-    def __enter__(self) -> Heartbeat:
-        if connection.vendor != "sqlite":  # SQLite (embedded, one process) has no other worker
+    def __enter__(self):
+        if connection.vendor != "sqlite":
             self._thread.start()
         return self
 
@@ -125,6 +126,18 @@ class Heartbeat:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+
+
+class Heartbeat(Beat):
+    """Renews a running unit's lease every third of the lease while the unit's work runs."""
+
+    def __init__(self, unit: PreparationUnit, worker: str) -> None:
+        self.unit_id, self.worker = unit.pk, worker
+        super().__init__(self._renew, period=settings.PREPARATION_LEASE_SECONDS / 3, name=f"lease-{unit.pk}")
+
+    def _renew(self) -> None:
+        Unit.objects.filter(pk=self.unit_id, status=Status.RUNNING, worker=self.worker).update(
+            lease_expires_at=timezone.now() + lease())
 
 
 def unit_complete(*, unit: PreparationUnit, worker: str, seconds: float,

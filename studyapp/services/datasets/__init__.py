@@ -13,7 +13,9 @@ memory it would take is counted against ``MAX_DECODED_BYTES`` before it is decod
 are held as 8/16-bit arrays and made float32 one at a time while they are written; a CSV's feature
 count (setting ``MAX_DATASET_FEATURES``) is read from the header's bytes before any row is parsed,
 and its rows are parsed and checked a chunk at a time, up to ``MAX_TABULAR_ROWS`` and
-``MAX_TABULAR_VALUES``. Large imports still run in the request (not yet in the worker).
+``MAX_TABULAR_VALUES``. Large uploads are imported by a worker (studyapp.services.dataset_imports): the
+request runs only ``tabular_upload_check`` / ``images_upload_check``, the checks that cost little whatever
+the size, and the import reports its progress through its ``progress`` argument.
 
 Conventions a consumer needs:
 
@@ -43,10 +45,10 @@ from studyapp.services.datasets.common import (BULK_BATCH, EXAMPLES, MAX_ARCHIVE
                                                MAX_DECODED_BYTES, MAX_ENTRY_BYTES, MAX_IMAGE_PIXELS, MAX_MESSAGES,
                                                MAX_TABULAR_ROWS, MAX_TABULAR_VALUES, MAX_UNCOMPRESSED_FACTOR,
                                                RATIO_CHECK_MIN_BYTES, SPLIT_SEED, TEST_FRACTION,
-                                               DatasetValidationError, array_to_npy_bytes, stimuli_arrays,
-                                               stimulus_array)
-from studyapp.services.datasets.images import dataset_import_images
-from studyapp.services.datasets.tabular import dataset_import_tabular
+                                               DatasetValidationError, UploadCheck, array_to_npy_bytes,
+                                               stimuli_arrays, stimulus_array)
+from studyapp.services.datasets.images import dataset_import_images, images_upload_check
+from studyapp.services.datasets.tabular import dataset_import_tabular, tabular_upload_check
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -65,10 +67,13 @@ __all__ = [
     "RATIO_CHECK_MIN_BYTES",
     "SPLIT_SEED",
     "TEST_FRACTION",
+    "UploadCheck",
     "array_to_npy_bytes",
     "dataset_import_builtin",
     "dataset_import_images",
     "dataset_import_tabular",
+    "images_upload_check",
     "stimuli_arrays",
     "stimulus_array",
+    "tabular_upload_check",
 ]

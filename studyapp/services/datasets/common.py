@@ -7,7 +7,7 @@ import difflib
 import io
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
@@ -47,6 +47,29 @@ EXAMPLES = 5                                 # how many offending items a messag
 MAX_MESSAGES = 12                            # messages shown for one upload, then "and N more problems"
 MAX_MESSAGE_CHARS = 2_000                    # one message, whatever it quotes
 MAX_QUOTED_CHARS = 60                        # one value from the upload quoted in a message
+
+
+# progress(phase, done, total): what an import is doing, in words ("reading rows"), and how far it is. The
+# worker's job records the latest call (studyapp.services.dataset_imports); it must be cheap to call often.
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(phase: str, done: int, total: int) -> None:
+    """The progress of an import nobody watches (the request, the command line)."""
+
+
+def line_count(data: bytes) -> int:
+    """Line ends (\n, or \r alone as old Macs wrote them), counted at memchr speed."""
+    return max(data.count(b"\n"), data.count(b"\r"))
+
+
+@dataclass(frozen=True)
+class UploadCheck:
+    """What the cheap checks of an upload found: enough to say where it should be imported."""
+
+    filename: str
+    n_bytes: int
+    n_items: int                 # at most this many items: the CSV's lines, or the archive's entries
 
 
 class DatasetValidationError(ServiceError):
@@ -157,6 +180,24 @@ def display_name(source: object, *, default: str) -> str:
     if not isinstance(name, str) or not name.strip():
         return default
     return PurePosixPath(name.replace("\\", "/")).name
+
+
+_WORKBOOKS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+_OTHER_ARCHIVES = (".rar", ".7z", ".tar", ".gz", ".tgz", ".bz2", ".xz")
+
+
+def check_extension(filename: str, *, kind: str) -> None:
+    """Refuse, by its name, a file the import cannot read, saying what to upload instead. Other names are
+    left to the content checks, which know better than a name (a table saved as .txt is fine)."""
+    suffix = PurePosixPath(filename.lower()).suffix
+    if kind == "tabular" and suffix in _WORKBOOKS:
+        raise DatasetValidationError(
+            f"{filename} is a spreadsheet workbook ({suffix}), not a CSV file. Save the sheet as CSV (in Excel: "
+            f"File > Save As > 'CSV UTF-8 (Comma delimited)') and upload the .csv file.")
+    if kind == "images" and suffix in _OTHER_ARCHIVES:
+        raise DatasetValidationError(
+            f"{filename} is a {suffix} archive; only .zip archives can be read. Put the images and labels.csv "
+            f"in a .zip (your system's 'Compress' command makes one) and upload that.")
 
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")

@@ -21,8 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from studyapp.models import Dataset
 from studyapp.services.datasets import common
-from studyapp.services.datasets.common import (DatasetValidationError, check_fixed_columns, decode_text, examples,
-                                               mb, quoted, read_csv, read_upload)
+from studyapp.services.datasets.common import (DatasetValidationError, Progress, UploadCheck, check_extension,
+                                               check_fixed_columns, decode_text, display_name, examples, line_count,
+                                               mb, no_progress, quoted, read_csv, read_upload)
 from studyapp.services.datasets.labels import check_class_list, labels_to_indices, parse_splits, split_items
 from studyapp.services.datasets.store import Prepared, check_name, store
 
@@ -197,15 +198,10 @@ class _LabelRows:
 _MAX_META_COLUMNS = 20  # labels.csv has at most 3; more is refused before its fields are parsed
 
 
-def _line_count(data: bytes) -> int:
-    """Line ends (\n, or \r alone as old Macs wrote them), counted at memchr speed."""
-    return max(data.count(b"\n"), data.count(b"\r"))
-
-
 def _parse_labels_csv(data: bytes) -> _LabelRows:
     # Each row names an image in the archive, so more rows than the archive may hold entries are refused
     # from a count of line ends, before the rows become Python strings.
-    lines = _line_count(data)
+    lines = line_count(data)
     if lines > common.MAX_ARCHIVE_ENTRIES + 1:
         raise DatasetValidationError(
             f"labels.csv has {lines:,} lines, but an archive holds at most {common.MAX_ARCHIVE_ENTRIES:,} images "
@@ -225,7 +221,7 @@ def _parse_labels_csv(data: bytes) -> _LabelRows:
 
 
 def _parse_classes_txt(data: bytes) -> list[str]:
-    lines = _line_count(data)
+    lines = line_count(data)
     if lines > common.MAX_CLASSES + 1:
         raise DatasetValidationError(f"classes.txt has {lines:,} lines; a dataset may have at most "
                                      f"{common.MAX_CLASSES:,} classes, one per line.")
@@ -383,7 +379,7 @@ class DecodedImages:
 
 
 def _decode_all(archive: zipfile.ZipFile, images: dict[str, zipfile.ZipInfo],
-                filenames: list[str]) -> DecodedImages:
+                filenames: list[str], *, progress: Progress = no_progress) -> DecodedImages:
     compact: list[np.ndarray] = []
     bad: list[str] = []
     too_large: list[str] = []
@@ -401,7 +397,8 @@ def _decode_all(archive: zipfile.ZipFile, images: dict[str, zipfile.ZipInfo],
                 f"{len(compact) + len(bad) + len(too_large) + 1:,} "
                 f"of {len(filenames):,}). Use fewer or smaller images.")
 
-    for name in filenames:
+    for done, name in enumerate(filenames):
+        progress("decoding images", done, len(filenames))
         try:
             values = _decode_image(_read_entry(archive, images[name]), reserve=reserve)
         except _TooLarge as exc:
@@ -427,10 +424,21 @@ def _decode_all(archive: zipfile.ZipFile, images: dict[str, zipfile.ZipInfo],
     return DecodedImages(compact, channels=max(values.shape[0] for values in compact))
 
 
-def dataset_import_images(*, name: str, archive: bytes | IO[bytes], description: str = "") -> Dataset:
-    """Import a zip of images with labels.csv (filename,label[,split]) and optional classes.txt."""
-    name = check_name(name)
-    data = read_upload(archive, what="archive")
+@dataclass
+class _Vetted:
+    """An archive whose every check short of decoding the images has passed."""
+
+    zip_file: zipfile.ZipFile
+    images: dict[str, zipfile.ZipInfo]
+    rows: _LabelRows
+    class_names: list[str]
+    labels: np.ndarray
+    file_splits: list[str] | None
+
+
+def _vet(data: bytes) -> _Vetted:
+    """Everything but decoding: the archive's entries from its headers, labels.csv and classes.txt, the
+    listing against the files, the labels and the splits. Only the two small files are decompressed."""
     zip_file, entries = _archive_entries(data)
     entries = _strip_top_folder(entries)
     labels_name = _find_meta(entries, "labels.csv")
@@ -455,9 +463,36 @@ def dataset_import_images(*, name: str, archive: bytes | IO[bytes], description:
     problems += split_problems
     if problems:
         raise DatasetValidationError(problems)
-    arrays = _decode_all(zip_file, entries, rows.filenames)
-    splits, split_info = split_items(labels, from_file=file_splits)
+    return _Vetted(zip_file=zip_file, images=entries, rows=rows, class_names=class_names, labels=labels,
+                   file_splits=file_splits)
+
+
+def images_upload_check(*, archive: bytes | IO[bytes]) -> UploadCheck:
+    """The checks of :func:`dataset_import_images` that decode no image, so that a request can refuse at
+    once what the import would refuse for the archive itself (its size, its entry count from the end
+    record, unsafe or oversized entries) or for labels.csv and classes.txt. Raises DatasetValidationError."""
+    check_extension(display_name(archive, default="archive"), kind="images")
+    data = read_upload(archive, what="archive")
+    vetted = _vet(data)
+    return UploadCheck(filename=display_name(archive, default="archive"), n_bytes=len(data),
+                       n_items=len(vetted.images))
+
+
+def dataset_import_images(*, name: str, archive: bytes | IO[bytes], description: str = "",
+                          progress: Progress = no_progress,
+                          finish: Callable[[Dataset], None] | None = None) -> Dataset:
+    """Import a zip of images with labels.csv (filename,label[,split]) and optional classes.txt.
+
+    ``progress`` hears what the import is doing; ``finish`` runs inside the transaction that writes the
+    dataset (see :func:`studyapp.services.datasets.store.store`)."""
+    name = check_name(name)
+    data = read_upload(archive, what="archive")
+    progress("reading labels.csv", 0, 0)
+    vetted = _vet(data)
+    arrays = _decode_all(vetted.zip_file, vetted.images, vetted.rows.filenames, progress=progress)
+    splits, split_info = split_items(vetted.labels, from_file=vetted.file_splits)
     return store(Prepared(
         name=name, modality="image", source=Dataset.Source.UPLOAD, description=description,
-        class_names=class_names, arrays=arrays, labels=labels, splits=splits, split_info=split_info,
-        source_names=rows.filenames, content_sha256=hashlib.sha256(data).hexdigest(), value_range=[0.0, 1.0]))
+        class_names=vetted.class_names, arrays=arrays, labels=vetted.labels, splits=splits, split_info=split_info,
+        source_names=vetted.rows.filenames, content_sha256=hashlib.sha256(data).hexdigest(), value_range=[0.0, 1.0]),
+        progress=progress, finish=finish)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +13,7 @@ from PIL import Image
 from studyapp.models import Dataset, Stimulus
 from studyapp.models.base import Modality
 from studyapp.services.datasets import common
-from studyapp.services.datasets.common import DatasetValidationError, array_to_npy_bytes
+from studyapp.services.datasets.common import DatasetValidationError, Progress, array_to_npy_bytes, no_progress
 from studyapp.services.datasets.labels import split_note
 
 
@@ -80,13 +80,21 @@ def _insert(batch: list[Stimulus]) -> None:
         stimulus.data = None
 
 
-def store(prepared: Prepared) -> Dataset:
-    """Write the dataset and its stimuli in one transaction; remove saved files if it fails."""
+def store(prepared: Prepared, *, progress: Progress = no_progress,
+          finish: Callable[[Dataset], None] | None = None) -> Dataset:
+    """Write the dataset and its stimuli in one transaction; remove saved files if it fails.
+
+    ``finish(dataset)`` runs last inside that transaction (a worker's job marks itself succeeded there,
+    so the dataset and the job's outcome commit together); when it raises, nothing is written and the
+    saved images are removed, as for any other failure.
+    """
     image_field = Stimulus._meta.get_field("image")
     storage = image_field.storage
     saved: list[str] = []
     is_image = prepared.modality == Modality.IMAGE
     description = "\n\n".join(p for p in (prepared.description.strip(), split_note(prepared.split_info)) if p)
+    n_items = len(prepared.arrays)
+    progress("writing items", 0, n_items)
     try:
         with transaction.atomic():
             dataset = Dataset.objects.create(
@@ -94,7 +102,7 @@ def store(prepared: Prepared) -> Dataset:
                 description=description, input_shape=[int(s) for s in prepared.arrays.shape[1:]],
                 class_names=prepared.class_names, feature_names=prepared.feature_names,
                 feature_descriptions=prepared.feature_descriptions, content_sha256=prepared.content_sha256,
-                n_items=len(prepared.arrays), value_range=prepared.value_range, split_info=prepared.split_info)
+                n_items=n_items, value_range=prepared.value_range, split_info=prepared.split_info)
             batch: list[Stimulus] = []
             batch_bytes = 0
             for i, array in enumerate(prepared.arrays):
@@ -113,7 +121,11 @@ def store(prepared: Prepared) -> Dataset:
                 if len(batch) >= common.BULK_BATCH or batch_bytes >= common.BULK_BATCH_BYTES:
                     _insert(batch)
                     batch, batch_bytes = [], 0
+                progress("writing items", i + 1, n_items)
             _insert(batch)
+            progress("writing items", n_items, n_items)
+            if finish is not None:
+                finish(dataset)
     except BaseException as exc:
         # The rolled-back rows no longer point at these files: delete them so nothing stray remains.
         for name in saved:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -18,9 +19,10 @@ from django.conf import settings
 
 from studyapp.models import Dataset
 from studyapp.services.datasets import common
-from studyapp.services.datasets.common import (DatasetValidationError, check_fixed_columns, check_header,
-                                               csv_header_width, csv_records, did_you_mean, display_name, examples,
-                                               field_count_problem, quoted, read_csv, read_upload)
+from studyapp.services.datasets.common import (DatasetValidationError, Progress, UploadCheck, check_extension,
+                                               check_fixed_columns, check_header, csv_header_width, csv_records,
+                                               did_you_mean, display_name, examples, field_count_problem, line_count,
+                                               no_progress, quoted, read_csv, read_upload)
 from studyapp.services.datasets.labels import check_class_list, labels_to_indices, parse_splits, split_items
 from studyapp.services.datasets.store import Prepared, check_name, feature_ranges, store
 
@@ -138,7 +140,17 @@ class _Parsed:
     problems: list[str]        # bad cells: reported together with the label and split problems
 
 
-def _read_table(data: bytes, *, filename: str, label_column: str) -> _Parsed:
+@dataclass
+class _Header:
+    names: list[str]
+    label_j: int
+    split_j: int | None
+    feature_js: list[int]
+    records: Iterator[tuple[int, list[str]]]    # the data rows, not parsed yet
+
+
+def _read_header(data: bytes, *, filename: str, label_column: str) -> _Header:
+    """The header row, checked: the feature count (before any field is parsed), names, the label column."""
     limit = max_features()
     # Checked from the raw header bytes: a million-column CSV once took 438 s to parse and check.
     if csv_header_width(data, stop_after=limit + 2) > limit + 2:
@@ -170,6 +182,16 @@ def _read_table(data: bytes, *, filename: str, label_column: str) -> _Parsed:
             f"{filename} has {len(feature_js):,} feature columns; at most {limit:,} are allowed (setting "
             f"MAX_DATASET_FEATURES). Remove columns the model does not use, or ask the administrator to raise "
             f"the limit.")
+    return _Header(names=header, label_j=label_j, split_j=split_j, feature_js=feature_js, records=records)
+
+
+def _read_table(data: bytes, *, filename: str, label_column: str, progress: Progress = no_progress) -> _Parsed:
+    head = _read_header(data, filename=filename, label_column=label_column)
+    header, label_j, split_j, feature_js, records = head.names, head.label_j, head.split_j, head.feature_js, head.records
+    # Rows are counted in lines, which a quoted value spanning lines makes an overestimate; the last report
+    # says all were read.
+    n_lines = line_count(data) + 1
+    progress("reading rows", 0, n_lines)
     max_rows = min(common.MAX_TABULAR_ROWS, common.MAX_TABULAR_VALUES // len(feature_js))
     blocks, labels, splits, numbers = [], [], [], []
     cell_problems = _CellProblems(len(feature_js))
@@ -178,6 +200,7 @@ def _read_table(data: bytes, *, filename: str, label_column: str) -> _Parsed:
     chunk_rows = max(1, common.TABULAR_CHUNK_VALUES // len(header))
     while chunk := list(itertools.islice(records, chunk_rows)):
         n_read += len(chunk)
+        progress("reading rows", min(chunk[-1][0], n_lines), n_lines)
         if n_read > max_rows:
             raise _too_many_rows(filename=filename, n_features=len(feature_js), max_rows=max_rows)
         good = [(n, r) for n, r in chunk if len(r) == len(header)]
@@ -199,6 +222,7 @@ def _read_table(data: bytes, *, filename: str, label_column: str) -> _Parsed:
                                                          n_bad=n_bad))
     if not numbers:
         raise DatasetValidationError(f"{filename} has a header but no data rows: the dataset would be empty.")
+    progress("reading rows", n_lines, n_lines)
     feature_names = [header[j] for j in feature_js]
     return _Parsed(feature_names=feature_names, features=np.concatenate(blocks), labels=labels,
                    splits=splits if split_j is not None else None, row_numbers=numbers,
@@ -245,11 +269,17 @@ def _parse_descriptions(data: bytes, feature_names: list[str], *, filename: str)
     return {f: result[f] for f in feature_names if f in result}, problems
 
 
-def dataset_import_tabular(*, name: str, csv_file: bytes | IO[bytes], label_column: str = "label",
-                           descriptions: bytes | IO[bytes] | None = None, class_names: list[str] | None = None,
-                           description: str = "") -> Dataset:
-    """Import a CSV of numeric feature columns plus a label column (and optionally a split column)."""
-    name = check_name(name)
+@dataclass
+class _Inputs:
+    filename: str
+    data: bytes
+    descriptions_name: str
+    descriptions: bytes | None
+    class_names: list[str] | None
+
+
+def _inputs(csv_file: bytes | IO[bytes], descriptions: bytes | IO[bytes] | None,
+            class_names: list[str] | None) -> _Inputs:
     filename = display_name(csv_file, default="CSV file")
     data = read_upload(csv_file, what="CSV file" if filename == "CSV file" else f"CSV file {filename}")
     descriptions_name = display_name(descriptions, default="descriptions file")
@@ -261,7 +291,42 @@ def dataset_import_tabular(*, name: str, csv_file: bytes | IO[bytes], label_colu
         problems = check_class_list(class_names, source="The class names")
         if problems:
             raise DatasetValidationError(problems)
-    table = _read_table(data, filename=filename, label_column=label_column.strip())
+    return _Inputs(filename=filename, data=data, descriptions_name=descriptions_name, descriptions=description_bytes,
+                   class_names=class_names)
+
+
+def tabular_upload_check(*, csv_file: bytes | IO[bytes], label_column: str = "label",
+                         descriptions: bytes | IO[bytes] | None = None,
+                         class_names: list[str] | None = None) -> UploadCheck:
+    """The checks of :func:`dataset_import_tabular` that cost little whatever the file's size, so that a
+    request can refuse at once what the import would refuse: the size, the encoding, the header (feature
+    count from its bytes, names, the label column), the class names given, and the descriptions file
+    against the header's features. No data row is parsed. Raises DatasetValidationError."""
+    check_extension(display_name(csv_file, default="CSV file"), kind="tabular")
+    given = _inputs(csv_file, descriptions, class_names)
+    head = _read_header(given.data, filename=given.filename, label_column=label_column.strip())
+    if given.descriptions is not None:
+        features = [head.names[j] for j in head.feature_js]
+        _, problems = _parse_descriptions(given.descriptions, features, filename=given.descriptions_name)
+        if problems:
+            raise DatasetValidationError(problems)
+    return UploadCheck(filename=given.filename, n_bytes=len(given.data), n_items=line_count(given.data))
+
+
+def dataset_import_tabular(*, name: str, csv_file: bytes | IO[bytes], label_column: str = "label",
+                           descriptions: bytes | IO[bytes] | None = None, class_names: list[str] | None = None,
+                           description: str = "", progress: Progress = no_progress,
+                           finish: Callable[[Dataset], None] | None = None) -> Dataset:
+    """Import a CSV of numeric feature columns plus a label column (and optionally a split column).
+
+    ``progress`` hears what the import is doing; ``finish`` runs inside the transaction that writes the
+    dataset (see :func:`studyapp.services.datasets.store.store`)."""
+    name = check_name(name)
+    given = _inputs(csv_file, descriptions, class_names)
+    filename, data, class_names = given.filename, given.data, given.class_names
+    descriptions_name, description_bytes = given.descriptions_name, given.descriptions
+    table = _read_table(data, filename=filename, label_column=label_column.strip(), progress=progress)
+    progress("checking labels", 0, 0)
     problems = table.problems
     class_names, labels, label_problems = labels_to_indices(
         table.labels, table.row_numbers, class_names=class_names, filename=filename,
@@ -283,4 +348,4 @@ def dataset_import_tabular(*, name: str, csv_file: bytes | IO[bytes], label_colu
         class_names=class_names, arrays=features, labels=labels, splits=splits, split_info=split_info,
         source_names=[f"row {n}" for n in table.row_numbers], content_sha256=hashlib.sha256(data).hexdigest(),
         value_range=feature_ranges(features), feature_names=table.feature_names,
-        feature_descriptions=feature_descriptions))
+        feature_descriptions=feature_descriptions), progress=progress, finish=finish)
