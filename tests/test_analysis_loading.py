@@ -95,6 +95,18 @@ def test_copy_and_cursor_give_identical_frames_column_for_column_and_row_for_row
 
 
 @pytest.mark.parametrize("method", methods())
+def test_an_integer_query_reads_into_the_same_matrix_in_its_order_by_either_reader(method):
+    from studyapp.models import Trial
+
+    study = varied_study().study
+    queryset = (Trial.objects.filter(participant__study=study).order_by("participant_id", "-position")
+                .values_list("participant_id", "position", "stimulus_id"))
+    matrix = frames.int_matrix(queryset, width=3, method=method)
+    assert matrix.dtype == "int64" and matrix.tolist() == [list(row) for row in queryset]
+    assert frames.int_matrix(queryset.none(), width=3, method=method).shape == (0, 3)
+
+
+@pytest.mark.parametrize("method", methods())
 def test_the_frame_holds_the_database_values_in_the_dtypes_its_columns_declare(method):
     study = varied_study().study
     frame = trials_long_frame(study=study, answered_only=False, method=method)

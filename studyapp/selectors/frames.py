@@ -32,6 +32,7 @@ import uuid
 
 import numpy as np
 import pandas as pd
+from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 
 # Column -> kind (see the module docstring). Answer columns are nullable even where the response
@@ -205,3 +206,36 @@ def _uuid_column(codes: np.ndarray, uniques, *, uuid_text: bool):
     table = np.empty(len(parsed) + 1, dtype=object)
     table[:len(parsed)] = parsed
     return table[codes]  # code -1 picks the trailing None
+
+
+# ---------------------------------------------------------------- integer matrices
+
+
+def int_matrix(queryset, *, width: int, method: str | None = None, using: str = "default") -> np.ndarray:
+    """The rows of a ``values_list`` query whose ``width`` columns are non-null integers, in the
+    query's order, as one ``(rows, width)`` int64 array: by COPY parsed in C on PostgreSQL (no Python
+    tuple per row), by a cursor in blocks elsewhere (``method`` as in ``long_frame``)."""
+    try:
+        sql, params = queryset.query.sql_with_params()
+    except EmptyResultSet:  # e.g. ``.none()``: no SQL to run
+        return np.empty((0, width), dtype=np.int64)
+    connection = connections[using]
+    if method is None:
+        method = "copy" if copy_available(using=using) else "cursor"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} or None, got {method!r}")
+    if method == "copy":
+        buffer = io.BytesIO()
+        with connection.cursor() as cursor:
+            inner = cursor.cursor.mogrify(sql, params).decode()  # COPY takes no parameters
+            cursor.copy_expert(f"COPY ({inner}) TO STDOUT", buffer)
+        if not buffer.getbuffer().nbytes:
+            return np.empty((0, width), dtype=np.int64)
+        buffer.seek(0)
+        return pd.read_csv(buffer, sep="\t", header=None, dtype="int64", engine="c").to_numpy().reshape(-1, width)
+    blocks = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        while block := cursor.fetchmany(FETCH_ROWS):
+            blocks.append(np.array(block, dtype=np.int64).reshape(-1, width))
+    return np.concatenate(blocks) if blocks else np.empty((0, width), dtype=np.int64)
