@@ -85,12 +85,18 @@ def test_copy_and_cursor_give_identical_frames_column_for_column_and_row_for_row
     study = varied_study().study
     for columns in COLUMN_SETS:
         for answered_only in (True, False):
-            for uuid_text in (False, True):
+            for uuid_text, categorical in ((False, False), (True, False), (True, True)):
                 by_copy = trials_long_frame(study=study, columns=columns, answered_only=answered_only,
-                                            uuid_text=uuid_text, method="copy")
+                                            uuid_text=uuid_text, categorical=categorical, method="copy")
                 by_cursor = trials_long_frame(study=study, columns=columns, answered_only=answered_only,
-                                              uuid_text=uuid_text, method="cursor")
+                                              uuid_text=uuid_text, categorical=categorical, method="cursor")
                 pd.testing.assert_frame_equal(by_copy, by_cursor, check_exact=True)
+                if categorical:  # the same values as text columns, only typed as categoricals
+                    text = trials_long_frame(study=study, columns=columns, answered_only=answered_only,
+                                             uuid_text=True, method="copy")
+                    texts = [c for c in columns if text[c].dtype == "str"]
+                    assert texts and all(isinstance(by_copy[c].dtype, pd.CategoricalDtype) for c in texts)
+                    pd.testing.assert_frame_equal(by_copy.astype(text.dtypes.to_dict()), text, check_exact=True)
                 assert len(by_copy) == len(list(trials_long_queryset(study=study, answered_only=answered_only)))
 
 

@@ -89,6 +89,22 @@ def test_straightlining_skips_attention_checks_and_trials_that_showed_the_model_
     assert result[four_across_a_check.public_id] == ["straightlining_max_run"]
 
 
+def test_straightlining_read_from_loaded_trials_excludes_exactly_as_the_database_query():
+    from studyapp.analysis.outcomes import trial_frame
+    from studyapp.selectors import ANALYSIS_COLUMNS, trials_long_frame
+
+    study = study_with_items(config={"exclusion_rules": {"straightlining_max_run": 3}})
+    cases = [person(study, shown_answers=[1] * 10, answers=[0, 1, 0, 1]),
+             person(study, answers=[0, 1, 1, 1, 0], checks=[(1, 1)], checks_after=2),
+             person(study, answers=[0, 1, 1, 1, 1, 0], checks=[(0, 0)], checks_after=3),
+             person(study, arm="explained", answers=[1] * 5), person(study, answers=[])]
+    loaded = trial_frame(trials_long_frame(study=study, columns=ANALYSIS_COLUMNS, uuid_text=True))
+    from_database = participant_exclusions(study=study)
+    assert participant_exclusions(study=study, answers=loaded) == from_database
+    assert [from_database[p.public_id] for p in cases] == [[], [], ["straightlining_max_run"],
+                                                          ["straightlining_max_run"], []]
+
+
 def test_exclusions_are_blind_to_arm_shuffling_arms_changes_nothing():
     study = study_with_items(config={"exclusion_rules": RULES})
     rng = random.Random(3)

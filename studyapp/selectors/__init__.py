@@ -31,8 +31,9 @@ COLUMN_SOURCES = {
 }
 TRIAL_COLUMNS = tuple(COLUMN_SOURCES)
 # What the analysis reads: no timestamps or keys, which are costly to fetch a million times.
+# show_model_output: the straight-lining exclusion rule reads it from the analysis' own frame.
 ANALYSIS_COLUMNS = ("participant", "arm", "position", "phase", "task", "stimulus", "edit", "truth", "model_output",
-                    "expected_answer", "n_options", "response", "correct", "confidence")
+                    "expected_answer", "n_options", "response", "correct", "confidence", "show_model_output")
 
 
 def trials_long_queryset(*, study: Study, answered_only: bool = False,
@@ -84,7 +85,7 @@ def trials_long_queryset(*, study: Study, answered_only: bool = False,
 
 
 def trials_long_frame(*, study: Study, answered_only: bool = True, columns: tuple[str, ...] = TRIAL_COLUMNS,
-                      method: str | None = None, uuid_text: bool = False):
+                      method: str | None = None, uuid_text: bool = False, categorical: bool = False):
     """The long format as a pandas DataFrame of ``columns``, for the analysis.
 
     Same rows and order as ``trials_long_queryset``, with fixed dtypes per column
@@ -92,14 +93,16 @@ def trials_long_frame(*, study: Study, answered_only: bool = True, columns: tupl
     ``pandas.read_csv``, several times faster than a cursor), "cursor" (any database), or None
     for the fastest available; both give the same frame. ``uuid_text``: UUID columns as canonical
     text instead of ``uuid.UUID`` objects, which hash in C (a groupby or isin over a million
-    rows spends seconds hashing ``uuid.UUID`` objects).
+    rows spends seconds hashing ``uuid.UUID`` objects). ``categorical``: text columns as
+    categoricals (``studyapp.selectors.frames.long_frame``).
     """
     from studyapp.selectors.frames import long_frame
 
     def queryset_for(selected: tuple[str, ...], order_key: bool) -> QuerySet:
         return trials_long_queryset(study=study, answered_only=answered_only, columns=selected, order_key=order_key)
 
-    return long_frame(queryset_for=queryset_for, columns=tuple(columns), method=method, uuid_text=uuid_text)
+    return long_frame(queryset_for=queryset_for, columns=tuple(columns), method=method, uuid_text=uuid_text,
+                      categorical=categorical)
 
 
 def external_plan_model(*, study: Study) -> dict:
