@@ -164,6 +164,8 @@ def test_a_good_file_uploaded_in_the_admin_is_frozen_analysed_reported_and_expor
     # The researcher adds a hypothesis on the study page (its model and data are read-only there).
     page = client.get(reverse("admin:studyapp_study_change", args=[study.pk])).content.decode()
     assert "None: the data were collected elsewhere" in page
+    # Nothing that only a platform study uses: participant texts, completion codes, item sample.
+    assert "Consent text" not in page and "Completion code" not in page and "Item sample" not in page
     response = client.post(reverse("admin:studyapp_study_change", args=[study.pk]),
                            hypothesis_post(study, [{"label": "H1", "arm_name": "natural images"}]))
     assert response.status_code == 302, response.content.decode()[:3000]

@@ -228,6 +228,18 @@ class StudyAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def get_prepopulated_fields(self, request, obj=None):
         return self.prepopulated_fields if obj is None or obj.state in EDITABLE_STATES else {}
 
+    # What does not apply to a study whose data were collected elsewhere: it is never prepared,
+    # shown to participants or monitored live.
+    EXTERNAL_HIDDEN_SECTIONS = ("Participant texts", "Completion codes", "Item sample")
+    EXTERNAL_HIDDEN_FIELDS = ("preparation_summary", "gallery_link", "monitor_link")
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or obj.source != Study.Source.EXTERNAL:
+            return fieldsets
+        return [(name, {**options, "fields": [f for f in options["fields"] if f not in self.EXTERNAL_HIDDEN_FIELDS]})
+                for name, options in fieldsets if name not in self.EXTERNAL_HIDDEN_SECTIONS]
+
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.state not in EDITABLE_STATES:
