@@ -35,7 +35,7 @@ from .contingency import (
 )
 from .decisions import Decision, HypothesisSpec, decide
 from .effect_sizes import cohens_d, cohens_h, difference_in_proportions, odds_ratio
-from .mixed import NotRun, crossed_mixed_design_problems, crossed_mixed_logistic, gee_logistic
+from .mixed import NotRun, crossed_mixed_design_problems, crossed_mixed_logistic, gee_design_problems, gee_logistic
 from .multiplicity import METHODS as CORRECTION_METHODS
 from .multiplicity import AdjustedPValues, adjust_pvalues
 from .paired import (
@@ -62,16 +62,19 @@ from .planning import (
     sample_size_two_means,
     sample_size_two_proportions,
 )
-from .primary import PrimaryAnalysis, primary_analysis
+from .primary import CHANCE, Comparison, ComparisonSpec, PrimaryAnalysis, primary_analysis
 from .results import EffectSize, StatResult
 from .run_results import HypothesisResult, RunResults
 from .simulation import CalibrationResult, calibrate, simulate_study
 
 __all__ = [
     "AdjustedPValues",
+    "CHANCE",
     "BootstrapResult",
     "CORRECTION_METHODS",
     "CalibrationResult",
+    "Comparison",
+    "ComparisonSpec",
     "Decision",
     "EffectSize",
     "HypothesisResult",
@@ -98,6 +101,7 @@ __all__ = [
     "decide",
     "difference_in_proportions",
     "fisher_exact_test",
+    "gee_design_problems",
     "gee_logistic",
     "likert_mann_whitney",
     "odds_ratio",

@@ -43,23 +43,12 @@ def analysis_job_request(*, study: Study, seed: int, spec: dict | None, requeste
 
 
 def analysis_job_send(job_id: int) -> bool:
-    """Send the job's message and record when; never raises. With the broker down the job stays
-    queued without ``enqueued_at`` and the dispatcher (studyapp.services.work_units) sends it later.
-    In the embedded mode the job runs here and now."""
-    from studyapp.services.work_units import in_process
+    """Send the job's message (see ``work_units.job_send``); never raises. In the embedded mode the
+    job runs here and now."""
+    from studyapp.services.work_units import job_send
     from worker.tasks import analyze_study
 
-    if in_process():
-        AnalysisJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
-        analyze_study.delay(job_id)
-        return True
-    try:
-        analyze_study.apply_async((job_id,), retry=False)
-    except Exception as exc:
-        logger.warning("Could not send analysis job %s (%s); the dispatcher will send it later", job_id, exc)
-        return False
-    AnalysisJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
-    return True
+    return job_send(AnalysisJob, job_id, analyze_study, what="analysis job")
 
 
 def _finish_failed(job_id: int, error: str) -> None:

@@ -56,7 +56,7 @@ from studyapp.services.datasets import (DatasetValidationError, dataset_import_i
                                         images_upload_check, tabular_upload_check)
 from studyapp.services.datasets.common import MAX_MESSAGE_CHARS, display_name, read_upload
 from studyapp.services.datasets.store import check_name
-from studyapp.services.work_units import Beat, in_process, lease, worker_name
+from studyapp.services.work_units import Beat, in_process, job_send, lease, worker_name
 
 logger = logging.getLogger(__name__)
 Status = DatasetImport.Status
@@ -162,26 +162,12 @@ def dataset_import_start(*, name: str, kind: str, data_file: bytes | IO[bytes],
 
 
 def dataset_import_send(job_id: int) -> bool:
-    """Send the job's message and record when; never raises. With the broker down the job stays queued
-    without ``enqueued_at`` and the dispatcher sends it later. In the embedded mode it runs here and now,
-    and an unexpected error fails it (no dispatcher would ever run it again)."""
+    """Send the job's message (see ``work_units.job_send``); never raises. In the embedded mode it runs
+    here and now, and an unexpected error fails it (no dispatcher would ever run it again)."""
     from worker.tasks import import_dataset  # the worker package imports services, not the reverse
 
-    if in_process():
-        DatasetImport.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
-        try:
-            import_dataset.delay(job_id)
-        except Exception as exc:
-            logger.exception("Dataset import %s failed in-process", job_id)
-            _fail(job_id, None, [_unexpected(exc)])
-        return True
-    try:
-        import_dataset.apply_async((job_id,), retry=False)
-    except Exception as exc:
-        logger.warning("Could not send dataset import %s (%s); the dispatcher will send it later", job_id, exc)
-        return False
-    DatasetImport.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
-    return True
+    return job_send(DatasetImport, job_id, import_dataset, what="dataset import",
+                    on_error_in_process=lambda exc: _fail(job_id, None, [_unexpected(exc)]))
 
 
 # --------------------------------------------------------------------------- the worker

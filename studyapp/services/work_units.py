@@ -201,6 +201,33 @@ def units_send(unit_ids: Iterable[int], *, countdown: float | None = None) -> in
     return len(sent)
 
 
+def job_send(model, job_id: int, task, *, what: str,
+             on_error_in_process: Callable[[BaseException], None] | None = None) -> bool:
+    """Send one queued job's message (``task.apply_async((job_id,))``) and record ``enqueued_at``;
+    never raises. With the broker down the job keeps no ``enqueued_at`` and its dispatcher sends it
+    later (returns False). In the embedded mode the task runs here and now; an unexpected error is
+    handed to ``on_error_in_process`` (no dispatcher would ever run the job again), or raised when
+    there is none. ``what`` names the job in the log ("analysis job", "dataset import")."""
+    if in_process():
+        model.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
+        if on_error_in_process is None:
+            task.delay(job_id)
+            return True
+        try:
+            task.delay(job_id)
+        except Exception as exc:
+            logger.exception("%s %s failed in-process", what.capitalize(), job_id)
+            on_error_in_process(exc)
+        return True
+    try:
+        task.apply_async((job_id,), retry=False)
+    except Exception as exc:
+        logger.warning("Could not send %s %s (%s); the dispatcher will send it later", what, job_id, exc)
+        return False
+    model.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
+    return True
+
+
 def study_units_send(*, study_id: int) -> int:
     """Send the study's units that can run now and have no recent message."""
     recent = timezone.now() - dt.timedelta(seconds=settings.PREPARATION_RESEND_SECONDS)

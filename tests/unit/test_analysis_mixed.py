@@ -17,10 +17,10 @@ from studyapp.analysis import (
     StatResult,
     crossed_mixed_design_problems,
     crossed_mixed_logistic,
+    gee_design_problems,
     gee_logistic,
     simulate_study,
 )
-from studyapp.analysis.mixed import gee_design_problems
 
 pytest.importorskip("gpboost", reason="the crossed-effects GLMM needs gpboost==1.8.0")
 

@@ -11,7 +11,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW, ttost_ind
 
 from studyapp.analysis import simulate_study
-from studyapp.analysis.primary import CHANCE, ComparisonSpec, primary_analysis
+from studyapp.analysis import CHANCE, ComparisonSpec, primary_analysis
 
 # R's ?t.test example data (datasets::sleep): extra hours of sleep under two drugs, 10 patients.
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
