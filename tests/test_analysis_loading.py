@@ -9,9 +9,10 @@ import re
 import uuid
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import pytest
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 
 from studyapp import analysis as stats
 from studyapp.exports import rows as export_rows
@@ -250,3 +251,46 @@ def test_the_participants_export_looks_up_each_participants_first_device_once(mo
 
     participants = Participant.objects.filter(study=data.study).count()
     assert subplan_loops(plan[0]["Plan"]) == [participants]  # once per participant, not per trial
+
+
+@pytest.mark.postgres
+def test_the_copy_reader_reads_an_external_study_without_a_model_as_the_cursor_does():
+    from tests.test_external_import import good_rows, import_bytes, to_csv
+
+    study = import_bytes(to_csv(good_rows()))
+    assert study.model_id is None
+    by_copy = trials_long_frame(study=study, columns=TRIAL_COLUMNS, method="copy")
+    by_cursor = trials_long_frame(study=study, columns=TRIAL_COLUMNS, method="cursor")
+    pd.testing.assert_frame_equal(by_copy, by_cursor, check_exact=True)
+    assert len(by_copy) and by_copy["model_output"].isna().all()
+
+
+@pytest.mark.parametrize("spread", [1, 1_000_000])
+def test_positions_in_finds_each_key_or_minus_one_by_table_or_by_search(spread):
+    lookup = [k * spread for k in (7, 3, 11, 5)]
+    keys = np.array([3 * spread, -1, 11 * spread, 4 * spread, 7 * spread, 5 * spread, 3 * spread], dtype=np.int64)
+    assert frames.positions_in(lookup, keys).tolist() == [1, -1, 2, -1, 0, 3, 1]
+    assert frames.positions_in([], keys).tolist() == [-1] * len(keys)
+    assert frames.positions_in(lookup, keys[:0]).tolist() == []
+
+
+@pytest.mark.postgres
+def test_a_copy_that_fails_part_way_raises_its_error_and_leaves_the_connection_usable():
+    from studyapp.models import Trial
+
+    study = varied_study().study
+    rows = Trial.objects.filter(participant__study=study).order_by("position")
+    sql, params = rows.values_list("position").query.sql_with_params()
+    # PostgreSQL fails on the fourth row, after it has sent three.
+    failing = f"SELECT 1 / (3 - t.rank) FROM (SELECT row_number() OVER () AS rank FROM ({sql}) AS s) AS t"
+    with pytest.raises(DataError, match="division by zero"), transaction.atomic():
+        frames._copy_csv(failing, params, names=["x"], dtype={"x": "int64"}, using="default")
+    # The parser gives up at the first row (text in an integer column) with megabytes still to come:
+    # the rest of the COPY is drained, not left half-read on the connection.
+    with pytest.raises(ValueError):
+        frames._copy_csv("SELECT g::text || 'x' FROM generate_series(1, 300000) AS g", None, names=["x"],
+                         dtype={"x": "int64"}, using="default")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+    assert len(trials_long_frame(study=study, method="copy")) == len(trials_long_frame(study=study, method="cursor"))

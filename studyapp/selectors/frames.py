@@ -1,13 +1,17 @@
 """The long format as a pandas DataFrame, read fast, with the same dtypes on every database.
 
-Two readers of the one SQL query ``trials_long_queryset`` builds:
+Two readers of what ``trials_long_queryset`` selects:
 
 * ``copy`` (PostgreSQL with psycopg2): ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`` into a
-  buffer that ``pandas.read_csv`` parses in C with a dtype per column. No Python object is made
-  per row: text columns are read as categoricals (a few distinct values each), so even the
-  participant UUIDs are built once per participant.
-* ``cursor`` (any database, SQLite included): a cursor read ``fetchmany`` block by block, each
-  block turned column by column into the same dtypes.
+  pipe that ``pandas.read_csv`` parses in C, with a dtype per column, while the rows arrive. The
+  columns that are the same for every trial of a participant, a stimulus or an edit (arm, truth,
+  model output, ...) are not in the COPY: it carries the keys, and those columns are read once
+  per key (``Dimensions``) and spread over the rows by integer positions. No Python object is
+  made per row: text columns are read as categoricals (a few distinct values each), so even the
+  participant UUIDs are built once per participant. The rows come unordered (PostgreSQL would
+  sort a million of them on disk) and are sorted here, by participant then position.
+* ``cursor`` (any database, SQLite included): a cursor read ``fetchmany`` block by block of the
+  selector's one query of joins, each block turned column by column into the same dtypes.
 
 Both give the same frame, column for column, dtype for dtype, row for row (a test compares
 them on PostgreSQL). The dtypes are fixed by ``COLUMN_KINDS``, never inferred from the data, so
@@ -28,7 +32,11 @@ kind           dtype
 from __future__ import annotations
 
 import io
+import os
+import threading
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -62,9 +70,28 @@ def copy_available(*, using: str = "default") -> bool:
     return not is_psycopg3
 
 
+@dataclass(frozen=True)
+class Dimensions:
+    """Columns the COPY reader reads once per key instead of once per row.
+
+    ``rows_for(columns)``: the unordered ``values_list`` query of those long-format ``columns``
+    followed by the ``keys`` fields (non-null integers, except that a key may be null: read as -1).
+    ``resolve(keys, columns)``: for the wanted ``columns`` among ``columns`` (this object's),
+    column -> (positions, values) with row i's value ``values[positions[i]]`` (-1: missing), from
+    ``keys`` (key -> int64 array per row). The reader sorts the rows by the first key, then
+    ``position``: the order of the selector's query.
+    """
+    columns: frozenset[str]
+    keys: tuple[str, ...]
+    rows_for: Callable
+    resolve: Callable
+
+
 def long_frame(*, queryset_for, columns: tuple[str, ...], method: str | None = None,
-               uuid_text: bool = False, categorical: bool = False, using: str = "default") -> pd.DataFrame:
-    """The frame of ``columns``; ``queryset_for(columns, order_key)`` gives the selector's queryset.
+               dimensions: Dimensions, uuid_text: bool = False, categorical: bool = False,
+               using: str = "default") -> pd.DataFrame:
+    """The frame of ``columns``; ``queryset_for(columns)`` gives the selector's ordered queryset (the
+    cursor reader's), ``dimensions`` what the COPY reader reads instead (``Dimensions``).
 
     ``method``: "copy", "cursor", or None for the fastest this database offers. ``categorical``:
     text columns (and UUIDs as text, with ``uuid_text``) as pandas categoricals with sorted
@@ -79,9 +106,9 @@ def long_frame(*, queryset_for, columns: tuple[str, ...], method: str | None = N
     if method == "copy":
         if not copy_available(using=using):
             raise ValueError("the COPY reader needs PostgreSQL through psycopg2; use method='cursor'")
-        frame = _by_copy(queryset_for, columns, uuid_text=uuid_text, categorical=categorical, using=using)
+        frame = _by_keyed_copy(dimensions, columns, uuid_text=uuid_text, categorical=categorical, using=using)
     elif method == "cursor":
-        frame = _by_cursor(queryset_for(columns, False), columns, uuid_text=uuid_text, using=using)
+        frame = _by_cursor(queryset_for(columns), columns, uuid_text=uuid_text, using=using)
     else:
         raise ValueError(f"method must be one of {METHODS} or None, got {method!r}")
     if categorical:
@@ -127,26 +154,53 @@ _READ_DTYPE = {"int": "int64", "Int64": "Int64", "bool": "int8", "boolean": "Int
                "uuid": "category", "datetime": "Int64"}
 
 
-def _by_copy(queryset_for, columns, *, uuid_text: bool, categorical: bool, using: str) -> pd.DataFrame:
-    from studyapp.selectors import COLUMN_SOURCES
+def _copy_csv(sql: str, params, *, names: list[str], dtype: dict, using: str) -> pd.DataFrame:
+    """``COPY (sql) TO STDOUT`` (CSV, NULL as \\N) parsed by ``pandas.read_csv`` while it arrives.
 
-    # "position" is selected for the outer ORDER BY when the caller did not ask for it.
-    inner_columns = columns if "position" in columns else (*columns, "position")
-    queryset = queryset_for(inner_columns, True)
-    sql, params = queryset.query.sql_with_params()
-    cells = ", ".join(_copy_cell(COLUMN_KINDS[c], COLUMN_SOURCES[c]) for c in columns)
-    buffer = io.BytesIO()
+    The COPY runs in a thread that writes into a pipe, the parser reads the other end: PostgreSQL
+    formats and sends rows while pandas parses the earlier ones (both release the GIL while they
+    wait or parse), instead of parsing only after the last row arrived (on 1,000,000 rows the wait
+    for PostgreSQL and the parsing overlap: 0.6 s less). The thread uses the connection's own
+    psycopg2 cursor, so the COPY sees this transaction, and nothing else uses the connection until
+    it has finished. When the parser stops early (an error), closing the pipe makes the thread's
+    next write fail; psycopg2 then ends the COPY and the connection stays usable (tested). An
+    error of the COPY is raised here, as Django's exception for it.
+    """
     with connections[using].cursor() as cursor:
-        inner = cursor.cursor.mogrify(sql, params).decode()  # COPY takes no parameters
-        # The outer ORDER BY repeats the inner one; PostgreSQL keeps the subquery's order without
-        # sorting again, and the order no longer depends on how the subquery is planned.
-        cursor.copy_expert(f'COPY (SELECT {cells} FROM ({inner}) AS t ORDER BY t."participant_id", t."position") '
-                           "TO STDOUT WITH (FORMAT csv, NULL '\\N')", buffer)
-    if not buffer.getbuffer().nbytes:  # read_csv refuses an empty file
-        return _block([], columns, uuid_text=uuid_text)
-    buffer.seek(0)
-    raw = pd.read_csv(buffer, header=None, names=list(columns), engine="c", keep_default_na=False,
-                      na_values=["\\N"], dtype={c: _READ_DTYPE[COLUMN_KINDS[c]] for c in columns})
+        raw = cursor.cursor  # psycopg2's own cursor: Django's wrappers belong to this thread
+        statement = f"COPY ({raw.mogrify(sql, params).decode()}) TO STDOUT WITH (FORMAT csv, NULL '\\N')"
+        read_end, write_end = os.pipe()
+        reader, writer = os.fdopen(read_end, "rb"), os.fdopen(write_end, "wb", buffering=1 << 20)
+        failed: list[BaseException] = []
+
+        def copy() -> None:
+            try:
+                raw.copy_expert(statement, writer)
+            except BaseException as exc:  # raised in the caller's thread below
+                failed.append(exc)
+            finally:
+                writer.close()
+
+        thread = threading.Thread(target=copy, name="copy-reader", daemon=True)
+        thread.start()
+        try:
+            frame = pd.read_csv(reader, header=None, names=names, engine="c", keep_default_na=False,
+                                na_values=["\\N"], dtype=dtype)
+        except pd.errors.EmptyDataError:  # no rows at all
+            frame = None
+        finally:
+            reader.close()
+            thread.join()
+    if failed:
+        with connections[using].wrap_database_errors:  # as Django's own: DataError, OperationalError, ...
+            raise failed[0]
+    if frame is None:
+        frame = pd.DataFrame({name: pd.Series([], dtype=dtype.get(name, "int64")) for name in names})
+    return frame
+
+
+def _typed(raw: pd.DataFrame, columns, *, uuid_text: bool, categorical: bool) -> pd.DataFrame:
+    """The COPY reader's columns in their kinds' dtypes (text still categorical when ``categorical``)."""
     frame = pd.DataFrame(index=pd.RangeIndex(len(raw)))
     kept = set(_text_columns(columns, uuid_text=uuid_text)) if categorical else set()
     for column in columns:
@@ -156,6 +210,70 @@ def _by_copy(queryset_for, columns, *, uuid_text: bool, categorical: bool, using
         else:
             frame[column] = _from_copy(raw[column], COLUMN_KINDS[column], uuid_text=uuid_text)
     return frame
+
+
+def _by_keyed_copy(dimensions: Dimensions, columns, *, uuid_text: bool, categorical: bool,
+                   using: str) -> pd.DataFrame:
+    """The rows by COPY without their dimension columns, sorted here; those columns from
+    ``dimensions.resolve``, once per key (see ``Dimensions``)."""
+    from studyapp.selectors import COLUMN_SOURCES
+
+    keys = dimensions.keys
+    by_key = {c: COLUMN_SOURCES[c] for c in columns if COLUMN_SOURCES[c] in keys}  # e.g. stimulus: its id
+    selected = [c for c in columns if c not in dimensions.columns and c not in by_key]
+    if "position" not in selected:  # the second sort key
+        selected.append("position")
+    sql, params = dimensions.rows_for(tuple(selected)).query.sql_with_params()
+    cells = [_copy_cell(COLUMN_KINDS[c], COLUMN_SOURCES[c]) for c in selected]
+    cells += [f'COALESCE(t."{key}", -1)' for key in keys]
+    names = [*selected, *keys]
+    dtype = {**{c: _READ_DTYPE[COLUMN_KINDS[c]] for c in selected}, **{key: "int64" for key in keys}}
+    raw = _copy_csv(f"SELECT {', '.join(cells)} FROM ({sql}) AS t", params, names=names, dtype=dtype, using=using)
+    order = np.lexsort((raw["position"].to_numpy(), raw[keys[0]].to_numpy()))
+    if not np.array_equal(order, np.arange(len(order))):
+        raw = raw.take(order).reset_index(drop=True)
+    key_values = {key: raw[key].to_numpy() for key in keys}
+    resolved = dimensions.resolve(key_values, [c for c in columns if c in dimensions.columns])
+    read = _typed(raw, [c for c in selected if c in columns], uuid_text=uuid_text, categorical=categorical)
+    frame = pd.DataFrame(index=pd.RangeIndex(len(raw)))
+    for column in columns:
+        if column in by_key:
+            frame[column] = _from_values(key_values[by_key[column]], COLUMN_KINDS[column], uuid_text=uuid_text)
+        elif column in resolved:
+            positions, values = resolved[column]
+            frame[column] = _from_dictionary(positions, values, COLUMN_KINDS[column], uuid_text=uuid_text,
+                                             categorical=categorical)
+        else:
+            frame[column] = read[column]
+    return frame
+
+
+def _from_dictionary(positions: np.ndarray, values: list, kind: str, *, uuid_text: bool, categorical: bool):
+    """A column given as ``values[positions]`` (-1: missing), typed per ``kind`` as the readers do,
+    built once per value: text as codes into its distinct values, never a string per row."""
+    if kind == "uuid" and not uuid_text:
+        return _uuid_column(positions, np.asarray(values, dtype=object), uuid_text=False)
+    if kind == "uuid":  # as text: a categorical like the other text columns
+        values = [None if v is None else str(v if isinstance(v, uuid.UUID) else uuid.UUID(str(v))) for v in values]
+        kind = "str"
+    if kind == "str":
+        codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
+        row_codes = np.where(positions >= 0, codes[positions] if len(codes) else -1, -1)
+        text = pd.Categorical.from_codes(row_codes, categories=pd.Index(uniques.astype(str), dtype="str"))
+        text = pd.Series(text)
+        return text if categorical else text.astype("str")
+    if kind == "int":
+        if np.any(positions < 0):
+            raise ValueError("a column that is never missing has a row without a value")
+        return np.asarray(values, dtype=np.int64)[positions]
+    if kind in ("bool", "boolean"):
+        if kind == "bool" and np.any(positions < 0):
+            raise ValueError("a column that is never missing has a row without a value")
+        small = pd.array(values, dtype="boolean")
+        return np.asarray(small, dtype=bool)[positions] if kind == "bool" else small.take(positions, allow_fill=True)
+    if kind == "Int64":
+        return pd.array(values, dtype="Int64").take(positions, allow_fill=True)
+    raise ValueError(f"column kind {kind!r} cannot be read once per key")
 
 
 def _from_copy(values: pd.Series, kind: str, *, uuid_text: bool):
@@ -170,6 +288,25 @@ def _from_copy(values: pd.Series, kind: str, *, uuid_text: bool):
     if kind == "datetime":
         return pd.to_datetime(values, unit="us", utc=True).astype(DATETIME)
     return values
+
+
+def positions_in(lookup_keys: list[int], keys: np.ndarray) -> np.ndarray:
+    """For each of ``keys``, its index in ``lookup_keys``; -1 where it is not there (or is -1).
+
+    A direct table over the keys' range when that range is small (database ids of one study
+    mostly are: one array lookup per row), else a binary search."""
+    if not lookup_keys or not len(keys):
+        return np.full(len(keys), -1, dtype=np.int64)
+    known = np.asarray(lookup_keys, dtype=np.int64)
+    low, high = int(min(known.min(), keys.min())), int(max(known.max(), keys.max()))
+    if high - low <= 8 * (len(known) + len(keys)):
+        table = np.full(high - low + 1, -1, dtype=np.int64)
+        table[known - low] = np.arange(len(known))
+        return table[keys - low]
+    order = np.argsort(known, kind="stable")
+    at = np.minimum(np.searchsorted(known[order], keys), len(known) - 1)
+    found = known[order][at] == keys
+    return np.where(found, order[at], -1)
 
 
 # ---------------------------------------------------------------- cursor (any database)
