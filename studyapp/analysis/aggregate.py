@@ -67,11 +67,13 @@ def participant_accuracy(
     rows = select_trials(trials, phases=phases, tasks=tasks, exclude_tasks=exclude_tasks)
     rows = rows.loc[rows["correct"].notna()]
     correct = rows["correct"].astype("float64")
-    grouped = correct.groupby(
-        [rows["participant_id"], rows["phase"]], observed=True, sort=True
-    )
-    out = pd.DataFrame({"n_trials": grouped.count(), "n_correct": grouped.sum()})
-    out = out.reset_index()
+    out = _counts_on_codes(rows["participant_id"], rows["phase"], correct)
+    if out is None:
+        grouped = correct.groupby(
+            [rows["participant_id"], rows["phase"]], observed=True, sort=True
+        )
+        out = pd.DataFrame({"n_trials": grouped.count(), "n_correct": grouped.sum()})
+        out = out.reset_index()
     out["n_trials"] = out["n_trials"].astype("int64")
     out["n_correct"] = out["n_correct"].astype("int64")
     out["accuracy"] = out["n_correct"] / out["n_trials"]
@@ -80,9 +82,56 @@ def participant_accuracy(
     return out
 
 
+def _counts_on_codes(
+    participants: pd.Series, phases: pd.Series, correct: pd.Series
+) -> pd.DataFrame | None:
+    """participant_id, phase, n_trials, n_correct per observed (participant, phase), sorted by
+    both: the frame ``correct.groupby([participants, phases], observed=True, sort=True)`` gives
+    (count and sum, index reset), counted with ``np.bincount`` on the categoricals' integer
+    codes (a million trials: ~8 ms instead of ~55 ms for the groupby).
+
+    None (the caller groups) unless both keys are categoricals without missing values and every
+    ``correct`` is 0 or 1: whole numbers, whose sums are exact in any order, so the counts are
+    exactly the groupby's.
+    """
+    if not (isinstance(participants.dtype, pd.CategoricalDtype)
+            and isinstance(phases.dtype, pd.CategoricalDtype)):
+        return None
+    p_codes = participants.cat.codes.to_numpy().astype("int64")
+    phase_codes = phases.cat.codes.to_numpy().astype("int64")
+    values = correct.to_numpy(dtype="float64")
+    if (p_codes < 0).any() or (phase_codes < 0).any() or not ((values == 0) | (values == 1)).all():
+        return None
+    n_phases = len(phases.cat.categories)
+    key = p_codes * n_phases + phase_codes  # ascending key = sorted by participant, then phase
+    n_trials = np.bincount(key, minlength=len(participants.cat.categories) * n_phases)
+    n_correct = np.bincount(key, weights=values, minlength=n_trials.size)
+    observed = np.flatnonzero(n_trials)
+    participant_of, phase_of = np.divmod(observed, n_phases)
+    return pd.DataFrame({
+        "participant_id": pd.Categorical.from_codes(participant_of, dtype=participants.dtype),
+        "phase": pd.Categorical.from_codes(phase_of, dtype=phases.dtype),
+        "n_trials": n_trials[observed], "n_correct": n_correct[observed],
+    })
+
+
+def _first_pairs(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials[["participant_id", "arm"]].drop_duplicates()``: the first row of each pair, in
+    order. On the integer codes when both columns are categorical (a third of the time)."""
+    pairs = trials[["participant_id", "arm"]]
+    participants, arms = pairs["participant_id"], pairs["arm"]
+    if not (isinstance(participants.dtype, pd.CategoricalDtype)
+            and isinstance(arms.dtype, pd.CategoricalDtype)):
+        return pairs.drop_duplicates()
+    # Missing (code -1) becomes its own value, as drop_duplicates treats it.
+    key = (participants.cat.codes.to_numpy().astype("int64") + 1) * (len(arms.cat.categories) + 1)
+    key += arms.cat.codes.to_numpy().astype("int64") + 1
+    return pairs.loc[~pd.Series(key).duplicated().to_numpy()]
+
+
 def participant_arms(trials: pd.DataFrame) -> pd.Series:
     """participant_id -> arm; a participant in two arms is a data error and raises."""
-    pairs = trials[["participant_id", "arm"]].drop_duplicates()
+    pairs = _first_pairs(trials)
     if pairs["participant_id"].duplicated().any():
         bad = pairs.loc[pairs["participant_id"].duplicated(), "participant_id"].tolist()
         raise ValueError(f"participants assigned to more than one arm: {bad[:5]}")

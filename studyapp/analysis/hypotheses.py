@@ -37,7 +37,7 @@ from statsmodels.stats.weightstats import DescrStatsW
 from .aggregate import participant_accuracy
 from .comparisons import chance_level_test, likert_mann_whitney, permutation_test, tost_equivalence, welch_t_test
 from .effect_sizes import cohens_d
-from .outcomes import arm_values, describe, measure_rows, outcome_values
+from .outcomes import AnalysedOutcomes, arm_values, describe
 from .paired import (LongColumns, PairedSample, paired_sample, paired_t_test, paired_tost, sign_flip_permutation_test,
                      wilcoxon_signed_rank)
 from .run_results import Contrast
@@ -145,12 +145,14 @@ def contrast_of(h: dict, comparator: str | None, design: str) -> Contrast:
                         f"groups; their {values} are compared (design: {design})", design=design, named_test=named)
 
 
-def phase_pairs(trials: pd.DataFrame, contrast: Contrast, arm: str) -> PairedSample:
+def phase_pairs(trials: pd.DataFrame | AnalysedOutcomes, contrast: Contrast, arm: str) -> PairedSample:
     """Each analysed participant of ``arm``: accuracy in the contrast's condition and comparator phase.
 
     ``paired_sample`` refuses, by name, a participant without both or with two values in one.
+    ``trials``: the analysed trials, or their ``AnalysedOutcomes`` (the gain's rows selected once).
     """
-    rows, _, _ = measure_rows(trials, "gain")
+    outcomes = trials if isinstance(trials, AnalysedOutcomes) else AnalysedOutcomes(trials, pd.DataFrame())
+    rows, _, _ = outcomes.rows("gain")
     rows = rows.loc[rows["arm"] == arm]
     long = participant_accuracy(rows, phases=[contrast.comparator, contrast.condition])
     return paired_sample(long, condition=contrast.condition, comparator=contrast.comparator,
@@ -193,13 +195,20 @@ def paired_test(h: dict, sample: PairedSample, *, seed: int) -> dict:
 
 
 def hypothesis_tests(h: dict, *, trials: pd.DataFrame, likert: pd.DataFrame, comparator: str | None,
-                     contrast: Contrast, chance: float | None, seed: int) -> dict:
+                     contrast: Contrast, chance: float | None, seed: int,
+                     outcomes: AnalysedOutcomes | None = None) -> dict:
     """The tests of one hypothesis on the analysed participants' trials and ratings, or its ``error``
-    in words when the data cannot be tested (too few participants, a participant without a pair)."""
+    in words when the data cannot be tested (too few participants, a participant without a pair).
+
+    ``outcomes``: the ``AnalysedOutcomes`` of these same trials and ratings, shared by the hypotheses
+    that analyse the same participants (their measures and outcome values are computed once).
+    """
+    if outcomes is None:
+        outcomes = AnalysedOutcomes(trials, likert)
     try:
         if contrast.kind == "within_participants":
-            return paired_test(h, phase_pairs(trials, contrast, h["arm"]), seed=seed)
-        values = outcome_values(trials, likert, outcome=h["outcome"], likert_item=h["likert_item"])
+            return paired_test(h, phase_pairs(outcomes, contrast, h["arm"]), seed=seed)
+        values = outcomes.values(outcome=h["outcome"], likert_item=h["likert_item"])
         return unpaired_test(h, values, comparator=comparator, chance=chance, seed=seed)
     except (ValueError, TypeError) as exc:
         if contrast.kind == "within_participants":

@@ -22,6 +22,9 @@ COUNTERFACTUAL_TASKS = ("counterfactual_predict", "counterfactual_choose")
 FORWARD_PHASES = ("pre_test", "post_test", "test")
 OUTCOME_MEASURE = {"test_accuracy": "test", "gain": "gain", "counterfactual_accuracy": "counterfactual"}
 VALUE_COLUMNS = ["participant_id", "arm", "value"]
+# What measure_rows and participant accuracy read: per-arm descriptives select their rows from
+# these columns only, not from the whole trial frame.
+ACCURACY_COLUMNS = ("participant_id", "arm", "phase", "task", "correct")
 
 
 def trial_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -67,13 +70,18 @@ def accuracy(rows: pd.DataFrame, phase: str) -> pd.DataFrame:
     return acc[["participant_id", "arm", "accuracy"]].rename(columns={"accuracy": "value"})
 
 
-def outcome_values(trials: pd.DataFrame, likert: pd.DataFrame, *, outcome: str, likert_item: str) -> pd.DataFrame:
-    """One row per analysed participant: participant_id, arm, value."""
+def outcome_values(trials: pd.DataFrame, likert: pd.DataFrame, *, outcome: str, likert_item: str,
+                   measured: tuple[pd.DataFrame, str, str | None] | None = None) -> pd.DataFrame:
+    """One row per analysed participant: participant_id, arm, value.
+
+    ``measured``: ``measure_rows(trials, <the outcome's measure>)`` when the caller has it already
+    (``AnalysedOutcomes`` shares it with the secondary analyses).
+    """
     if outcome == "likert":
         rows = likert.loc[likert["item"] == likert_item]
         return rows[VALUE_COLUMNS].astype({"value": "float64"})
     measure = OUTCOME_MEASURE[outcome]
-    rows, phase, pre = measure_rows(trials, measure)
+    rows, phase, pre = measured if measured is not None else measure_rows(trials, measure)
     if rows.empty:
         return pd.DataFrame(columns=VALUE_COLUMNS)
     if measure != "gain":
@@ -82,6 +90,37 @@ def outcome_values(trials: pd.DataFrame, likert: pd.DataFrame, *, outcome: str, 
     if "gain" not in wide.columns:
         return pd.DataFrame(columns=VALUE_COLUMNS)
     return wide[["participant_id", "arm", "gain"]].rename(columns={"gain": "value"}).dropna()
+
+
+class AnalysedOutcomes:
+    """The measures (``measure_rows``) and outcome values (``outcome_values``) of one set of analysed
+    trials and ratings, each computed the first time it is asked for.
+
+    Hypotheses analysing the same participants (the same exclusion rules) share one: each measure is
+    then selected from the million-row trial frame once per run, not once per hypothesis and again
+    for its secondary analyses. The frames handed out are shared: read them, never change them in place.
+    """
+
+    def __init__(self, trials: pd.DataFrame, likert: pd.DataFrame):
+        self.trials, self.likert = trials, likert
+        self._rows: dict[str, tuple[pd.DataFrame, str, str | None]] = {}
+        self._values: dict[tuple[str, str], pd.DataFrame] = {}
+
+    def rows(self, measure: str) -> tuple[pd.DataFrame, str, str | None]:
+        """``measure_rows(trials, measure)``."""
+        if measure not in self._rows:
+            self._rows[measure] = measure_rows(self.trials, measure)
+        return self._rows[measure]
+
+    def values(self, *, outcome: str, likert_item: str) -> pd.DataFrame:
+        """``outcome_values(trials, likert, outcome=..., likert_item=...)``. A failure (a ValueError for
+        a participant in two arms) is not remembered: it is raised again on the next call."""
+        key = (outcome, likert_item if outcome == "likert" else "")
+        if key not in self._values:
+            measured = None if outcome == "likert" else self.rows(OUTCOME_MEASURE[outcome])
+            self._values[key] = outcome_values(self.trials, self.likert, outcome=outcome, likert_item=likert_item,
+                                               measured=measured)
+        return self._values[key]
 
 
 def arm_values(values: pd.DataFrame, arm: str) -> np.ndarray:
@@ -103,7 +142,9 @@ def chance_and_descriptives(trials: pd.DataFrame, arms: list[str], *, num_classe
                             several_arms: Mapping[str, list[str]]) -> tuple[dict, dict]:
     """Accuracy per arm and measure, and each arm against chance. An arm that shares a participant
     with another arm (a data error) is not computed, with the reason; the other arms are."""
-    analysed = set(trials["participant_id"]) if several_arms else set()
+    # Each measure's rows below are copied five columns wide, not with every column of the frame.
+    trials = trials[[c for c in ACCURACY_COLUMNS if c in trials.columns]]
+    analysed = set(trials["participant_id"].unique()) if several_arms else set()
     several = {p: a for p, a in several_arms.items() if p in analysed}
     refused = {arm for found in several.values() for arm in found}
     reason = several_arms_reason(several) if several else ""

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .bootstrap import two_stage_bootstrap
 from .mixed import crossed_mixed_logistic, gee_logistic
-from .outcomes import OUTCOME_MEASURE, measure_rows
+from .outcomes import OUTCOME_MEASURE, AnalysedOutcomes, measure_rows
 from .run_results import OK, not_computed
 
 N_BOOTSTRAP = 2000
@@ -34,12 +34,16 @@ def guard(compute: Callable[[], dict]) -> dict:
     return result if "status" in result else {"status": OK, **result}
 
 
-def secondary(h: dict, trials: pd.DataFrame, *, comparator: str, seed: int, mixed_max_trials: int) -> dict:
+def secondary(h: dict, trials: pd.DataFrame, *, comparator: str, seed: int, mixed_max_trials: int,
+              outcomes: AnalysedOutcomes | None = None) -> dict:
     """{analysis: result} for a hypothesis comparing two arms on an accuracy outcome.
 
     ``mixed_max_trials``: above it the mixed model is not fitted (ANALYSIS_MIXED_MAX_TRIALS).
+    ``outcomes``: the ``AnalysedOutcomes`` of these same trials, when the caller has them (the
+    outcome's rows are then not selected again).
     """
-    rows, phase, pre = measure_rows(trials, OUTCOME_MEASURE[h["outcome"]])
+    measure = OUTCOME_MEASURE[h["outcome"]]
+    rows, phase, pre = outcomes.rows(measure) if outcomes is not None else measure_rows(trials, measure)
     rows = rows.loc[rows["arm"].isin([h["arm"], comparator]) & rows["correct"].notna()]
     alt = "two-sided" if h["direction"] == "equivalence" else h["direction"]
     per_arm = rows.groupby("arm")["participant_id"].nunique()

@@ -32,7 +32,7 @@ from studyapp.analysis.flow import N_ATTRITION_RESAMPLES, participant_flow, seve
 from studyapp.analysis.hypotheses import (N_PERMUTATIONS, UNTESTED, chance_of, comparator_of, contrast_of,
                                           hypothesis_tests)
 from studyapp.analysis.observers import CV_MAX_FOLDS, baselines
-from studyapp.analysis.outcomes import chance_and_descriptives, counterfactual_chance, trial_frame
+from studyapp.analysis.outcomes import AnalysedOutcomes, chance_and_descriptives, counterfactual_chance, trial_frame
 from studyapp.analysis.run_results import (ArmRef, Baselines, Describe, Deviation, Family, HypothesisResult,
                                            ParticipantFlow, RequestSpec, RunResults, RunSettings, StudyRef,
                                            StatRecord)
@@ -111,10 +111,32 @@ def _hypothesis_problems(h: dict, arm_names: list[str], control: str | None) -> 
 hypothesis_plan_problems = _hypothesis_problems
 
 
+def _rows_of(frame: pd.DataFrame, participants: frozenset[str]) -> pd.DataFrame:
+    """The rows of ``participants`` in ``frame``: the frame itself when they are all of its rows (no
+    copy of a million trials to keep every one of them)."""
+    if not len(frame):
+        return frame
+    keep = frame["participant_id"].isin(participants)
+    return frame if keep.all() else frame.loc[keep]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Analysed:
+    """The participants one rule set analyses, their trials and ratings, and their outcomes
+    (measures and outcome values, each computed once for every hypothesis that shares them)."""
+
+    participants: frozenset[str]
+    trials: pd.DataFrame
+    likert: pd.DataFrame
+    outcomes: AnalysedOutcomes
+
+
 @dataclasses.dataclass
 class _Data:
     """Everything loaded once per run. Exclusions are computed per rule set (hypothesis rules add to
-    the study's), blind to arm, and cached."""
+    the study's), blind to arm, and cached, and so are the analysed participants and their rows: a
+    plan's hypotheses usually share the study's rules, and they then share one selection of the
+    million-trial frame instead of each selecting the same rows again."""
 
     study: Study
     rules: dict
@@ -126,24 +148,45 @@ class _Data:
     num_classes: int
     design: str  # StudyDesign.design of the plan: between or within_pre_post
     several_arms: dict[str, list[str]]  # participants found in more than one arm (a data error)
-    _cache: dict = dataclasses.field(default_factory=dict)
+    _cache: dict = dataclasses.field(default_factory=dict)  # rule key -> exclusions
+    _analysed: dict = dataclasses.field(default_factory=dict)  # rule key -> analysed participants
+    _rows: dict = dataclasses.field(default_factory=dict)  # analysed participants -> _Analysed
 
     @property
     def arm_names(self) -> list[str]:
         return [a["name"] for a in self.arms]
 
-    def exclusions(self, extra_rules: dict | None = None) -> dict[str, list[str]]:
+    def _rules_key(self, extra_rules: dict | None) -> tuple[dict, str]:
         effective = {**self.rules, **(extra_rules or {})}
-        key = repr(sorted(effective.items()))
+        return effective, repr(sorted(effective.items()))
+
+    def exclusions(self, extra_rules: dict | None = None) -> dict[str, list[str]]:
+        effective, key = self._rules_key(extra_rules)
         if key not in self._cache:
             # The straight-lining rule reads the trials loaded here: one database scan fewer.
             found = participant_exclusions(study=self.study, rules=effective, answers=self.trials)
             self._cache[key] = {str(p): reasons for p, reasons in found.items()}
         return self._cache[key]
 
-    def analysed(self, extra_rules: dict | None = None) -> set[str]:
-        completed = set(self.people.loc[self.people["status"] == Participant.Status.COMPLETED, "participant_id"])
-        return {p for p, reasons in self.exclusions(extra_rules).items() if p in completed and not reasons}
+    def analysed(self, extra_rules: dict | None = None) -> frozenset[str]:
+        """Completed participants that no rule excludes."""
+        _, key = self._rules_key(extra_rules)
+        if key not in self._analysed:
+            completed = set(self.people.loc[self.people["status"] == Participant.Status.COMPLETED,
+                                            "participant_id"])
+            self._analysed[key] = frozenset(p for p, reasons in self.exclusions(extra_rules).items()
+                                            if p in completed and not reasons)
+        return self._analysed[key]
+
+    def selection(self, extra_rules: dict | None = None) -> _Analysed:
+        """The analysed participants' trials and ratings, selected once per set of participants (two
+        rule sets that exclude the same people share them)."""
+        participants = self.analysed(extra_rules)
+        if participants not in self._rows:
+            trials, likert = _rows_of(self.trials, participants), _rows_of(self.likert, participants)
+            self._rows[participants] = _Analysed(participants=participants, trials=trials, likert=likert,
+                                                 outcomes=AnalysedOutcomes(trials, likert))
+        return self._rows[participants]
 
 
 def _load(study: Study, rules: dict, *, simulated: bool = False) -> _Data:
@@ -161,10 +204,8 @@ def _load(study: Study, rules: dict, *, simulated: bool = False) -> _Data:
     # Participants are identified by canonical UUID text throughout a run (see _trials).
     people["participant_id"] = people["participant_id"].map(str).astype("str")
     likert["participant_id"] = likert["participant_id"].map(str).astype("str")
-    keep = set(people["participant_id"])
-    trials = _trials(study)
-    trials = trials.loc[trials["participant_id"].isin(keep)] if len(trials) else trials
-    likert = likert.loc[likert["participant_id"].isin(keep)] if len(likert) else likert
+    keep = frozenset(people["participant_id"])
+    trials, likert = _rows_of(_trials(study), keep), _rows_of(likert, keep)
     config = (plan.get("study") or {}).get("config") or {}
     return _Data(study=study, rules=rules, people=people, trials=trials, likert=likert, arms=plan["arms"],
                  control=plan_control_arm(plan), num_classes=len(plan["model"]["class_names"]),
@@ -196,16 +237,16 @@ def _run_hypotheses(data: _Data, hypotheses: list[dict], *, cf_chance: float | N
             if comparator is not None and h["outcome"] != "likert":
                 secondary_by_label[h["label"]] = none_run(reason)
             continue
-        trials = data.trials.loc[data.trials["participant_id"].isin(keep)]
-        likert = data.likert.loc[data.likert["participant_id"].isin(keep)]
+        analysed = data.selection(h["exclusion_rules"])
         chance = (chance_of(h, num_classes=data.num_classes, counterfactual_chance=cf_chance)
                   if comparator is None else None)
-        entry.update(hypothesis_tests(h, trials=trials, likert=likert, comparator=comparator, contrast=contrast,
-                                      chance=chance, seed=seed))
+        entry.update(hypothesis_tests(h, trials=analysed.trials, likert=analysed.likert, comparator=comparator,
+                                      contrast=contrast, chance=chance, seed=seed, outcomes=analysed.outcomes))
         entry["contrast"]["test_run"] = ((entry.get("tests") or {}).get("difference") or {}).get("method")
         if comparator is not None and h["outcome"] != "likert":
-            secondary_by_label[h["label"]] = secondary(h, trials, comparator=comparator, seed=seed,
-                                                       mixed_max_trials=settings.ANALYSIS_MIXED_MAX_TRIALS)
+            secondary_by_label[h["label"]] = secondary(h, analysed.trials, comparator=comparator, seed=seed,
+                                                       mixed_max_trials=settings.ANALYSIS_MIXED_MAX_TRIALS,
+                                                       outcomes=analysed.outcomes)
     return entries, secondary_by_label
 
 
@@ -222,8 +263,8 @@ def _nobody_to_analyse(data: _Data, hypotheses: list[dict]) -> str | None:
     people = data.people.loc[data.people["arm"].isin(arms)]
     completed = set(people.loc[people["status"] == Participant.Status.COMPLETED, "participant_id"])
     kept = completed & data.analysed()
-    answered = set(data.trials["participant_id"]) | set(data.likert["participant_id"])
-    if kept & answered:
+    # isin, not a set of the million trials' participant ids
+    if data.trials["participant_id"].isin(kept).any() or data.likert["participant_id"].isin(kept).any():
         return None
     plural = "s" if len(people) != 1 else ""
     reason = f"of {len(people)} real participant{plural} in those arms, {len(completed)} completed"
@@ -288,8 +329,8 @@ def study_analyze(*, study: Study, seed: int = 0, exploratory_spec: dict | None 
         if nobody:
             raise ServiceError(nobody)
 
-    analysed = data.analysed()
-    trials = data.trials.loc[data.trials["participant_id"].isin(analysed)]
+    main = data.selection()  # the study's rules: the same rows as every hypothesis without rules of its own
+    analysed, trials = main.participants, main.trials
     cf_chance = counterfactual_chance(trials, num_classes=data.num_classes,
                                       candidate_edits=partial(_candidate_edits, study))
     entries, secondary_by_label = _run_hypotheses(data, hypotheses, cf_chance=cf_chance, seed=seed)
