@@ -294,3 +294,13 @@ def test_a_copy_that_fails_part_way_raises_its_error_and_leaves_the_connection_u
         cursor.execute("SELECT 1")
         assert cursor.fetchone() == (1,)
     assert len(trials_long_frame(study=study, method="copy")) == len(trials_long_frame(study=study, method="cursor"))
+
+
+def test_rows_count_as_sorted_only_when_every_pair_ascends_by_first_then_second_key():
+    def check(first, second):
+        return frames._sorted(np.array(first), np.array(second))
+
+    assert check([1, 1, 2, 5], [0, 3, 0, 0]) and check([7], [9]) and check([], [])
+    assert check([1, 1, 2], [0, 0, 1])  # equal pairs keep their order
+    assert not check([1, 1, 2], [3, 0, 1])
+    assert not check([2, 1], [0, 5])

@@ -125,7 +125,10 @@ def _sorted_categories(values: pd.Series) -> pd.Series:
     """A categorical with exactly the values present as its categories, sorted, as ``str``."""
     if not isinstance(values.dtype, pd.CategoricalDtype):
         values = values.astype("category")
-    values = values.cat.remove_unused_categories()
+    codes = values.cat.codes.to_numpy()
+    used = np.bincount(codes[codes >= 0], minlength=len(values.cat.categories)) > 0
+    if not used.all():  # (bincount: a counting pass, where remove_unused_categories sorts every code)
+        values = values.cat.remove_unused_categories()
     categories = pd.Index(sorted(values.cat.categories.astype(str)), dtype="str")
     return values.cat.rename_categories(values.cat.categories.astype("str")).cat.reorder_categories(categories)
 
@@ -229,9 +232,9 @@ def _by_keyed_copy(dimensions: Dimensions, columns, *, uuid_text: bool, categori
     names = [*selected, *keys]
     dtype = {**{c: _READ_DTYPE[COLUMN_KINDS[c]] for c in selected}, **{key: "int64" for key in keys}}
     raw = _copy_csv(f"SELECT {', '.join(cells)} FROM ({sql}) AS t", params, names=names, dtype=dtype, using=using)
-    order = np.lexsort((raw["position"].to_numpy(), raw[keys[0]].to_numpy()))
-    if not np.array_equal(order, np.arange(len(order))):
-        raw = raw.take(order).reset_index(drop=True)
+    first, position = raw[keys[0]].to_numpy(), raw["position"].to_numpy()
+    if not _sorted(first, position):  # often sorted already: trials are made in that order
+        raw = raw.take(np.lexsort((position, first))).reset_index(drop=True)
     key_values = {key: raw[key].to_numpy() for key in keys}
     resolved = dimensions.resolve(key_values, [c for c in columns if c in dimensions.columns])
     read = _typed(raw, [c for c in selected if c in columns], uuid_text=uuid_text, categorical=categorical)
@@ -246,6 +249,12 @@ def _by_keyed_copy(dimensions: Dimensions, columns, *, uuid_text: bool, categori
         else:
             frame[column] = read[column]
     return frame
+
+
+def _sorted(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether the pairs (first, second) are in ascending order (a linear pass, not a sort)."""
+    step = np.diff(first)
+    return bool(np.all((step > 0) | ((step == 0) & (np.diff(second) >= 0))))
 
 
 def _from_dictionary(positions: np.ndarray, values: list, kind: str, *, uuid_text: bool, categorical: bool):
