@@ -125,6 +125,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 4 * 3600, minimum=60)}
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
+# The live monitor's "excluded so far" count evaluates every exclusion rule over every answer (1.2 s
+# at a million answers): it is counted at most once per this many seconds per study, however many
+# monitors poll it every 5 s (0: every time).
+MONITOR_EXCLUSIONS_SECONDS = env_int("MONITOR_EXCLUSIONS_SECONDS", 60, minimum=0, maximum=3600)
 # Preparation units (studyapp.services.work_units): a running unit's lease, renewed by its worker
 # while it works, so a worker that vanished delays its unit by about one lease; the dispatcher's
 # period (Celery beat); a pending unit whose message was sent this long ago is sent again (the
@@ -267,7 +271,10 @@ CSP_INLINE_STYLE_URL_PREFIXES = ("/admin/", "/staff/")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"bad_client_bodies": {"()": "studyapp.error_reports.NoTracebackForBadClientBodies"}},
     "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # The filter sits on the logger, so the record is changed before any handler sees it.
+    "loggers": {"django.request": {"filters": ["bad_client_bodies"]}},
     "root": {"handlers": ["console"], "level": env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()},
 }
 

@@ -69,3 +69,29 @@ def test_the_monitor_releases_slots_of_participants_gone_past_the_timeout(admin_
     Participant.objects.update(last_seen_at=timezone.now() - dt.timedelta(hours=3))  # the default timeout is 60 min
     body = admin_client.get(reverse("admin:studyapp_study_monitor", args=[study.pk]) + "?fragment=1").content.decode()
     assert Participant.objects.get().status == "abandoned" and "1 abandoned (slot released)" in body
+
+
+def test_the_excluded_count_is_counted_once_a_window_however_often_monitors_poll(admin_client, prepare, monkeypatch,
+                                                                                settings):
+    from django.core.cache import cache
+
+    from studyapp.exports import rows
+
+    study = live_tabular(prepare)
+    assert enroll(Client(), study).status_code == 201
+    counted = []
+    real = rows.exclusion_flags
+    monkeypatch.setattr(rows, "exclusion_flags", lambda **kw: counted.append(kw["study"].pk) or real(**kw))
+    cache.delete(f"monitor-excluded:{study.public_id}")
+    url = reverse("admin:studyapp_study_monitor", args=[study.pk]) + "?fragment=1"
+
+    settings.MONITOR_EXCLUSIONS_SECONDS = 60
+    bodies = [admin_client.get(url).content.decode() for _ in range(3)]
+    assert counted == [study.pk]  # three polls, one count
+    assert "0 excluded so far by the pre-registered rules (counted " in bodies[0]
+    assert "at most once every 60 seconds" in bodies[2]
+
+    settings.MONITOR_EXCLUSIONS_SECONDS = 0  # every poll counts again, and says nothing of a window
+    body = admin_client.get(url).content.decode()
+    admin_client.get(url)
+    assert counted == [study.pk] * 3 and "excluded so far" in body and "at most once" not in body

@@ -7,9 +7,11 @@ opaque id and a slot name, never by their file name.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from django.db.models import Count, Q
 
 from studyapp.design import StudyDesign, design_parse, trial_asks_confidence
@@ -258,6 +260,29 @@ def trial_media_file(*, participant: Participant, trial_public_id, slot: str):
 
 # ---------------------------------------------------------------- the live monitor (staff)
 
+def _excluded_so_far(study: Study) -> tuple[int | None, dt.datetime]:
+    """(participants the pre-registered rules exclude so far, None when they cannot be evaluated;
+    when that was counted). Counted at most once per ``MONITOR_EXCLUSIONS_SECONDS`` per study in
+    the shared cache (keyed by the study's public id, unique across databases), since every open
+    monitor polls every 5 s and the count reads every answer."""
+    from django.core.cache import cache
+    from django.utils import timezone
+
+    from studyapp.exports.rows import exclusion_flags
+
+    key = f"monitor-excluded:{study.public_id}"
+    seconds = settings.MONITOR_EXCLUSIONS_SECONDS
+    cached = cache.get(key) if seconds else None
+    if cached is not None:
+        return cached["excluded"], dt.datetime.fromisoformat(cached["at"])
+    flags = exclusion_flags(study=study)  # None when the rules cannot be evaluated (shown as such)
+    excluded = None if flags is None else sum(1 for _, flag in flags.values() if flag)
+    now = timezone.now()
+    if seconds:
+        cache.set(key, {"excluded": excluded, "at": now.isoformat()}, timeout=seconds)
+    return excluded, now
+
+
 def study_monitor(*, study: Study, recent: int = 10) -> dict:
     """What the live monitor shows: real participants per arm and status, completion, exclusions
     so far, the median duration, recent activity and the pause switches (simulated participants
@@ -284,11 +309,9 @@ def study_monitor(*, study: Study, recent: int = 10) -> dict:
                "status": p.status, "seconds_ago": int((now - p.last_seen_at).total_seconds()) if p.last_seen_at else None}
               for p in real.select_related("arm").only("public_id", "arm__name", "step", "status", "last_seen_at")
               .order_by("-last_seen_at")[:recent]]
-    from studyapp.exports.rows import exclusion_flags
-
-    flags = exclusion_flags(study=study)  # None when the rules cannot be evaluated (shown as such)
-    excluded = None if flags is None else sum(1 for _, flag in flags.values() if flag)
+    excluded, excluded_at = _excluded_so_far(study)
     return {"arms": arms, "totals": totals, "enrolled": sum(totals.values()), "excluded": excluded,
+            "excluded_at": excluded_at, "excluded_every": settings.MONITOR_EXCLUSIONS_SECONDS,
             "median_minutes": round(statistics.median(durations), 1) if durations else None,
             "simulated": Participant.objects.filter(study=study, simulated=True, preview=False).count(),
             "recent": latest, "paused": study.ingest_paused, "updated": now}
