@@ -145,13 +145,12 @@ def contrast_of(h: dict, comparator: str | None, design: str) -> Contrast:
                         f"groups; their {values} are compared (design: {design})", design=design, named_test=named)
 
 
-def phase_pairs(trials: pd.DataFrame | AnalysedOutcomes, contrast: Contrast, arm: str) -> PairedSample:
+def phase_pairs(outcomes: AnalysedOutcomes, contrast: Contrast, arm: str) -> PairedSample:
     """Each analysed participant of ``arm``: accuracy in the contrast's condition and comparator phase.
 
     ``paired_sample`` refuses, by name, a participant without both or with two values in one.
-    ``trials``: the analysed trials, or their ``AnalysedOutcomes`` (the gain's rows selected once).
+    ``outcomes``: those of the analysed trials (the gain's rows are selected once per run).
     """
-    outcomes = trials if isinstance(trials, AnalysedOutcomes) else AnalysedOutcomes(trials, pd.DataFrame())
     rows, _, _ = outcomes.rows("gain")
     rows = rows.loc[rows["arm"] == arm]
     long = participant_accuracy(rows, phases=[contrast.comparator, contrast.condition])

@@ -208,8 +208,7 @@ def _typed(raw: pd.DataFrame, columns, *, uuid_text: bool, categorical: bool) ->
     kept = set(_text_columns(columns, uuid_text=uuid_text)) if categorical else set()
     for column in columns:
         if column in kept:  # already categorical: only the text prefix comes off (long_frame sorts)
-            frame[column] = raw[column].cat.rename_categories(
-                [c[len(_PREFIX):] if COLUMN_KINDS[column] == "str" else c for c in raw[column].cat.categories])
+            frame[column] = _unprefixed(raw[column]) if COLUMN_KINDS[column] == "str" else raw[column]
         else:
             frame[column] = _from_copy(raw[column], COLUMN_KINDS[column], uuid_text=uuid_text)
     return frame
@@ -285,9 +284,14 @@ def _from_dictionary(positions: np.ndarray, values: list, kind: str, *, uuid_tex
     raise ValueError(f"column kind {kind!r} cannot be read once per key")
 
 
+def _unprefixed(values: pd.Series) -> pd.Series:
+    """A text column read by COPY (a categorical) without the prefix ``_copy_cell`` put on its values."""
+    return values.cat.rename_categories([c[len(_PREFIX):] for c in values.cat.categories])
+
+
 def _from_copy(values: pd.Series, kind: str, *, uuid_text: bool):
     if kind == "str":
-        return values.cat.rename_categories([c[len(_PREFIX):] for c in values.cat.categories]).astype("str")
+        return _unprefixed(values).astype("str")
     if kind == "uuid":
         return _uuid_column(values.cat.codes.to_numpy(), values.cat.categories, uuid_text=uuid_text)
     if kind == "bool":
